@@ -1,0 +1,105 @@
+//! The Backup Key Vault wire protocol, as code: message types generated from
+//! `proto/*.proto`, the length-prefixed framing with its limits, the Noise
+//! handshake binding to the QUIC connection, the device credential format and
+//! the OPAQUE profile shared by client and vault.
+//!
+//! This crate owns the *meaning of bytes*. It must never open sockets, touch
+//! files or spawn tasks (the optional `tokio-io` feature only adapts framing to
+//! tokio streams); every decoder takes untrusted bytes and returns a typed
+//! error instead of panicking. `SPEC.md` beside this crate is the normative
+//! text; the test vectors in `tests/vectors.rs` pin the two together.
+
+pub mod credential;
+pub mod framing;
+pub mod handshake;
+pub mod limits;
+pub mod noise;
+pub mod opaque_profile;
+#[cfg(feature = "tokio-io")]
+pub mod stream_io;
+
+/// Generated protobuf types (prost).
+#[allow(clippy::all, missing_docs)]
+pub mod backupvault {
+    pub mod v1 {
+        include!(concat!(env!("OUT_DIR"), "/backupvault.v1.rs"));
+    }
+    pub mod internal {
+        pub mod v1 {
+            include!(concat!(env!("OUT_DIR"), "/backupvault.internal.v1.rs"));
+        }
+    }
+}
+
+/// Client-visible messages (`backupvault.v1`).
+pub use backupvault::v1 as msg;
+/// Gateway ↔ vault messages (`backupvault.internal.v1`).
+pub use backupvault::internal::v1 as internal;
+
+impl msg::Error {
+    /// Builds an error response body.
+    pub fn new(code: msg::ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code: code as i32,
+            message: message.into(),
+            attempts_left: 0,
+            retry_after_ms: 0,
+        }
+    }
+}
+
+impl msg::Response {
+    /// A response carrying only an error.
+    pub fn error(code: msg::ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            kind: Some(msg::response::Kind::Error(msg::Error::new(code, message))),
+        }
+    }
+}
+
+/// QUIC application error codes used when a peer closes a connection.
+/// Values are part of the wire protocol (SPEC.md, "Connection close codes").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum CloseCode {
+    /// Normal close by either side.
+    Normal = 0,
+    /// The peer sent bytes that do not follow the protocol.
+    ProtocolError = 1,
+    /// The device could not be authenticated (bad credential, or a request
+    /// before the handshake finished).
+    Unauthenticated = 2,
+    /// The handshake did not finish in time.
+    HandshakeTimeout = 3,
+    /// The server is shutting down; reconnect (possibly elsewhere).
+    GoingAway = 4,
+    /// The server failed internally.
+    Internal = 5,
+}
+
+impl CloseCode {
+    /// Maps a received QUIC application close code back to a `CloseCode`.
+    pub fn from_u64(v: u64) -> Option<Self> {
+        Some(match v {
+            0 => Self::Normal,
+            1 => Self::ProtocolError,
+            2 => Self::Unauthenticated,
+            3 => Self::HandshakeTimeout,
+            4 => Self::GoingAway,
+            5 => Self::Internal,
+            _ => return None,
+        })
+    }
+
+    /// Human-readable reason sent with the close frame.
+    pub fn reason(self) -> &'static [u8] {
+        match self {
+            Self::Normal => b"bye",
+            Self::ProtocolError => b"protocol error",
+            Self::Unauthenticated => b"unauthenticated",
+            Self::HandshakeTimeout => b"handshake timeout",
+            Self::GoingAway => b"going away",
+            Self::Internal => b"internal error",
+        }
+    }
+}
