@@ -1,0 +1,84 @@
+//! The vault's error type and its mapping onto wire error codes.
+
+use protocol_spec::msg::{self, ErrorCode};
+
+/// Everything a vault request can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum VaultError {
+    /// The request is malformed.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    /// No deposit for this account.
+    #[error("no backup key is deposited for this account")]
+    NotRegistered,
+    /// The guess limit was used up; the deposit is gone.
+    #[error("the guess limit was reached and the deposited key was erased for good")]
+    LockedOut,
+    /// The password did not verify.
+    #[error("wrong password")]
+    WrongPassword {
+        /// Guesses left.
+        attempts_left: u32,
+    },
+    /// A deposit exists and the request did not authorize replacing it.
+    #[error("a backup key is already deposited; change the password or replace the deposit explicitly")]
+    AlreadyRegistered,
+    /// Login session unknown, expired, or already used.
+    #[error("login session expired or unknown; start the login again")]
+    SessionExpired,
+    /// The presented proof does not authorize the change.
+    #[error("not authorized: {0}")]
+    PermissionDenied(&'static str),
+    /// Too many pending logins.
+    #[error("vault busy; retry shortly")]
+    Busy,
+    /// Storage failed.
+    #[error("storage error: {0}")]
+    Storage(String),
+    /// Anything else that is our fault.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl VaultError {
+    /// The wire error for this failure.
+    pub fn to_wire(&self) -> msg::Error {
+        let (code, attempts_left, retry) = match self {
+            Self::Protocol(_) => (ErrorCode::ProtocolError, 0, 0),
+            Self::NotRegistered => (ErrorCode::NotRegistered, 0, 0),
+            Self::LockedOut => (ErrorCode::LockedOut, 0, 0),
+            Self::WrongPassword { attempts_left } => (ErrorCode::WrongPassword, *attempts_left, 0),
+            Self::AlreadyRegistered => (ErrorCode::AlreadyRegistered, 0, 0),
+            Self::SessionExpired => (ErrorCode::SessionExpired, 0, 0),
+            Self::PermissionDenied(_) => (ErrorCode::PermissionDenied, 0, 0),
+            Self::Busy => (ErrorCode::Busy, 0, 500),
+            Self::Storage(_) => (ErrorCode::Unavailable, 0, 1000),
+            Self::Internal(_) => (ErrorCode::Internal, 0, 0),
+        };
+        let mut e = msg::Error::new(code, self.to_string());
+        e.attempts_left = attempts_left;
+        e.retry_after_ms = retry;
+        e
+    }
+}
+
+impl From<redb::Error> for VaultError {
+    fn from(e: redb::Error) -> Self {
+        Self::Storage(e.to_string())
+    }
+}
+
+macro_rules! storage_from {
+    ($($t:ty),*) => {$(
+        impl From<$t> for VaultError {
+            fn from(e: $t) -> Self { Self::Storage(e.to_string()) }
+        }
+    )*};
+}
+storage_from!(
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);

@@ -1,0 +1,127 @@
+//! Certificates for the local stack and for operators: a cluster CA, server
+//! certificates for vault replicas and the gateway, client certificates for
+//! gateways. Generation uses rcgen; loading uses rustls' PEM parsers.
+
+use std::path::Path;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose,
+};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+/// PKI errors.
+#[derive(Debug, thiserror::Error)]
+pub enum PkiError {
+    /// Certificate generation failed.
+    #[error("certificate generation: {0}")]
+    Gen(#[from] rcgen::Error),
+    /// A PEM file is missing or unreadable.
+    #[error("cannot read {path}: {msg}")]
+    Read {
+        /// File.
+        path: String,
+        /// Why.
+        msg: String,
+    },
+}
+
+/// A PEM certificate and its PEM private key.
+#[derive(Debug, Clone)]
+pub struct CertAndKey {
+    /// Certificate, PEM.
+    pub cert_pem: String,
+    /// PKCS#8 private key, PEM.
+    pub key_pem: String,
+}
+
+/// A new self-signed CA.
+pub fn new_ca(common_name: &str) -> Result<CertAndKey, PkiError> {
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, common_name);
+    params.distinguished_name = dn;
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let cert = params.self_signed(&key)?;
+    Ok(CertAndKey {
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+    })
+}
+
+/// Which way a leaf certificate is used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Usage {
+    /// TLS server.
+    Server,
+    /// TLS client.
+    Client,
+}
+
+/// A leaf certificate signed by `ca`, valid for `names` (DNS names or IPs).
+pub fn issue(ca: &CertAndKey, common_name: &str, names: &[&str], usage: Usage) -> Result<CertAndKey, PkiError> {
+    let ca_key = KeyPair::from_pem(&ca.key_pem)?;
+    let issuer = Issuer::from_ca_cert_pem(&ca.cert_pem, ca_key)?;
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())?;
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, common_name);
+    params.distinguished_name = dn;
+    params.extended_key_usages = vec![match usage {
+        Usage::Server => ExtendedKeyUsagePurpose::ServerAuth,
+        Usage::Client => ExtendedKeyUsagePurpose::ClientAuth,
+    }];
+    let cert = params.signed_by(&key, &issuer)?;
+    Ok(CertAndKey {
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+    })
+}
+
+/// Writes a certificate and key as `<stem>.pem` and `<stem>.key` (key 0600).
+pub fn write(dir: &Path, stem: &str, ck: &CertAndKey) -> Result<(), crate::VaultError> {
+    std::fs::write(dir.join(format!("{stem}.pem")), &ck.cert_pem)
+        .map_err(|e| crate::VaultError::Internal(e.to_string()))?;
+    crate::secrets::write_private(&dir.join(format!("{stem}.key")), ck.key_pem.as_bytes())
+}
+
+/// Reads `<stem>.pem` and `<stem>.key`.
+pub fn read(dir: &Path, stem: &str) -> Result<CertAndKey, PkiError> {
+    let rd = |p: std::path::PathBuf| {
+        std::fs::read_to_string(&p).map_err(|e| PkiError::Read {
+            path: p.display().to_string(),
+            msg: e.to_string(),
+        })
+    };
+    Ok(CertAndKey {
+        cert_pem: rd(dir.join(format!("{stem}.pem")))?,
+        key_pem: rd(dir.join(format!("{stem}.key")))?,
+    })
+}
+
+/// Parses PEM certificates.
+pub fn certs(pem: &str) -> Result<Vec<CertificateDer<'static>>, PkiError> {
+    CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| PkiError::Read {
+            path: "certificate PEM".into(),
+            msg: e.to_string(),
+        })
+}
+
+/// Parses a PEM private key.
+pub fn key(pem: &str) -> Result<PrivateKeyDer<'static>, PkiError> {
+    PrivateKeyDer::from_pem_slice(pem.as_bytes()).map_err(|e| PkiError::Read {
+        path: "private key PEM".into(),
+        msg: e.to_string(),
+    })
+}
+
+/// The process-wide rustls crypto provider: ring, chosen once for the
+/// workspace (quinn's `rustls-ring`), passed explicitly to every builder.
+pub fn crypto_provider() -> std::sync::Arc<rustls::crypto::CryptoProvider> {
+    std::sync::Arc::new(rustls::crypto::ring::default_provider())
+}

@@ -1,0 +1,166 @@
+//! The fleet's long-term secrets: the OPAQUE `ServerSetup` (OPRF seed and the
+//! server key pair whose public half clients pin) and the record-sealing key.
+//!
+//! Generated once by `vault-backend init`, stored owner-only (0600). Must
+//! never be logged or sent anywhere; only the public key and fleet id leave.
+
+use std::io::Write as _;
+use std::path::Path;
+
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
+use hkdf::Hkdf;
+use opaque_ke::ServerSetup;
+use protocol_spec::opaque_profile::Suite;
+use rand::{rngs::OsRng, RngCore};
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+use zeroize::Zeroizing;
+
+use crate::VaultError;
+
+/// File name of the secrets inside the state folder.
+pub const SECRETS_FILE: &str = "fleet-secrets.toml";
+
+#[derive(Serialize, Deserialize)]
+struct SecretsFile {
+    fleet_id: String,
+    server_setup_hex: String,
+    sealing_key_hex: String,
+}
+
+/// Loaded fleet secrets.
+pub struct FleetSecrets {
+    /// Fleet id (OPAQUE server identity).
+    pub fleet_id: String,
+    /// OPAQUE server setup.
+    pub server_setup: ServerSetup<Suite>,
+    sealing_key: Zeroizing<[u8; 32]>,
+    ticket_key: Zeroizing<[u8; 32]>,
+}
+
+impl std::fmt::Debug for FleetSecrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FleetSecrets")
+            .field("fleet_id", &self.fleet_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl FleetSecrets {
+    /// Fresh secrets for a new fleet.
+    pub fn generate(fleet_id: &str) -> Self {
+        let server_setup = ServerSetup::<Suite>::new(&mut OsRng);
+        let mut k = Zeroizing::new([0u8; 32]);
+        OsRng.fill_bytes(k.as_mut());
+        Self::from_parts(fleet_id.to_owned(), server_setup, k)
+    }
+
+    fn from_parts(fleet_id: String, server_setup: ServerSetup<Suite>, sealing_key: Zeroizing<[u8; 32]>) -> Self {
+        let mut ticket_key = Zeroizing::new([0u8; 32]);
+        let _ = Hkdf::<Sha256>::new(None, sealing_key.as_ref())
+            .expand(b"bkv vault registration tickets", ticket_key.as_mut());
+        Self {
+            fleet_id,
+            server_setup,
+            sealing_key,
+            ticket_key,
+        }
+    }
+
+    /// The fleet public key clients pin (32 bytes).
+    pub fn public_key(&self) -> Vec<u8> {
+        self.server_setup.keypair().public().serialize().to_vec()
+    }
+
+    /// Key for registration-ticket MACs.
+    pub fn ticket_key(&self) -> &[u8; 32] {
+        &self.ticket_key
+    }
+
+    /// Writes the secrets owner-only; refuses to overwrite.
+    pub fn save(&self, path: &Path) -> Result<(), VaultError> {
+        let file = SecretsFile {
+            fleet_id: self.fleet_id.clone(),
+            server_setup_hex: hex::encode(self.server_setup.serialize()),
+            sealing_key_hex: hex::encode(self.sealing_key.as_ref()),
+        };
+        let text = Zeroizing::new(
+            toml::to_string(&file).map_err(|e| VaultError::Internal(e.to_string()))?,
+        );
+        write_private(path, text.as_bytes())
+    }
+
+    /// Loads secrets written by [`save`](Self::save).
+    pub fn load(path: &Path) -> Result<Self, VaultError> {
+        let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|e| {
+            VaultError::Internal(format!(
+                "cannot read fleet secrets {}: {e}; run `vault-backend init` first",
+                path.display()
+            ))
+        })?);
+        let f: SecretsFile =
+            toml::from_str(&text).map_err(|e| VaultError::Internal(format!("bad secrets file: {e}")))?;
+        let setup_bytes = Zeroizing::new(
+            hex::decode(&f.server_setup_hex).map_err(|e| VaultError::Internal(e.to_string()))?,
+        );
+        let server_setup = ServerSetup::<Suite>::deserialize(&setup_bytes)
+            .map_err(|e| VaultError::Internal(format!("bad server setup: {e:?}")))?;
+        let key_bytes = Zeroizing::new(
+            hex::decode(&f.sealing_key_hex).map_err(|e| VaultError::Internal(e.to_string()))?,
+        );
+        let mut k = Zeroizing::new([0u8; 32]);
+        if key_bytes.len() != 32 {
+            return Err(VaultError::Internal("sealing key must be 32 bytes".into()));
+        }
+        k.copy_from_slice(&key_bytes);
+        Ok(Self::from_parts(f.fleet_id, server_setup, k))
+    }
+
+    /// Seals a record: `nonce(12) || ChaCha20-Poly1305(record)`, bound to the
+    /// account and registration.
+    pub fn seal(&self, account_id: &str, registration_id: &[u8], plain: &[u8]) -> Result<Vec<u8>, VaultError> {
+        let mut nonce = [0u8; 12];
+        OsRng.fill_bytes(&mut nonce);
+        let aad = record_aad(&self.fleet_id, account_id, registration_id);
+        let ct = ChaCha20Poly1305::new(Key::from_slice(self.sealing_key.as_ref()))
+            .encrypt(Nonce::from_slice(&nonce), Payload { msg: plain, aad: &aad })
+            .map_err(|_| VaultError::Internal("seal failed".into()))?;
+        let mut out = nonce.to_vec();
+        out.extend_from_slice(&ct);
+        Ok(out)
+    }
+
+    /// Opens a sealed record.
+    pub fn open(&self, account_id: &str, registration_id: &[u8], sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, VaultError> {
+        if sealed.len() < 12 + 16 {
+            return Err(VaultError::Internal("sealed record too short".into()));
+        }
+        let aad = record_aad(&self.fleet_id, account_id, registration_id);
+        ChaCha20Poly1305::new(Key::from_slice(self.sealing_key.as_ref()))
+            .decrypt(Nonce::from_slice(&sealed[..12]), Payload { msg: &sealed[12..], aad: &aad })
+            .map(Zeroizing::new)
+            .map_err(|_| VaultError::Internal("sealed record does not open with this fleet's key".into()))
+    }
+}
+
+fn record_aad(fleet_id: &str, account_id: &str, registration_id: &[u8]) -> Vec<u8> {
+    protocol_spec::opaque_profile::credential_identifier(fleet_id, account_id, registration_id)
+}
+
+/// Creates `path` with mode 0600 and writes `bytes`; fails if it exists.
+pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), VaultError> {
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts
+        .open(path)
+        .map_err(|e| VaultError::Internal(format!("cannot create {}: {e}", path.display())))?;
+    f.write_all(bytes)
+        .and_then(|_| f.sync_all())
+        .map_err(|e| VaultError::Internal(format!("cannot write {}: {e}", path.display())))
+}

@@ -1,0 +1,132 @@
+//! The replica's QUIC listener for gateways. Mutual TLS: only peers with a
+//! client certificate from the cluster CA complete the handshake. Each
+//! bidirectional stream carries one framed `VaultRequest` and one `Response`.
+//!
+//! Owns: moving frames, timeouts, input validation before the service sees a
+//! request. Must never: interpret a request itself or answer before the
+//! service does.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use protocol_spec::framing;
+use protocol_spec::internal::VaultRequest;
+use protocol_spec::limits::REQUEST_TIMEOUT;
+use protocol_spec::msg::{self, ErrorCode};
+use protocol_spec::stream_io::{read_message, write_message};
+use quinn::crypto::rustls::QuicServerConfig;
+use rustls::server::WebPkiClientVerifier;
+
+use crate::pki::{self, CertAndKey};
+use crate::service::Vault;
+
+/// Builds the mutual-TLS QUIC server config.
+pub fn server_config(identity: &CertAndKey, cluster_ca_pem: &str) -> anyhow::Result<quinn::ServerConfig> {
+    let provider = pki::crypto_provider();
+    let mut roots = rustls::RootCertStore::empty();
+    for c in pki::certs(cluster_ca_pem)? {
+        roots.add(c)?;
+    }
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone()).build()?;
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(pki::certs(&identity.cert_pem)?, pki::key(&identity.key_pem)?)?;
+    tls.alpn_protocols = vec![protocol_spec::noise::VAULT_ALPN.to_vec()];
+    let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(QuicServerConfig::try_from(tls)?));
+    let mut transport = quinn::TransportConfig::default();
+    transport.max_concurrent_bidi_streams(4096u32.into());
+    transport.max_idle_timeout(Some(
+        quinn::IdleTimeout::try_from(protocol_spec::limits::IDLE_TIMEOUT)?,
+    ));
+    cfg.transport_config(Arc::new(transport));
+    Ok(cfg)
+}
+
+/// A running listener.
+pub struct VaultServer {
+    endpoint: quinn::Endpoint,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl std::fmt::Debug for VaultServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VaultServer").finish_non_exhaustive()
+    }
+}
+
+impl VaultServer {
+    /// Binds `listen` and serves `vault` until shut down.
+    pub fn start(
+        vault: Arc<Vault>,
+        listen: SocketAddr,
+        identity: &CertAndKey,
+        cluster_ca_pem: &str,
+    ) -> anyhow::Result<Self> {
+        let endpoint = quinn::Endpoint::server(server_config(identity, cluster_ca_pem)?, listen)?;
+        let ep = endpoint.clone();
+        let task = tokio::spawn(async move {
+            while let Some(incoming) = ep.accept().await {
+                let vault = vault.clone();
+                tokio::spawn(async move {
+                    match incoming.await {
+                        Ok(conn) => serve_connection(vault, conn).await,
+                        Err(e) => {
+                            metrics::counter!("vault_rejected_connections_total").increment(1);
+                            tracing::info!(error = %e, "gateway connection refused");
+                        }
+                    }
+                });
+            }
+        });
+        Ok(Self { endpoint, task })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.endpoint.local_addr()
+    }
+
+    /// Stops accepting, closes connections, waits for the endpoint to go idle.
+    pub async fn shutdown(self) {
+        self.endpoint.close(0u32.into(), b"shutting down");
+        self.task.abort();
+        self.endpoint.wait_idle().await;
+    }
+}
+
+async fn serve_connection(vault: Arc<Vault>, conn: quinn::Connection) {
+    loop {
+        let (mut send, mut recv) = match conn.accept_bi().await {
+            Ok(s) => s,
+            Err(_) => return,
+        };
+        let vault = vault.clone();
+        tokio::spawn(async move {
+            let work = async {
+                let response = match read_message::<VaultRequest, _>(&mut recv).await {
+                    Ok(req) => handle(&vault, req).await,
+                    Err(e) => msg::Response::error(ErrorCode::ProtocolError, e.to_string()),
+                };
+                let _ = write_message(&mut send, &response).await;
+                let _ = send.finish();
+            };
+            if tokio::time::timeout(REQUEST_TIMEOUT, work).await.is_err() {
+                tracing::warn!("vault request timed out");
+            }
+        });
+    }
+}
+
+async fn handle(vault: &Vault, req: VaultRequest) -> msg::Response {
+    if !protocol_spec::credential::valid_account_id(&req.account_id) {
+        return msg::Response::error(ErrorCode::ProtocolError, "invalid account id");
+    }
+    let Some(inner) = req.request else {
+        return msg::Response::error(ErrorCode::ProtocolError, "vault request has no request");
+    };
+    if let Err(e) = framing::validate_request(&inner) {
+        return msg::Response::error(ErrorCode::ProtocolError, e.to_string());
+    }
+    vault.handle(&req.account_id, inner).await
+}

@@ -1,0 +1,442 @@
+//! The vault's request handling: OPAQUE around the account state machine.
+//!
+//! Order is the security property here. A login start parses the request,
+//! then commits the guess (fsync) and only then evaluates the OPRF and
+//! answers. Bad input is rejected before any state changes.
+//!
+//! Must never: send an OPRF evaluation whose guess is not committed, release
+//! a key without a verified `CredentialFinalization`, or log account ids.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use hmac::{Hmac, Mac};
+use opaque_ke::{
+    CredentialFinalization, CredentialRequest, RegistrationRequest, RegistrationUpload,
+    ServerLogin, ServerLoginParameters, ServerRegistration,
+};
+use prost::Message;
+use protocol_spec::limits::LOGIN_SESSION_TTL;
+use protocol_spec::msg::{self, request::Kind, response, AccountState, LoginPurpose};
+use protocol_spec::opaque_profile::{self as op, Suite};
+use rand::{rngs::OsRng, RngCore};
+use sha2::Sha256;
+
+use crate::account::{self, Authorization, Refusal, SealedRecord, Status, StoredAccount};
+use crate::secrets::FleetSecrets;
+use crate::store::Store;
+use crate::VaultError;
+
+/// Most logins that may be pending at once (memory bound).
+pub const MAX_PENDING_LOGINS: usize = 100_000;
+
+struct PendingLogin {
+    account_id: String,
+    registration_id: Vec<u8>,
+    purpose: LoginPurpose,
+    created: Instant,
+    state: PendingState,
+}
+
+enum PendingState {
+    /// Between LoginStart and LoginFinish.
+    AwaitFinish {
+        server_login: Box<ServerLogin<Suite>>,
+        /// Record erased from disk by the last guess, restored on success.
+        held: Option<StoredAccount>,
+        wrapped_key: Vec<u8>,
+    },
+    /// A verified change-password login, waiting for its RegisterFinish.
+    ChangeAuthorized,
+}
+
+/// Vault policy knobs.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// Guesses per deposit.
+    pub max_attempts: u32,
+}
+
+/// One replica's request handler.
+pub struct Vault {
+    secrets: Arc<FleetSecrets>,
+    store: Store,
+    policy: Policy,
+    sessions: Mutex<HashMap<[u8; 16], PendingLogin>>,
+}
+
+impl std::fmt::Debug for Vault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vault").field("policy", &self.policy).finish_non_exhaustive()
+    }
+}
+
+fn refusal(r: Refusal) -> VaultError {
+    match r {
+        Refusal::NotRegistered => VaultError::NotRegistered,
+        Refusal::LockedOut => VaultError::LockedOut,
+        Refusal::AlreadyRegistered => VaultError::AlreadyRegistered,
+        Refusal::Stale => VaultError::SessionExpired,
+    }
+}
+
+fn proto<E: std::fmt::Debug>(what: &'static str) -> impl Fn(E) -> VaultError {
+    move |e| VaultError::Protocol(format!("{what}: {e:?}"))
+}
+
+impl Vault {
+    /// A vault over an opened store.
+    pub fn new(secrets: Arc<FleetSecrets>, store: Store, policy: Policy) -> Self {
+        Self {
+            secrets,
+            store,
+            policy,
+            sessions: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The store (tests inspect it).
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Fleet secrets.
+    pub fn secrets(&self) -> &FleetSecrets {
+        &self.secrets
+    }
+
+    /// Handles one request for an authenticated account.
+    pub async fn handle(&self, account_id: &str, req: msg::Request) -> msg::Response {
+        let kind = match req.kind {
+            Some(k) => k,
+            None => return err(VaultError::Protocol("request has no kind".into())),
+        };
+        let label = kind_label(&kind);
+        let result = match kind {
+            Kind::Status(_) => self.status(account_id).await,
+            Kind::RegisterStart(r) => self.register_start(account_id, r),
+            Kind::RegisterFinish(r) => self.register_finish(account_id, r).await,
+            Kind::LoginStart(r) => self.login_start(account_id, r).await,
+            Kind::LoginFinish(r) => self.login_finish(account_id, r).await,
+        };
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(e) => error_label(e),
+        };
+        metrics::counter!("vault_requests_total", "request" => label, "outcome" => outcome).increment(1);
+        match result {
+            Ok(kind) => msg::Response { kind: Some(kind) },
+            Err(e) => err(e),
+        }
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(Store) -> Result<T, VaultError> + Send + 'static,
+    ) -> Result<T, VaultError> {
+        let store = self.store.clone();
+        let started = Instant::now();
+        let r = tokio::task::spawn_blocking(move || f(store))
+            .await
+            .map_err(|e| VaultError::Internal(e.to_string()))?;
+        metrics::histogram!("vault_store_commit_seconds").record(started.elapsed().as_secs_f64());
+        r
+    }
+
+    async fn status(&self, account_id: &str) -> Result<response::Kind, VaultError> {
+        let id = account_id.to_owned();
+        let row = self.blocking(move |s| s.get(&id)).await?;
+        let max = self.policy.max_attempts;
+        let (state, left) = match account::status(row.as_ref(), max) {
+            Status::NotRegistered => (AccountState::NotRegistered, 0),
+            Status::Active { attempts_left } => (AccountState::Active, attempts_left),
+            Status::LockedOut => (AccountState::LockedOut, 0),
+        };
+        Ok(response::Kind::Status(msg::StatusResponse {
+            state: state as i32,
+            attempts_left: left,
+            max_attempts: max,
+        }))
+    }
+
+    fn ticket_mac(&self, account_id: &str, registration_id: &[u8]) -> Hmac<Sha256> {
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(self.secrets.ticket_key())
+            .unwrap_or_else(|_| unreachable!("HMAC accepts any key length"));
+        mac.update(&(account_id.len() as u16).to_be_bytes());
+        mac.update(account_id.as_bytes());
+        mac.update(registration_id);
+        mac
+    }
+
+    fn register_start(&self, account_id: &str, r: msg::RegisterStartRequest) -> Result<response::Kind, VaultError> {
+        let request = RegistrationRequest::<Suite>::deserialize(&r.registration_request)
+            .map_err(proto("registration_request"))?;
+        // A fresh registration id gives this registration its own OPRF key, so
+        // registration starts are no oracle for an existing deposit.
+        let mut registration_id = [0u8; 16];
+        OsRng.fill_bytes(&mut registration_id);
+        let cred_id = op::credential_identifier(&self.secrets.fleet_id, account_id, &registration_id);
+        let start = ServerRegistration::<Suite>::start(&self.secrets.server_setup, request, &cred_id)
+            .map_err(proto("registration start"))?;
+        let tag = self.ticket_mac(account_id, &registration_id).finalize().into_bytes();
+        let mut ticket = registration_id.to_vec();
+        ticket.extend_from_slice(&tag[..16]);
+        Ok(response::Kind::RegisterStart(msg::RegisterStartResponse {
+            registration_response: start.message.serialize().to_vec(),
+            registration_ticket: ticket,
+        }))
+    }
+
+    async fn register_finish(&self, account_id: &str, r: msg::RegisterFinishRequest) -> Result<response::Kind, VaultError> {
+        if r.registration_ticket.len() != op::REGISTRATION_TICKET_LEN || r.wrapped_key.len() != op::WRAPPED_KEY_LEN {
+            return Err(VaultError::Protocol("ticket or wrapped key has the wrong size".into()));
+        }
+        let (registration_id, tag) = r.registration_ticket.split_at(16);
+        self.ticket_mac(account_id, registration_id)
+            .verify_truncated_left(tag)
+            .map_err(|_| VaultError::PermissionDenied("registration ticket was not issued to this account"))?;
+        let upload = RegistrationUpload::<Suite>::deserialize(&r.registration_upload)
+            .map_err(proto("registration_upload"))?;
+        let password_file = ServerRegistration::<Suite>::finish(upload).serialize().to_vec();
+        use msg::register_finish_request::Authorization as A;
+        let auth = match r.authorization {
+            None | Some(A::ReplaceExisting(false)) => Authorization::None,
+            Some(A::ReplaceExisting(true)) => Authorization::ReplaceExisting,
+            Some(A::LoginSession(s)) => {
+                let reg = self.take_change_authorization(account_id, &s)?;
+                Authorization::VerifiedLogin { registration_id: reg }
+            }
+        };
+        let sealed = self.secrets.seal(
+            account_id,
+            registration_id,
+            &SealedRecord {
+                password_file,
+                wrapped_key: r.wrapped_key,
+            }
+            .encode_to_vec(),
+        )?;
+        let id = account_id.to_owned();
+        let reg = registration_id.to_vec();
+        self.blocking(move |s| {
+            s.transition(&id, |row| account::register(row, &auth, reg, sealed).map(|w| (w, ())))
+        })
+        .await?
+        .map_err(refusal)?;
+        metrics::counter!("vault_registrations_total").increment(1);
+        Ok(response::Kind::RegisterFinish(msg::RegisterFinishResponse {
+            max_attempts: self.policy.max_attempts,
+        }))
+    }
+
+    fn take_change_authorization(&self, account_id: &str, session: &[u8]) -> Result<Vec<u8>, VaultError> {
+        let key: [u8; 16] = session.try_into().map_err(|_| VaultError::SessionExpired)?;
+        let mut sessions = self.sessions.lock().map_err(|_| VaultError::Internal("lock".into()))?;
+        let ok = matches!(sessions.get(&key), Some(p) if p.account_id == account_id
+            && p.purpose == LoginPurpose::ChangePassword
+            && matches!(p.state, PendingState::ChangeAuthorized)
+            && p.created.elapsed() < LOGIN_SESSION_TTL);
+        if !ok {
+            return Err(VaultError::PermissionDenied(
+                "changing the password needs a verified change-password login in this session",
+            ));
+        }
+        Ok(sessions.remove(&key).map(|p| p.registration_id).unwrap_or_default())
+    }
+
+    async fn login_start(&self, account_id: &str, r: msg::LoginStartRequest) -> Result<response::Kind, VaultError> {
+        // Everything that can be checked without state is checked first.
+        let request = CredentialRequest::<Suite>::deserialize(&r.credential_request)
+            .map_err(proto("credential_request"))?;
+        let purpose = match LoginPurpose::try_from(r.purpose) {
+            Ok(p) if p != LoginPurpose::Unspecified => p,
+            _ => return Err(VaultError::Protocol("login purpose missing or unknown".into())),
+        };
+        self.reserve_session_slot()?;
+
+        let id = account_id.to_owned();
+        let max = self.policy.max_attempts;
+        // Count before answer: this commit (fsync) happens before any OPRF work.
+        let guess = self
+            .blocking(move |s| s.transition(&id, |row| account::login_start(row, max)))
+            .await?
+            .map_err(refusal)?;
+        metrics::counter!("vault_guesses_counted_total").increment(1);
+        if guess.last {
+            metrics::counter!("vault_last_guess_erasures_total").increment(1);
+        }
+
+        let record = SealedRecord::decode(
+            self.secrets
+                .open(account_id, &guess.record.registration_id, &guess.record.sealed_record)?
+                .as_slice(),
+        )
+        .map_err(|e| VaultError::Internal(format!("record: {e}")))?;
+        let password_file = ServerRegistration::<Suite>::deserialize(&record.password_file)
+            .map_err(|e| VaultError::Internal(format!("password file: {e:?}")))?;
+        let cred_id = op::credential_identifier(&self.secrets.fleet_id, account_id, &guess.record.registration_id);
+        let start = ServerLogin::start(
+            &mut OsRng,
+            &self.secrets.server_setup,
+            Some(password_file),
+            request,
+            &cred_id,
+            ServerLoginParameters {
+                context: None,
+                identifiers: op::identifiers(account_id, &self.secrets.fleet_id),
+            },
+        )
+        .map_err(proto("login start"))?;
+
+        let mut session = [0u8; 16];
+        OsRng.fill_bytes(&mut session);
+        let pending = PendingLogin {
+            account_id: account_id.to_owned(),
+            registration_id: guess.record.registration_id.clone(),
+            purpose,
+            created: Instant::now(),
+            state: PendingState::AwaitFinish {
+                server_login: Box::new(start.state),
+                held: guess.last.then(|| guess.record.clone()),
+                wrapped_key: record.wrapped_key,
+            },
+        };
+        self.sessions
+            .lock()
+            .map_err(|_| VaultError::Internal("lock".into()))?
+            .insert(session, pending);
+        metrics::counter!("vault_oprf_evaluations_total").increment(1);
+        Ok(response::Kind::LoginStart(msg::LoginStartResponse {
+            credential_response: start.message.serialize().to_vec(),
+            login_session: session.to_vec(),
+            attempts_left: guess.attempts_left,
+        }))
+    }
+
+    fn reserve_session_slot(&self) -> Result<(), VaultError> {
+        let mut sessions = self.sessions.lock().map_err(|_| VaultError::Internal("lock".into()))?;
+        if sessions.len() >= MAX_PENDING_LOGINS {
+            sessions.retain(|_, p| p.created.elapsed() < LOGIN_SESSION_TTL);
+        }
+        if sessions.len() >= MAX_PENDING_LOGINS {
+            return Err(VaultError::Busy);
+        }
+        Ok(())
+    }
+
+    async fn login_finish(&self, account_id: &str, r: msg::LoginFinishRequest) -> Result<response::Kind, VaultError> {
+        let finalization = CredentialFinalization::<Suite>::deserialize(&r.credential_finalization)
+            .map_err(proto("credential_finalization"))?;
+        let key: [u8; 16] = r.login_session.as_slice().try_into().map_err(|_| VaultError::SessionExpired)?;
+        let pending = {
+            let mut sessions = self.sessions.lock().map_err(|_| VaultError::Internal("lock".into()))?;
+            // Only the account that started a login can finish it.
+            match sessions.get(&key) {
+                Some(p) if p.account_id == account_id && matches!(p.state, PendingState::AwaitFinish { .. }) => {}
+                _ => return Err(VaultError::SessionExpired),
+            }
+            sessions.remove(&key).ok_or(VaultError::SessionExpired)?
+        };
+        if pending.created.elapsed() >= LOGIN_SESSION_TTL {
+            return Err(VaultError::SessionExpired);
+        }
+        let PendingState::AwaitFinish { server_login, held, wrapped_key } = pending.state else {
+            return Err(VaultError::SessionExpired);
+        };
+        let finished = server_login.finish(
+            finalization,
+            ServerLoginParameters {
+                context: None,
+                identifiers: op::identifiers(account_id, &self.secrets.fleet_id),
+            },
+        );
+        let session_key = match finished {
+            Ok(f) => f.session_key,
+            Err(_) => {
+                if held.is_some() {
+                    metrics::counter!("vault_lockouts_total").increment(1);
+                    return Err(VaultError::LockedOut);
+                }
+                let id = account_id.to_owned();
+                let row = self.blocking(move |s| s.get(&id)).await?;
+                let attempts_left = match account::status(row.as_ref(), self.policy.max_attempts) {
+                    Status::Active { attempts_left } => attempts_left,
+                    _ => 0,
+                };
+                return Err(VaultError::WrongPassword { attempts_left });
+            }
+        };
+
+        let id = account_id.to_owned();
+        let reg = pending.registration_id.clone();
+        match pending.purpose {
+            LoginPurpose::Disable => {
+                self.blocking(move |s| s.transition(&id, |row| account::disable(row, &reg).map(|w| (w, ()))))
+                    .await?
+                    .map_err(refusal)?;
+                metrics::counter!("vault_disables_total").increment(1);
+                Ok(response::Kind::LoginFinish(msg::LoginFinishResponse { sealed_key: Vec::new() }))
+            }
+            LoginPurpose::Recover | LoginPurpose::ChangePassword => {
+                let held2 = held.clone();
+                self.blocking(move |s| {
+                    s.transition(&id, |row| account::login_verified(row, &reg, held2.as_ref()).map(|w| (w, ())))
+                })
+                .await?
+                .map_err(refusal)?;
+                let sealed_key = op::seal_release(&session_key, &key, &wrapped_key)
+                    .map_err(|e| VaultError::Internal(e.to_string()))?;
+                if pending.purpose == LoginPurpose::ChangePassword {
+                    self.sessions
+                        .lock()
+                        .map_err(|_| VaultError::Internal("lock".into()))?
+                        .insert(
+                            key,
+                            PendingLogin {
+                                account_id: account_id.to_owned(),
+                                registration_id: pending.registration_id,
+                                purpose: LoginPurpose::ChangePassword,
+                                created: Instant::now(),
+                                state: PendingState::ChangeAuthorized,
+                            },
+                        );
+                }
+                metrics::counter!("vault_keys_released_total").increment(1);
+                Ok(response::Kind::LoginFinish(msg::LoginFinishResponse { sealed_key }))
+            }
+            LoginPurpose::Unspecified => Err(VaultError::Protocol("login purpose".into())),
+        }
+    }
+}
+
+fn err(e: VaultError) -> msg::Response {
+    msg::Response {
+        kind: Some(response::Kind::Error(e.to_wire())),
+    }
+}
+
+fn kind_label(k: &Kind) -> &'static str {
+    match k {
+        Kind::Status(_) => "status",
+        Kind::RegisterStart(_) => "register_start",
+        Kind::RegisterFinish(_) => "register_finish",
+        Kind::LoginStart(_) => "login_start",
+        Kind::LoginFinish(_) => "login_finish",
+    }
+}
+
+fn error_label(e: &VaultError) -> &'static str {
+    match e {
+        VaultError::Protocol(_) => "protocol_error",
+        VaultError::NotRegistered => "not_registered",
+        VaultError::LockedOut => "locked_out",
+        VaultError::WrongPassword { .. } => "wrong_password",
+        VaultError::AlreadyRegistered => "already_registered",
+        VaultError::SessionExpired => "session_expired",
+        VaultError::PermissionDenied(_) => "permission_denied",
+        VaultError::Busy => "busy",
+        VaultError::Storage(_) => "unavailable",
+        VaultError::Internal(_) => "internal",
+    }
+}
