@@ -1,0 +1,85 @@
+//! Errors a client user can act on.
+
+use protocol_spec::msg::ErrorCode;
+
+/// Everything a client operation can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// A 64-digit key was mistyped.
+    #[error("{0}")]
+    BadKey(String),
+    /// Local configuration problem.
+    #[error("{0}")]
+    Config(String),
+    /// Could not reach or complete TLS with the gateway.
+    #[error("cannot connect to the gateway at {addr}: {reason}. Check the address and that the gateway is running")]
+    Connect {
+        /// Gateway address.
+        addr: String,
+        /// Why.
+        reason: String,
+    },
+    /// Device authentication failed.
+    #[error("the gateway did not accept this device: {0}")]
+    Authentication(String),
+    /// The vault presented a key that is not the pinned fleet key.
+    #[error("the vault's public key {got} is not the pinned fleet key {pinned}; refusing to continue (possible impostor vault or wrong profile)")]
+    VaultKeyMismatch {
+        /// Presented.
+        got: String,
+        /// Pinned.
+        pinned: String,
+    },
+    /// Wrong password.
+    #[error("wrong password: {attempts_left} attempt(s) left before the key is erased for good")]
+    WrongPassword {
+        /// Guesses left.
+        attempts_left: u32,
+    },
+    /// Guess limit used up.
+    #[error("too many wrong passwords: the backup key was erased from the vault and is permanently inaccessible. Only the 64-digit key, if you kept it, can still open your backups")]
+    LockedOut,
+    /// Nothing deposited.
+    #[error("no backup key is deposited in the vault for this account")]
+    NotRegistered,
+    /// A deposit exists.
+    #[error("a backup key is already deposited for this account; change its password, or replace it (which makes backups protected by the old one unrecoverable through the vault)")]
+    AlreadyRegistered,
+    /// Retryable condition.
+    #[error("the vault is unavailable right now ({0}); try again in a moment")]
+    Unavailable(String),
+    /// The server said something the client does not expect.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    /// Other server-side refusal.
+    #[error("the vault refused the request ({code:?}): {message}")]
+    Refused {
+        /// Code.
+        code: ErrorCode,
+        /// Server message.
+        message: String,
+    },
+}
+
+impl ClientError {
+    /// Maps a wire error.
+    pub fn from_wire(e: &protocol_spec::msg::Error) -> Self {
+        match e.code() {
+            ErrorCode::WrongPassword => Self::WrongPassword {
+                attempts_left: e.attempts_left,
+            },
+            ErrorCode::LockedOut => Self::LockedOut,
+            ErrorCode::NotRegistered => Self::NotRegistered,
+            ErrorCode::AlreadyRegistered => Self::AlreadyRegistered,
+            ErrorCode::Busy | ErrorCode::Unavailable | ErrorCode::SessionExpired => {
+                Self::Unavailable(e.message.clone())
+            }
+            ErrorCode::Unauthenticated => Self::Authentication(e.message.clone()),
+            ErrorCode::ProtocolError => Self::Protocol(e.message.clone()),
+            code => Self::Refused {
+                code,
+                message: e.message.clone(),
+            },
+        }
+    }
+}

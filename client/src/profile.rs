@@ -1,0 +1,73 @@
+//! What a client must know and pin about a deployment: the gateway address
+//! and TLS trust, the gateway's Noise key (optional: XX without it), and the
+//! vault fleet's id and public key. Written by the local stack on start.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::ClientError;
+
+/// A deployment profile (TOML).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ClientProfile {
+    /// Gateway UDP address.
+    pub gateway_addr: SocketAddr,
+    /// TLS server name on the gateway certificate.
+    pub gateway_server_name: String,
+    /// PEM of the CA (or certificate) the gateway's TLS certificate must chain to.
+    pub gateway_ca_pem: String,
+    /// Gateway static Noise key (hex). With it the client uses IK; without, XX.
+    #[serde(default)]
+    pub gateway_noise_key: Option<String>,
+    /// Vault fleet id.
+    pub fleet_id: String,
+    /// Vault fleet OPAQUE public key (hex) — the pin.
+    pub fleet_public_key: String,
+}
+
+impl ClientProfile {
+    /// Reads a profile.
+    pub fn load(path: &Path) -> Result<Self, ClientError> {
+        let t = std::fs::read_to_string(path).map_err(|e| {
+            ClientError::Config(format!(
+                "cannot read the client profile {}: {e}; start the local stack or ask your operator for one",
+                path.display()
+            ))
+        })?;
+        toml::from_str(&t)
+            .map_err(|e| ClientError::Config(format!("invalid client profile {}: {e}", path.display())))
+    }
+
+    /// Writes a profile.
+    pub fn save(&self, path: &Path) -> Result<(), ClientError> {
+        let t = toml::to_string(self).map_err(|e| ClientError::Config(e.to_string()))?;
+        std::fs::write(path, t)
+            .map_err(|e| ClientError::Config(format!("cannot write {}: {e}", path.display())))
+    }
+
+    /// Decoded fleet key pin.
+    pub fn fleet_key(&self) -> Result<Vec<u8>, ClientError> {
+        let k = hex::decode(self.fleet_public_key.trim())
+            .map_err(|e| ClientError::Config(format!("fleet_public_key is not hex: {e}")))?;
+        if k.len() != protocol_spec::opaque_profile::FLEET_PUBLIC_KEY_LEN {
+            return Err(ClientError::Config("fleet_public_key must be 32 bytes".into()));
+        }
+        Ok(k)
+    }
+
+    /// Decoded gateway Noise key, if pinned.
+    pub fn gateway_key(&self) -> Result<Option<[u8; 32]>, ClientError> {
+        self.gateway_noise_key
+            .as_deref()
+            .map(|h| {
+                let v = hex::decode(h.trim())
+                    .map_err(|e| ClientError::Config(format!("gateway_noise_key is not hex: {e}")))?;
+                v.try_into()
+                    .map_err(|_| ClientError::Config("gateway_noise_key must be 32 bytes".into()))
+            })
+            .transpose()
+    }
+}
