@@ -1,0 +1,12 @@
+//! The public gateway ("ChatD"): QUIC + TLS 1.3 endpoint, Noise device
+//! authentication bound to the connection, and relaying of each request,
+//! tagged with the authenticated account id, to the vault.
+//!
+//! The gateway holds no user secrets: everything that could reveal a password
+//! or key is protected end to end by OPAQUE between client and vault.
+
+pub mod config;
+pub mod keys;
+pub mod local_stack;
+pub mod server;
+pub mod vault_client;

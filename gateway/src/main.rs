@@ -1,0 +1,105 @@
+//! `gateway`: create keys, run the public endpoint, mint device credentials.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use gateway::config::GatewayConfig;
+use gateway::keys::{self, GatewayKeys};
+use gateway::server::Gateway;
+
+#[derive(Parser)]
+#[command(name = "gateway", version, about = "Backup Key Vault QUIC gateway")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Create the gateway's TLS identity, Noise key and account-service key pair.
+    Init {
+        #[arg(long, default_value = "gateway-state")]
+        state_dir: PathBuf,
+        /// DNS names / IPs on the TLS certificate.
+        #[arg(long, default_values_t = ["localhost".to_string(), "127.0.0.1".to_string()])]
+        name: Vec<String>,
+    },
+    /// Mint a device credential (stands in for the account service's phone-number check).
+    MintCredential {
+        #[arg(long, default_value = "gateway-state")]
+        state_dir: PathBuf,
+        /// Account id.
+        #[arg(long)]
+        account: String,
+        /// Device static Noise public key, hex (see `backup-client device new`).
+        #[arg(long)]
+        device_key: String,
+        /// Validity in hours.
+        #[arg(long, default_value_t = 24 * 30)]
+        ttl_hours: u64,
+    },
+    /// Run the gateway.
+    Run {
+        /// TOML config (see `GatewayConfig`); flags override it.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        #[arg(long)]
+        vault_addr: Option<SocketAddr>,
+        #[arg(long)]
+        admin_listen: Option<SocketAddr>,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .init();
+    match Cli::parse().cmd {
+        Cmd::Init { state_dir, name } => {
+            let names: Vec<&str> = name.iter().map(String::as_str).collect();
+            keys::init(&state_dir, &names)?;
+            println!("gateway keys in {}", state_dir.display());
+            println!("next: vault-backend issue-gateway-cert --out-dir {}", state_dir.display());
+        }
+        Cmd::MintCredential { state_dir, account, device_key, ttl_hours } => {
+            let secret = keys::account_service_secret(&state_dir)?;
+            let dev: [u8; 32] = hex::decode(device_key.trim())
+                .ok()
+                .and_then(|v| v.try_into().ok())
+                .context("--device-key must be 64 hex digits (the device's Noise public key)")?;
+            let token = protocol_spec::credential::mint(&secret, &account, &dev, Duration::from_secs(ttl_hours * 3600))?;
+            println!("{token}");
+        }
+        Cmd::Run { config, state_dir, listen, vault_addr, admin_listen } => {
+            let mut cfg = match config {
+                Some(p) => GatewayConfig::load(&p)?,
+                None => GatewayConfig::default(),
+            };
+            if let Some(v) = state_dir { cfg.state_dir = v; }
+            if let Some(v) = listen { cfg.listen = v; }
+            if let Some(v) = vault_addr { cfg.vault_addr = v; }
+            if admin_listen.is_some() { cfg.admin_listen = admin_listen; }
+            if let Some(addr) = cfg.admin_listen {
+                metrics_exporter_prometheus::PrometheusBuilder::new()
+                    .with_http_listener(addr)
+                    .install()
+                    .context("cannot start the metrics listener")?;
+            }
+            let keys = GatewayKeys::load(&cfg.state_dir)?;
+            let gw = Gateway::start(cfg.listen, &keys, cfg.vault_addr, &cfg.vault_server_name)?;
+            tracing::info!(addr = %gw.local_addr()?, "gateway serving");
+            tokio::signal::ctrl_c().await?;
+            tracing::info!("shutting down");
+            gw.shutdown().await;
+        }
+    }
+    Ok(())
+}

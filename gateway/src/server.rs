@@ -1,0 +1,240 @@
+//! The public endpoint: accepts QUIC connections, runs the Noise responder
+//! (sans-IO, from `protocol_spec::handshake`) on the first stream, then
+//! relays each later stream's request to the vault.
+//!
+//! Owns connection lifecycle and close codes. Must never: accept a request
+//! stream before authentication (the connection is closed UNAUTHENTICATED),
+//! pass a request the decoder or validator rejected, or log account ids.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use protocol_spec::credential::CredentialVerifier;
+use protocol_spec::framing;
+use protocol_spec::handshake::{AuthenticatedDevice, Responder, ResponderStep};
+use protocol_spec::limits::{HANDSHAKE_TIMEOUT, MAX_CONCURRENT_REQUESTS, REQUEST_TIMEOUT};
+use protocol_spec::msg::{self, ErrorCode};
+use protocol_spec::noise::{self, EXPORTER_LEN};
+use protocol_spec::stream_io::{read_frame, write_frame, write_message, StreamError};
+use protocol_spec::CloseCode;
+use quinn::crypto::rustls::QuicServerConfig;
+use vault_backend::pki;
+
+use crate::keys::GatewayKeys;
+use crate::vault_client::VaultLink;
+
+/// Shared state of a running gateway.
+struct Shared {
+    noise_private: [u8; 32],
+    verifier: CredentialVerifier,
+    vault: VaultLink,
+}
+
+/// A running gateway.
+pub struct Gateway {
+    endpoint: quinn::Endpoint,
+    shared: Arc<Shared>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway").finish_non_exhaustive()
+    }
+}
+
+fn server_config(keys: &GatewayKeys) -> anyhow::Result<quinn::ServerConfig> {
+    let mut tls = rustls::ServerConfig::builder_with_provider(pki::crypto_provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_no_client_auth()
+        .with_single_cert(pki::certs(&keys.tls.cert_pem)?, pki::key(&keys.tls.key_pem)?)?;
+    tls.alpn_protocols = vec![noise::ALPN.to_vec()];
+    let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(QuicServerConfig::try_from(tls)?));
+    let mut transport = quinn::TransportConfig::default();
+    transport.max_concurrent_bidi_streams(MAX_CONCURRENT_REQUESTS.into());
+    transport.max_concurrent_uni_streams(0u32.into());
+    transport.max_idle_timeout(Some(quinn::IdleTimeout::try_from(protocol_spec::limits::IDLE_TIMEOUT)?));
+    cfg.transport_config(Arc::new(transport));
+    Ok(cfg)
+}
+
+fn close(conn: &quinn::Connection, code: CloseCode) {
+    metrics::counter!("gateway_connections_closed_total", "reason" => close_label(code)).increment(1);
+    conn.close((code as u32).into(), code.reason());
+}
+
+fn close_label(code: CloseCode) -> &'static str {
+    match code {
+        CloseCode::Normal => "normal",
+        CloseCode::ProtocolError => "protocol_error",
+        CloseCode::Unauthenticated => "unauthenticated",
+        CloseCode::HandshakeTimeout => "handshake_timeout",
+        CloseCode::GoingAway => "going_away",
+        CloseCode::Internal => "internal",
+    }
+}
+
+impl Gateway {
+    /// Binds `listen` and starts serving.
+    pub fn start(listen: SocketAddr, keys: &GatewayKeys, vault_addr: SocketAddr, vault_server_name: &str) -> anyhow::Result<Self> {
+        let shared = Arc::new(Shared {
+            noise_private: *keys.noise_private,
+            verifier: CredentialVerifier::new(&keys.account_service_public)?,
+            vault: VaultLink::new(vault_addr, vault_server_name.to_owned(), &keys.vault_client, &keys.vault_ca_pem)?,
+        });
+        let endpoint = quinn::Endpoint::server(server_config(keys)?, listen)?;
+        let ep = endpoint.clone();
+        let sh = shared.clone();
+        let task = tokio::spawn(async move {
+            while let Some(incoming) = ep.accept().await {
+                let sh = sh.clone();
+                tokio::spawn(async move {
+                    if let Ok(conn) = incoming.await {
+                        metrics::gauge!("gateway_connections").increment(1.0);
+                        serve_connection(sh, conn).await;
+                        metrics::gauge!("gateway_connections").decrement(1.0);
+                    }
+                });
+            }
+        });
+        Ok(Self { endpoint, shared, task })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.endpoint.local_addr()
+    }
+
+    /// Tells clients to go away, then waits for the endpoint to drain.
+    pub async fn shutdown(self) {
+        self.endpoint
+            .close((CloseCode::GoingAway as u32).into(), CloseCode::GoingAway.reason());
+        self.task.abort();
+        self.shared.vault.close();
+        self.endpoint.wait_idle().await;
+    }
+}
+
+enum HandshakeOutcome {
+    Authenticated(AuthenticatedDevice),
+    Closed(CloseCode),
+}
+
+async fn serve_connection(shared: Arc<Shared>, conn: quinn::Connection) {
+    let device = match authenticate(&shared, &conn).await {
+        HandshakeOutcome::Authenticated(d) => d,
+        HandshakeOutcome::Closed(code) => {
+            close(&conn, code);
+            return;
+        }
+    };
+    metrics::counter!("gateway_authenticated_total", "pattern" => if device.pattern == msg::NoisePattern::Ik { "ik" } else { "xx" }).increment(1);
+    let account: Arc<str> = Arc::from(device.account_id.as_str());
+    loop {
+        let (send, recv) = match conn.accept_bi().await {
+            Ok(s) => s,
+            Err(_) => return,
+        };
+        let shared = shared.clone();
+        let conn2 = conn.clone();
+        let account = account.clone();
+        tokio::spawn(async move {
+            match tokio::time::timeout(REQUEST_TIMEOUT, relay(&shared, &account, send, recv)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(code)) => close(&conn2, code),
+                Err(_) => {}
+            }
+        });
+    }
+}
+
+/// Runs the handshake on the first stream; any other stream opened before it
+/// completes closes the connection as unauthenticated.
+async fn authenticate(shared: &Shared, conn: &quinn::Connection) -> HandshakeOutcome {
+    let mut exporter = [0u8; EXPORTER_LEN];
+    if conn
+        .export_keying_material(&mut exporter, noise::EXPORTER_LABEL, noise::EXPORTER_CONTEXT)
+        .is_err()
+    {
+        return HandshakeOutcome::Closed(CloseCode::Internal);
+    }
+    let work = async {
+        let (mut send, mut recv) = match conn.accept_bi().await {
+            Ok(s) => s,
+            Err(_) => return HandshakeOutcome::Closed(CloseCode::Normal),
+        };
+        let mut responder = Responder::new(shared.noise_private, exporter, &shared.verifier);
+        let handshake = async {
+            loop {
+                let frame = match read_frame(&mut recv).await {
+                    Ok(Some(f)) => f,
+                    Ok(None) | Err(StreamError::Frame(_)) => return HandshakeOutcome::Closed(CloseCode::ProtocolError),
+                    Err(StreamError::Io(_)) => return HandshakeOutcome::Closed(CloseCode::Normal),
+                };
+                match responder.on_frame(&frame) {
+                    Ok(ResponderStep::Send(f)) => {
+                        if write_frame(&mut send, &f).await.is_err() {
+                            return HandshakeOutcome::Closed(CloseCode::Normal);
+                        }
+                    }
+                    Ok(ResponderStep::Finished(frames, outcome)) => {
+                        for f in frames {
+                            let _ = write_frame(&mut send, &f).await;
+                        }
+                        let _ = send.finish();
+                        return match outcome {
+                            Ok(d) => HandshakeOutcome::Authenticated(d),
+                            Err(e) => {
+                                tracing::info!(reason = %e, "device credential refused");
+                                // Let the AuthResult reach the client before closing.
+                                let _ = tokio::time::timeout(std::time::Duration::from_millis(500), send.stopped()).await;
+                                HandshakeOutcome::Closed(CloseCode::Unauthenticated)
+                            }
+                        };
+                    }
+                    Err(e) => {
+                        tracing::info!(error = %e, "handshake failed");
+                        return HandshakeOutcome::Closed(CloseCode::ProtocolError);
+                    }
+                }
+            }
+        };
+        tokio::select! {
+            out = handshake => out,
+            _ = conn.accept_bi() => HandshakeOutcome::Closed(CloseCode::Unauthenticated),
+        }
+    };
+    tokio::time::timeout(HANDSHAKE_TIMEOUT, work)
+        .await
+        .unwrap_or(HandshakeOutcome::Closed(CloseCode::HandshakeTimeout))
+}
+
+async fn relay(
+    shared: &Shared,
+    account_id: &str,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+) -> Result<(), CloseCode> {
+    let request = match read_frame(&mut recv).await {
+        Ok(Some(body)) => framing::decode::<msg::Request>(&body)
+            .and_then(|r| framing::validate_request(&r).map(|_| r))
+            .map_err(|e| e.to_string()),
+        Ok(None) => Err("empty request stream".to_string()),
+        Err(StreamError::Frame(e)) => Err(e.to_string()),
+        Err(StreamError::Io(_)) => return Ok(()),
+    };
+    let request = match request {
+        Ok(r) => r,
+        Err(why) => {
+            metrics::counter!("gateway_protocol_errors_total").increment(1);
+            let _ = write_message(&mut send, &msg::Response::error(ErrorCode::ProtocolError, why)).await;
+            let _ = send.finish();
+            let _ = tokio::time::timeout(std::time::Duration::from_millis(200), send.stopped()).await;
+            return Err(CloseCode::ProtocolError);
+        }
+    };
+    let response = shared.vault.call(account_id, request).await;
+    let _ = write_message(&mut send, &response).await;
+    let _ = send.finish();
+    Ok(())
+}
