@@ -1,0 +1,222 @@
+//! Vault invariants over real sockets: QUIC + Noise through the gateway to a
+//! replica with its redb database, all on loopback.
+
+use std::time::Duration;
+
+use client::connection::ConnectOptions;
+use client::{BackupKey, ClientError, GatewayConnection, Status, VaultClient};
+use gateway::local_stack::{LocalStack, StackOptions};
+use opaque_ke::ClientLogin;
+use protocol_spec::msg::{self, request::Kind as Req, response::Kind as Resp, LoginPurpose};
+use protocol_spec::opaque_profile::Suite;
+use rand::rngs::OsRng;
+
+async fn stack() -> LocalStack {
+    LocalStack::start(StackOptions::default()).await.expect("stack starts")
+}
+
+async fn connect(stack: &LocalStack, account: &str) -> GatewayConnection {
+    let dev = stack.enroll_device(account).expect("enroll");
+    GatewayConnection::connect(&stack.profile, &dev).await.expect("connect")
+}
+
+#[tokio::test]
+async fn register_then_recover_returns_the_same_key_with_ik_and_xx() {
+    let stack = stack().await;
+    let conn = connect(&stack, "alice").await;
+    let vault = VaultClient::new(&conn, &stack.profile).unwrap();
+    let key = BackupKey::generate();
+    vault.register(b"hunter2 but longer", &key, false).await.unwrap();
+    assert_eq!(vault.recover(b"hunter2 but longer").await.unwrap(), key);
+
+    // A second device of the same account, using XX (gateway key learned in the handshake).
+    let dev = stack.enroll_device("alice").unwrap();
+    let conn2 = GatewayConnection::connect_with(&stack.profile, &dev, &ConnectOptions { force_xx: true })
+        .await
+        .unwrap();
+    let vault2 = VaultClient::new(&conn2, &stack.profile).unwrap();
+    assert_eq!(vault2.recover(b"hunter2 but longer").await.unwrap(), key);
+    assert_eq!(
+        vault2.status().await.unwrap(),
+        Status::Active { attempts_left: 10, max_attempts: 10 }
+    );
+    conn.close().await;
+    conn2.close().await;
+    stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn wrong_passwords_count_down_then_lock_out_and_erase_the_record() {
+    let stack = LocalStack::start(StackOptions { max_attempts: 4, ..Default::default() }).await.unwrap();
+    let conn = connect(&stack, "bob").await;
+    let vault = VaultClient::new(&conn, &stack.profile).unwrap();
+    vault.register(b"right", &BackupKey::generate(), false).await.unwrap();
+    for left in (1..4).rev() {
+        match vault.recover(b"wrong").await {
+            Err(ClientError::WrongPassword { attempts_left }) => assert_eq!(attempts_left, left),
+            other => panic!("expected wrong password, got {other:?}"),
+        }
+        assert_eq!(vault.status().await.unwrap(), Status::Active { attempts_left: left, max_attempts: 4 });
+    }
+    assert!(matches!(vault.recover(b"wrong").await, Err(ClientError::LockedOut)));
+    // Even the right password fails now, and the record is gone from storage.
+    assert!(matches!(vault.recover(b"right").await, Err(ClientError::LockedOut)));
+    assert_eq!(vault.status().await.unwrap(), Status::LockedOut);
+    let row = stack.replica.as_ref().unwrap().vault.store().get("bob").unwrap().unwrap();
+    assert!(row.sealed_record.is_empty(), "sealed record must be erased");
+    // Re-registering starts a fresh deposit.
+    let key2 = BackupKey::generate();
+    vault.register(b"new start", &key2, false).await.unwrap();
+    assert_eq!(vault.recover(b"new start").await.unwrap(), key2);
+    conn.close().await;
+    stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn right_password_on_the_last_guess_still_recovers() {
+    let stack = LocalStack::start(StackOptions { max_attempts: 2, ..Default::default() }).await.unwrap();
+    let conn = connect(&stack, "carol").await;
+    let vault = VaultClient::new(&conn, &stack.profile).unwrap();
+    let key = BackupKey::generate();
+    vault.register(b"right", &key, false).await.unwrap();
+    assert!(matches!(vault.recover(b"wrong").await, Err(ClientError::WrongPassword { attempts_left: 1 })));
+    assert_eq!(vault.recover(b"right").await.unwrap(), key);
+    assert_eq!(vault.status().await.unwrap(), Status::Active { attempts_left: 2, max_attempts: 2 });
+    conn.close().await;
+    stack.shutdown().await;
+}
+
+fn login_start_request() -> msg::Request {
+    let start = ClientLogin::<Suite>::start(&mut OsRng, b"whatever").unwrap();
+    msg::Request {
+        kind: Some(Req::LoginStart(msg::LoginStartRequest {
+            credential_request: start.message.serialize().to_vec(),
+            purpose: LoginPurpose::Recover as i32,
+        })),
+    }
+}
+
+#[tokio::test]
+async fn fifty_concurrent_login_starts_yield_at_most_the_guesses_left() {
+    let stack = stack().await;
+    let conn = connect(&stack, "dave").await;
+    VaultClient::new(&conn, &stack.profile)
+        .unwrap()
+        .register(b"pw", &BackupKey::generate(), false)
+        .await
+        .unwrap();
+    // Several connections so that requests really run in parallel.
+    let mut conns = Vec::new();
+    for _ in 0..5 {
+        conns.push(connect(&stack, "dave").await);
+    }
+    let requests: Vec<msg::Request> = (0..50).map(|_| login_start_request()).collect();
+    let mut tasks = Vec::new();
+    for (i, req) in requests.iter().enumerate() {
+        tasks.push(conns[i % conns.len()].request(req));
+    }
+    let results = futures::future::join_all(tasks).await;
+    let mut evaluations = 0;
+    for r in results {
+        match r.unwrap().kind {
+            Some(Resp::LoginStart(_)) => evaluations += 1,
+            Some(Resp::Error(e)) => assert_eq!(e.code(), msg::ErrorCode::LockedOut, "{e:?}"),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(evaluations, 10, "exactly the guess limit may be evaluated");
+    for c in conns {
+        c.close().await;
+    }
+    conn.close().await;
+    stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn vault_restart_between_login_start_and_finish_keeps_the_counted_guess() {
+    let mut stack = stack().await;
+    let conn = connect(&stack, "erin").await;
+    let vault = VaultClient::new(&conn, &stack.profile).unwrap();
+    vault.register(b"pw", &BackupKey::generate(), false).await.unwrap();
+    let resp = conn.request(&login_start_request()).await.unwrap();
+    let Some(Resp::LoginStart(ls)) = resp.kind else { panic!("{resp:?}") };
+    assert_eq!(ls.attempts_left, 9);
+
+    stack.stop_vault().await;
+    stack.start_vault().await.unwrap();
+
+    // The pending login died with the process; the counted guess did not.
+    let finish = msg::Request {
+        kind: Some(Req::LoginFinish(msg::LoginFinishRequest {
+            login_session: ls.login_session,
+            credential_finalization: vec![0; 64],
+        })),
+    };
+    let mut answer = None;
+    for _ in 0..50 {
+        let r = conn.request(&finish).await.unwrap();
+        match r.kind {
+            Some(Resp::Error(e)) if e.code() == msg::ErrorCode::Unavailable => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            other => {
+                answer = other;
+                break;
+            }
+        }
+    }
+    match answer {
+        Some(Resp::Error(e)) => assert!(
+            matches!(e.code(), msg::ErrorCode::SessionExpired | msg::ErrorCode::ProtocolError),
+            "{e:?}"
+        ),
+        other => panic!("unexpected {other:?}"),
+    }
+    assert_eq!(vault.status().await.unwrap(), Status::Active { attempts_left: 9, max_attempts: 10 });
+    conn.close().await;
+    stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn client_refuses_to_upload_to_a_vault_that_is_not_the_pinned_one() {
+    let stack = stack().await;
+    let other = LocalStack::start(StackOptions::default()).await.unwrap();
+    // A profile pinning another fleet's key: what a client sees when a
+    // malicious gateway routes it to an impostor vault.
+    let mut profile = stack.profile.clone();
+    profile.fleet_public_key = other.profile.fleet_public_key.clone();
+    let conn = connect(&stack, "frank").await;
+    let vault = VaultClient::new(&conn, &profile).unwrap();
+    match vault.register(b"pw", &BackupKey::generate(), false).await {
+        Err(ClientError::VaultKeyMismatch { got, pinned }) => {
+            assert_eq!(got, stack.profile.fleet_public_key);
+            assert_eq!(pinned, other.profile.fleet_public_key);
+        }
+        r => panic!("expected a pin mismatch, got {r:?}"),
+    }
+    // Nothing was uploaded.
+    assert_eq!(vault.status().await.unwrap(), Status::NotRegistered);
+    conn.close().await;
+    other.shutdown().await;
+    stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn change_password_and_disable_need_the_current_password() {
+    let stack = stack().await;
+    let conn = connect(&stack, "gina").await;
+    let vault = VaultClient::new(&conn, &stack.profile).unwrap();
+    let key = BackupKey::generate();
+    vault.register(b"old", &key, false).await.unwrap();
+    assert!(matches!(vault.register(b"x", &BackupKey::generate(), false).await, Err(ClientError::AlreadyRegistered)));
+    assert!(matches!(vault.change_password(b"nope", b"new").await, Err(ClientError::WrongPassword { .. })));
+    vault.change_password(b"old", b"new").await.unwrap();
+    assert!(matches!(vault.recover(b"old").await, Err(ClientError::WrongPassword { .. })));
+    assert_eq!(vault.recover(b"new").await.unwrap(), key);
+    assert!(matches!(vault.disable(b"old").await, Err(ClientError::WrongPassword { .. })));
+    vault.disable(b"new").await.unwrap();
+    assert_eq!(vault.status().await.unwrap(), Status::NotRegistered);
+    assert!(matches!(vault.recover(b"new").await, Err(ClientError::NotRegistered)));
+    conn.close().await;
+    stack.shutdown().await;
+}
