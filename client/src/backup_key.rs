@@ -67,8 +67,7 @@ impl BackupKey {
             )));
         }
         let mut k = [0u8; 32];
-        hex::decode_to_slice(&digits, &mut k)
-            .map_err(|e| ClientError::BadKey(e.to_string()))?;
+        hex::decode_to_slice(&digits, &mut k).map_err(|e| ClientError::BadKey(e.to_string()))?;
         Ok(Self(k))
     }
 }
@@ -93,6 +92,9 @@ mod tests {
         let e = BackupKey::parse(&typo).unwrap_err().to_string();
         assert!(e.contains("not a hex digit"), "{e}");
         let short = &k[..k.len() - 1];
-        assert!(BackupKey::parse(short).unwrap_err().to_string().contains("63"));
+        assert!(BackupKey::parse(short)
+            .unwrap_err()
+            .to_string()
+            .contains("63"));
     }
 }

@@ -56,7 +56,10 @@ pub fn tls_config(profile: &ClientProfile) -> Result<quinn::ClientConfig, Client
 
 impl GatewayConnection {
     /// Connects and authenticates with default options.
-    pub async fn connect(profile: &ClientProfile, device: &DeviceIdentity) -> Result<Self, ClientError> {
+    pub async fn connect(
+        profile: &ClientProfile,
+        device: &DeviceIdentity,
+    ) -> Result<Self, ClientError> {
         Self::connect_with(profile, device, &ConnectOptions::default()).await
     }
 
@@ -67,11 +70,20 @@ impl GatewayConnection {
         opts: &ConnectOptions,
     ) -> Result<Self, ClientError> {
         let credential = device.credential.as_deref().ok_or_else(|| {
-            ClientError::Config("this device has no credential yet; ask the account service to mint one".into())
+            ClientError::Config(
+                "this device has no credential yet; ask the account service to mint one".into(),
+            )
         })?;
         let addr = profile.gateway_addr;
-        let cerr = |reason: String| ClientError::Connect { addr: addr.to_string(), reason };
-        let bind = if addr.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" };
+        let cerr = |reason: String| ClientError::Connect {
+            addr: addr.to_string(),
+            reason,
+        };
+        let bind = if addr.is_ipv6() {
+            "[::]:0"
+        } else {
+            "0.0.0.0:0"
+        };
         let mut endpoint = quinn::Endpoint::client(bind.parse().map_err(|_| cerr("bind".into()))?)
             .map_err(|e| cerr(e.to_string()))?;
         endpoint.set_default_client_config(tls_config(profile)?);
@@ -81,8 +93,12 @@ impl GatewayConnection {
             .await
             .map_err(|e| cerr(e.to_string()))?;
         let mut exporter = [0u8; EXPORTER_LEN];
-        conn.export_keying_material(&mut exporter, noise::EXPORTER_LABEL, noise::EXPORTER_CONTEXT)
-            .map_err(|_| cerr("TLS exporter unavailable".into()))?;
+        conn.export_keying_material(
+            &mut exporter,
+            noise::EXPORTER_LABEL,
+            noise::EXPORTER_CONTEXT,
+        )
+        .map_err(|_| cerr("TLS exporter unavailable".into()))?;
         let mut initiator = Initiator::new(
             *device.static_private,
             profile.gateway_key()?,
@@ -94,7 +110,9 @@ impl GatewayConnection {
         let (mut send, mut recv) = conn.open_bi().await.map_err(|e| cerr(e.to_string()))?;
         let auth_err = |e: String| ClientError::Authentication(e);
         let first = initiator.start().map_err(|e| auth_err(e.to_string()))?;
-        write_frame(&mut send, &first).await.map_err(|e| auth_err(e.to_string()))?;
+        write_frame(&mut send, &first)
+            .await
+            .map_err(|e| auth_err(e.to_string()))?;
         let account_id = loop {
             let frame = match read_frame(&mut recv).await {
                 Ok(Some(f)) => f,
@@ -105,14 +123,23 @@ impl GatewayConnection {
                     }))
                 }
             };
-            match initiator.on_frame(&frame).map_err(|e| auth_err(e.to_string()))? {
-                InitiatorStep::Send(f) => write_frame(&mut send, &f).await.map_err(|e| auth_err(e.to_string()))?,
+            match initiator
+                .on_frame(&frame)
+                .map_err(|e| auth_err(e.to_string()))?
+            {
+                InitiatorStep::Send(f) => write_frame(&mut send, &f)
+                    .await
+                    .map_err(|e| auth_err(e.to_string()))?,
                 InitiatorStep::Wait => {}
                 InitiatorStep::Done { account_id } => break account_id,
             }
         };
         let _ = send.finish();
-        Ok(Self { conn, endpoint, account_id })
+        Ok(Self {
+            conn,
+            endpoint,
+            account_id,
+        })
     }
 
     /// The account this connection is authenticated as.
@@ -122,8 +149,14 @@ impl GatewayConnection {
 
     /// Sends one request on its own stream and waits for the response.
     pub async fn request(&self, req: &msg::Request) -> Result<msg::Response, ClientError> {
-        let (mut send, mut recv) = self.conn.open_bi().await.map_err(|e| self.lost(e.to_string()))?;
-        write_message(&mut send, req).await.map_err(|e| self.lost(e.to_string()))?;
+        let (mut send, mut recv) = self
+            .conn
+            .open_bi()
+            .await
+            .map_err(|e| self.lost(e.to_string()))?;
+        write_message(&mut send, req)
+            .await
+            .map_err(|e| self.lost(e.to_string()))?;
         let _ = send.finish();
         read_message::<msg::Response, _>(&mut recv)
             .await

@@ -59,13 +59,15 @@ impl DeviceIdentity {
                 p.display()
             ))
         })?);
-        let f: DeviceFile =
-            toml::from_str(&t).map_err(|e| ClientError::Config(format!("invalid {}: {e}", p.display())))?;
+        let f: DeviceFile = toml::from_str(&t)
+            .map_err(|e| ClientError::Config(format!("invalid {}: {e}", p.display())))?;
         let dec = |h: &str| -> Result<[u8; 32], ClientError> {
             hex::decode(h)
                 .ok()
                 .and_then(|v| v.try_into().ok())
-                .ok_or_else(|| ClientError::Config(format!("{} holds a malformed key", p.display())))
+                .ok_or_else(|| {
+                    ClientError::Config(format!("{} holds a malformed key", p.display()))
+                })
         };
         Ok(Self {
             static_private: Zeroizing::new(dec(&f.static_private_hex)?),
@@ -82,7 +84,8 @@ impl DeviceIdentity {
             static_public_hex: hex::encode(self.static_public),
             credential: self.credential.clone(),
         };
-        let t = Zeroizing::new(toml::to_string(&f).map_err(|e| ClientError::Config(e.to_string()))?);
+        let t =
+            Zeroizing::new(toml::to_string(&f).map_err(|e| ClientError::Config(e.to_string()))?);
         let p = dir.join(DEVICE_FILE);
         let mut opts = std::fs::OpenOptions::new();
         opts.write(true).create(true).truncate(true);

@@ -4,14 +4,24 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use client::{BackupKey, ClientError, ClientProfile, DeviceIdentity, GatewayConnection, Status, VaultClient};
+use client::{
+    BackupKey, ClientError, ClientProfile, DeviceIdentity, GatewayConnection, Status, VaultClient,
+};
 use zeroize::Zeroizing;
 
 #[derive(Parser)]
-#[command(name = "backup-client", version, about = "End-to-end encrypted backup keys")]
+#[command(
+    name = "backup-client",
+    version,
+    about = "End-to-end encrypted backup keys"
+)]
 struct Cli {
     /// Deployment profile (written by `local-stack`).
-    #[arg(long, global = true, default_value = ".local-stack/client-profile.toml")]
+    #[arg(
+        long,
+        global = true,
+        default_value = ".local-stack/client-profile.toml"
+    )]
     profile: PathBuf,
     /// Device folder (device key and credential).
     #[arg(long, global = true, default_value = "my-phone")]
@@ -68,7 +78,9 @@ fn password(prompt: &str) -> anyhow::Result<Zeroizing<String>> {
     if let Ok(p) = std::env::var("BKV_PASSWORD") {
         return Ok(Zeroizing::new(p));
     }
-    Ok(Zeroizing::new(rpassword::prompt_password(prompt).context("cannot read the password")?))
+    Ok(Zeroizing::new(
+        rpassword::prompt_password(prompt).context("cannot read the password")?,
+    ))
 }
 
 async fn connect(cli: &Cli) -> anyhow::Result<(ClientProfile, GatewayConnection)> {
@@ -89,7 +101,9 @@ async fn main() {
 async fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match &cli.cmd {
-        Cmd::Device { cmd: DeviceCmd::New } => {
+        Cmd::Device {
+            cmd: DeviceCmd::New,
+        } => {
             if cli.device.join(client::device::DEVICE_FILE).exists() {
                 anyhow::bail!("{} already holds a device identity", cli.device.display());
             }
@@ -98,7 +112,9 @@ async fn run() -> anyhow::Result<()> {
             println!("device key: {}", hex::encode(d.static_public));
             println!("have the account service mint a credential for it, then run `backup-client device set-credential TOKEN`");
         }
-        Cmd::Device { cmd: DeviceCmd::SetCredential { token } } => {
+        Cmd::Device {
+            cmd: DeviceCmd::SetCredential { token },
+        } => {
             let mut d = DeviceIdentity::load(&cli.device)?;
             d.credential = Some(token.trim().to_owned());
             d.save(&cli.device)?;
@@ -154,7 +170,10 @@ async fn run() -> anyhow::Result<()> {
             let vault = VaultClient::new(&conn, &profile)?;
             match vault.status().await? {
                 Status::NotRegistered => println!("no key deposited"),
-                Status::Active { attempts_left, max_attempts } => {
+                Status::Active {
+                    attempts_left,
+                    max_attempts,
+                } => {
                     println!("key deposited; {attempts_left} of {max_attempts} attempts left")
                 }
                 Status::LockedOut => println!("locked out: the deposited key was erased for good"),
@@ -169,7 +188,9 @@ async fn run() -> anyhow::Result<()> {
                 Ok(p) => Zeroizing::new(p),
                 Err(_) => Zeroizing::new(rpassword::prompt_password("new password: ")?),
             };
-            vault.change_password(old.as_bytes(), new.as_bytes()).await?;
+            vault
+                .change_password(old.as_bytes(), new.as_bytes())
+                .await?;
             println!("password changed");
             conn.close().await;
         }

@@ -37,8 +37,9 @@ impl ClientProfile {
                 path.display()
             ))
         })?;
-        toml::from_str(&t)
-            .map_err(|e| ClientError::Config(format!("invalid client profile {}: {e}", path.display())))
+        toml::from_str(&t).map_err(|e| {
+            ClientError::Config(format!("invalid client profile {}: {e}", path.display()))
+        })
     }
 
     /// Writes a profile.
@@ -53,7 +54,9 @@ impl ClientProfile {
         let k = hex::decode(self.fleet_public_key.trim())
             .map_err(|e| ClientError::Config(format!("fleet_public_key is not hex: {e}")))?;
         if k.len() != protocol_spec::opaque_profile::FLEET_PUBLIC_KEY_LEN {
-            return Err(ClientError::Config("fleet_public_key must be 32 bytes".into()));
+            return Err(ClientError::Config(
+                "fleet_public_key must be 32 bytes".into(),
+            ));
         }
         Ok(k)
     }
@@ -63,8 +66,9 @@ impl ClientProfile {
         self.gateway_noise_key
             .as_deref()
             .map(|h| {
-                let v = hex::decode(h.trim())
-                    .map_err(|e| ClientError::Config(format!("gateway_noise_key is not hex: {e}")))?;
+                let v = hex::decode(h.trim()).map_err(|e| {
+                    ClientError::Config(format!("gateway_noise_key is not hex: {e}"))
+                })?;
                 v.try_into()
                     .map_err(|_| ClientError::Config("gateway_noise_key must be 32 bytes".into()))
             })

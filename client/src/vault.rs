@@ -9,7 +9,9 @@ use opaque_ke::{
     ClientLogin, ClientLoginFinishParameters, ClientRegistration,
     ClientRegistrationFinishParameters, CredentialResponse, RegistrationResponse,
 };
-use protocol_spec::msg::{self, request::Kind as Req, response::Kind as Resp, AccountState, LoginPurpose};
+use protocol_spec::msg::{
+    self, request::Kind as Req, response::Kind as Resp, AccountState, LoginPurpose,
+};
 use protocol_spec::opaque_profile::{self as op, Suite};
 use rand::rngs::OsRng;
 use zeroize::Zeroizing;
@@ -42,7 +44,9 @@ pub struct VaultClient<'c> {
 
 impl std::fmt::Debug for VaultClient<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("VaultClient").field("fleet_id", &self.fleet_id).finish_non_exhaustive()
+        f.debug_struct("VaultClient")
+            .field("fleet_id", &self.fleet_id)
+            .finish_non_exhaustive()
     }
 }
 
@@ -77,7 +81,10 @@ impl<'c> VaultClient<'c> {
     }
 
     async fn call(&self, kind: Req) -> Result<Resp, ClientError> {
-        let resp = self.conn.request(&msg::Request { kind: Some(kind) }).await?;
+        let resp = self
+            .conn
+            .request(&msg::Request { kind: Some(kind) })
+            .await?;
         match resp.kind {
             Some(Resp::Error(e)) => Err(ClientError::from_wire(&e)),
             Some(k) => Ok(k),
@@ -106,16 +113,27 @@ impl<'c> VaultClient<'c> {
                 AccountState::LockedOut => Status::LockedOut,
                 _ => Status::NotRegistered,
             }),
-            _ => Err(ClientError::Protocol("unexpected response to status".into())),
+            _ => Err(ClientError::Protocol(
+                "unexpected response to status".into(),
+            )),
         }
     }
 
     /// Deposits `key` protected by `password`. With `replace_existing`, an
     /// existing deposit is destroyed (warn the user first).
-    pub async fn register(&self, password: &[u8], key: &BackupKey, replace_existing: bool) -> Result<(), ClientError> {
+    pub async fn register(
+        &self,
+        password: &[u8],
+        key: &BackupKey,
+        replace_existing: bool,
+    ) -> Result<(), ClientError> {
         use msg::register_finish_request::Authorization;
-        self.register_with(password, key, Some(Authorization::ReplaceExisting(replace_existing)))
-            .await
+        self.register_with(
+            password,
+            key,
+            Some(Authorization::ReplaceExisting(replace_existing)),
+        )
+        .await
     }
 
     async fn register_with(
@@ -132,7 +150,9 @@ impl<'c> VaultClient<'c> {
             }))
             .await?
         else {
-            return Err(ClientError::Protocol("unexpected response to register start".into()));
+            return Err(ClientError::Protocol(
+                "unexpected response to register start".into(),
+            ));
         };
         let response = RegistrationResponse::<Suite>::deserialize(&rs.registration_response)
             .map_err(|e| ClientError::Protocol(format!("registration response: {e:?}")))?;
@@ -150,8 +170,13 @@ impl<'c> VaultClient<'c> {
             .map_err(|e| ClientError::Protocol(format!("registration finish: {e:?}")))?;
         // The pin check happens before anything derived from the password leaves.
         self.check_pin(&finish.server_s_pk.serialize())?;
-        let wrapped = op::wrap_backup_key(&finish.export_key, self.account(), &self.fleet_id, key.as_bytes())
-            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let wrapped = op::wrap_backup_key(
+            &finish.export_key,
+            self.account(),
+            &self.fleet_id,
+            key.as_bytes(),
+        )
+        .map_err(|e| ClientError::Protocol(e.to_string()))?;
         match self
             .call(Req::RegisterFinish(msg::RegisterFinishRequest {
                 registration_ticket: rs.registration_ticket,
@@ -162,7 +187,9 @@ impl<'c> VaultClient<'c> {
             .await?
         {
             Resp::RegisterFinish(_) => Ok(()),
-            _ => Err(ClientError::Protocol("unexpected response to register finish".into())),
+            _ => Err(ClientError::Protocol(
+                "unexpected response to register finish".into(),
+            )),
         }
     }
 
@@ -176,7 +203,9 @@ impl<'c> VaultClient<'c> {
             }))
             .await?
         else {
-            return Err(ClientError::Protocol("unexpected response to login start".into()));
+            return Err(ClientError::Protocol(
+                "unexpected response to login start".into(),
+            ));
         };
         let response = CredentialResponse::<Suite>::deserialize(&ls.credential_response)
             .map_err(|e| ClientError::Protocol(format!("credential response: {e:?}")))?;
@@ -184,14 +213,20 @@ impl<'c> VaultClient<'c> {
             &mut OsRng,
             password,
             response,
-            ClientLoginFinishParameters::new(None, op::identifiers(self.account(), &self.fleet_id), Some(&self.ksf)),
+            ClientLoginFinishParameters::new(
+                None,
+                op::identifiers(self.account(), &self.fleet_id),
+                Some(&self.ksf),
+            ),
         ) {
             Ok(f) => f,
             Err(opaque_ke::errors::ProtocolError::InvalidLoginError) => {
                 return Err(if ls.attempts_left == 0 {
                     ClientError::LockedOut
                 } else {
-                    ClientError::WrongPassword { attempts_left: ls.attempts_left }
+                    ClientError::WrongPassword {
+                        attempts_left: ls.attempts_left,
+                    }
                 });
             }
             Err(e) => return Err(ClientError::Protocol(format!("login finish: {e:?}"))),
@@ -204,7 +239,9 @@ impl<'c> VaultClient<'c> {
             }))
             .await?
         else {
-            return Err(ClientError::Protocol("unexpected response to login finish".into()));
+            return Err(ClientError::Protocol(
+                "unexpected response to login finish".into(),
+            ));
         };
         Ok(Verified {
             session: ls.login_session,
@@ -233,12 +270,18 @@ impl<'c> VaultClient<'c> {
         let v = self.login(old, LoginPurpose::ChangePassword).await?;
         let key = self.open_key(&v)?;
         use msg::register_finish_request::Authorization;
-        self.register_with(new, &key, Some(Authorization::LoginSession(v.session.clone())))
-            .await
+        self.register_with(
+            new,
+            &key,
+            Some(Authorization::LoginSession(v.session.clone())),
+        )
+        .await
     }
 
     /// Removes the deposit after proving the password.
     pub async fn disable(&self, password: &[u8]) -> Result<(), ClientError> {
-        self.login(password, LoginPurpose::Disable).await.map(|_| ())
+        self.login(password, LoginPurpose::Disable)
+            .await
+            .map(|_| ())
     }
 }

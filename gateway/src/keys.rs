@@ -85,7 +85,10 @@ pub fn init(dir: &Path, names: &[&str]) -> anyhow::Result<()> {
     }
     if !dir.join(files::ACCOUNT_SERVICE_PUBLIC).exists() {
         let (secret, public) = protocol_spec::credential::generate_signing_key()?;
-        write_private(&dir.join(files::ACCOUNT_SERVICE_SECRET), hex::encode(secret).as_bytes())?;
+        write_private(
+            &dir.join(files::ACCOUNT_SERVICE_SECRET),
+            hex::encode(secret).as_bytes(),
+        )?;
         std::fs::write(dir.join(files::ACCOUNT_SERVICE_PUBLIC), hex::encode(public))?;
     }
     Ok(())
@@ -113,7 +116,10 @@ impl GatewayKeys {
             noise_public: dec32(&noise.public_hex)?,
             account_service_public: hex::decode(read(dir, files::ACCOUNT_SERVICE_PUBLIC)?.trim())?,
             vault_client: pki::read(dir, files::VAULT_CLIENT).map_err(|e| {
-                anyhow::anyhow!("{e}; issue one with `vault-backend issue-gateway-cert --out-dir {}`", dir.display())
+                anyhow::anyhow!(
+                    "{e}; issue one with `vault-backend issue-gateway-cert --out-dir {}`",
+                    dir.display()
+                )
             })?,
             vault_ca_pem: read(dir, files::VAULT_CA)?,
         })
@@ -122,5 +128,7 @@ impl GatewayKeys {
 
 /// Reads the account service signing key (local stack / mint command).
 pub fn account_service_secret(dir: &Path) -> anyhow::Result<Zeroizing<Vec<u8>>> {
-    Ok(Zeroizing::new(hex::decode(read(dir, files::ACCOUNT_SERVICE_SECRET)?.trim())?))
+    Ok(Zeroizing::new(hex::decode(
+        read(dir, files::ACCOUNT_SERVICE_SECRET)?.trim(),
+    )?))
 }

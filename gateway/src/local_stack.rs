@@ -54,7 +54,9 @@ pub struct LocalStack {
 
 impl std::fmt::Debug for LocalStack {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LocalStack").field("dir", &self.dir).finish_non_exhaustive()
+        f.debug_struct("LocalStack")
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
     }
 }
 
@@ -77,7 +79,10 @@ impl LocalStack {
             replica::init(&vault_dir, "bkv-local-fleet", &["localhost", "127.0.0.1"])?;
         }
         keys::init(&gw_dir, &["localhost", "127.0.0.1"])?;
-        if !gw_dir.join(format!("{}.pem", keys::files::VAULT_CLIENT)).exists() {
+        if !gw_dir
+            .join(format!("{}.pem", keys::files::VAULT_CLIENT))
+            .exists()
+        {
             replica::issue_gateway_cert(&vault_dir, &gw_dir, keys::files::VAULT_CLIENT)?;
         }
         let vault_cfg = VaultConfig {
@@ -88,7 +93,10 @@ impl LocalStack {
         };
         let replica = Replica::start(&vault_cfg)?;
         let vault_addr = replica.server.local_addr()?;
-        let vault_cfg = VaultConfig { listen: vault_addr, ..vault_cfg };
+        let vault_cfg = VaultConfig {
+            listen: vault_addr,
+            ..vault_cfg
+        };
         let gw_keys = GatewayKeys::load(&gw_dir)?;
         let gateway = Gateway::start(opts.gateway_listen, &gw_keys, vault_addr, "localhost")?;
         let fleet = FleetPublic::read(&vault_dir)?;
@@ -119,9 +127,16 @@ impl LocalStack {
     }
 
     /// Mints a credential with the stack's account-service key.
-    pub fn mint(&self, account_id: &str, device_key: &[u8; 32], ttl: Duration) -> anyhow::Result<String> {
+    pub fn mint(
+        &self,
+        account_id: &str,
+        device_key: &[u8; 32],
+        ttl: Duration,
+    ) -> anyhow::Result<String> {
         let secret = keys::account_service_secret(&self.gateway_dir())?;
-        Ok(protocol_spec::credential::mint(&secret, account_id, device_key, ttl)?)
+        Ok(protocol_spec::credential::mint(
+            &secret, account_id, device_key, ttl,
+        )?)
     }
 
     /// Gateway state folder.

@@ -60,33 +60,62 @@ enum Cmd {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
         .init();
     match Cli::parse().cmd {
         Cmd::Init { state_dir, name } => {
             let names: Vec<&str> = name.iter().map(String::as_str).collect();
             keys::init(&state_dir, &names)?;
             println!("gateway keys in {}", state_dir.display());
-            println!("next: vault-backend issue-gateway-cert --out-dir {}", state_dir.display());
+            println!(
+                "next: vault-backend issue-gateway-cert --out-dir {}",
+                state_dir.display()
+            );
         }
-        Cmd::MintCredential { state_dir, account, device_key, ttl_hours } => {
+        Cmd::MintCredential {
+            state_dir,
+            account,
+            device_key,
+            ttl_hours,
+        } => {
             let secret = keys::account_service_secret(&state_dir)?;
             let dev: [u8; 32] = hex::decode(device_key.trim())
                 .ok()
                 .and_then(|v| v.try_into().ok())
                 .context("--device-key must be 64 hex digits (the device's Noise public key)")?;
-            let token = protocol_spec::credential::mint(&secret, &account, &dev, Duration::from_secs(ttl_hours * 3600))?;
+            let token = protocol_spec::credential::mint(
+                &secret,
+                &account,
+                &dev,
+                Duration::from_secs(ttl_hours * 3600),
+            )?;
             println!("{token}");
         }
-        Cmd::Run { config, state_dir, listen, vault_addr, admin_listen } => {
+        Cmd::Run {
+            config,
+            state_dir,
+            listen,
+            vault_addr,
+            admin_listen,
+        } => {
             let mut cfg = match config {
                 Some(p) => GatewayConfig::load(&p)?,
                 None => GatewayConfig::default(),
             };
-            if let Some(v) = state_dir { cfg.state_dir = v; }
-            if let Some(v) = listen { cfg.listen = v; }
-            if let Some(v) = vault_addr { cfg.vault_addr = v; }
-            if admin_listen.is_some() { cfg.admin_listen = admin_listen; }
+            if let Some(v) = state_dir {
+                cfg.state_dir = v;
+            }
+            if let Some(v) = listen {
+                cfg.listen = v;
+            }
+            if let Some(v) = vault_addr {
+                cfg.vault_addr = v;
+            }
+            if admin_listen.is_some() {
+                cfg.admin_listen = admin_listen;
+            }
             if let Some(addr) = cfg.admin_listen {
                 metrics_exporter_prometheus::PrometheusBuilder::new()
                     .with_http_listener(addr)

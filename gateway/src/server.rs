@@ -47,19 +47,25 @@ fn server_config(keys: &GatewayKeys) -> anyhow::Result<quinn::ServerConfig> {
     let mut tls = rustls::ServerConfig::builder_with_provider(pki::crypto_provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_no_client_auth()
-        .with_single_cert(pki::certs(&keys.tls.cert_pem)?, pki::key(&keys.tls.key_pem)?)?;
+        .with_single_cert(
+            pki::certs(&keys.tls.cert_pem)?,
+            pki::key(&keys.tls.key_pem)?,
+        )?;
     tls.alpn_protocols = vec![noise::ALPN.to_vec()];
     let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(QuicServerConfig::try_from(tls)?));
     let mut transport = quinn::TransportConfig::default();
     transport.max_concurrent_bidi_streams(MAX_CONCURRENT_REQUESTS.into());
     transport.max_concurrent_uni_streams(0u32.into());
-    transport.max_idle_timeout(Some(quinn::IdleTimeout::try_from(protocol_spec::limits::IDLE_TIMEOUT)?));
+    transport.max_idle_timeout(Some(quinn::IdleTimeout::try_from(
+        protocol_spec::limits::IDLE_TIMEOUT,
+    )?));
     cfg.transport_config(Arc::new(transport));
     Ok(cfg)
 }
 
 fn close(conn: &quinn::Connection, code: CloseCode) {
-    metrics::counter!("gateway_connections_closed_total", "reason" => close_label(code)).increment(1);
+    metrics::counter!("gateway_connections_closed_total", "reason" => close_label(code))
+        .increment(1);
     conn.close((code as u32).into(), code.reason());
 }
 
@@ -76,11 +82,21 @@ fn close_label(code: CloseCode) -> &'static str {
 
 impl Gateway {
     /// Binds `listen` and starts serving.
-    pub fn start(listen: SocketAddr, keys: &GatewayKeys, vault_addr: SocketAddr, vault_server_name: &str) -> anyhow::Result<Self> {
+    pub fn start(
+        listen: SocketAddr,
+        keys: &GatewayKeys,
+        vault_addr: SocketAddr,
+        vault_server_name: &str,
+    ) -> anyhow::Result<Self> {
         let shared = Arc::new(Shared {
             noise_private: *keys.noise_private,
             verifier: CredentialVerifier::new(&keys.account_service_public)?,
-            vault: VaultLink::new(vault_addr, vault_server_name.to_owned(), &keys.vault_client, &keys.vault_ca_pem)?,
+            vault: VaultLink::new(
+                vault_addr,
+                vault_server_name.to_owned(),
+                &keys.vault_client,
+                &keys.vault_ca_pem,
+            )?,
         });
         let endpoint = quinn::Endpoint::server(server_config(keys)?, listen)?;
         let ep = endpoint.clone();
@@ -97,7 +113,11 @@ impl Gateway {
                 });
             }
         });
-        Ok(Self { endpoint, shared, task })
+        Ok(Self {
+            endpoint,
+            shared,
+            task,
+        })
     }
 
     /// The bound address.
@@ -107,8 +127,10 @@ impl Gateway {
 
     /// Tells clients to go away, then waits for the endpoint to drain.
     pub async fn shutdown(self) {
-        self.endpoint
-            .close((CloseCode::GoingAway as u32).into(), CloseCode::GoingAway.reason());
+        self.endpoint.close(
+            (CloseCode::GoingAway as u32).into(),
+            CloseCode::GoingAway.reason(),
+        );
         self.task.abort();
         self.shared.vault.close();
         self.endpoint.wait_idle().await;
@@ -139,7 +161,8 @@ async fn serve_connection(shared: Arc<Shared>, conn: quinn::Connection) {
         let conn2 = conn.clone();
         let account = account.clone();
         tokio::spawn(async move {
-            match tokio::time::timeout(REQUEST_TIMEOUT, relay(&shared, &account, send, recv)).await {
+            match tokio::time::timeout(REQUEST_TIMEOUT, relay(&shared, &account, send, recv)).await
+            {
                 Ok(Ok(())) => {}
                 Ok(Err(code)) => close(&conn2, code),
                 Err(_) => {}
@@ -153,7 +176,11 @@ async fn serve_connection(shared: Arc<Shared>, conn: quinn::Connection) {
 async fn authenticate(shared: &Shared, conn: &quinn::Connection) -> HandshakeOutcome {
     let mut exporter = [0u8; EXPORTER_LEN];
     if conn
-        .export_keying_material(&mut exporter, noise::EXPORTER_LABEL, noise::EXPORTER_CONTEXT)
+        .export_keying_material(
+            &mut exporter,
+            noise::EXPORTER_LABEL,
+            noise::EXPORTER_CONTEXT,
+        )
         .is_err()
     {
         return HandshakeOutcome::Closed(CloseCode::Internal);
@@ -168,7 +195,9 @@ async fn authenticate(shared: &Shared, conn: &quinn::Connection) -> HandshakeOut
             loop {
                 let frame = match read_frame(&mut recv).await {
                     Ok(Some(f)) => f,
-                    Ok(None) | Err(StreamError::Frame(_)) => return HandshakeOutcome::Closed(CloseCode::ProtocolError),
+                    Ok(None) | Err(StreamError::Frame(_)) => {
+                        return HandshakeOutcome::Closed(CloseCode::ProtocolError)
+                    }
                     Err(StreamError::Io(_)) => return HandshakeOutcome::Closed(CloseCode::Normal),
                 };
                 match responder.on_frame(&frame) {
@@ -187,7 +216,11 @@ async fn authenticate(shared: &Shared, conn: &quinn::Connection) -> HandshakeOut
                             Err(e) => {
                                 tracing::info!(reason = %e, "device credential refused");
                                 // Let the AuthResult reach the client before closing.
-                                let _ = tokio::time::timeout(std::time::Duration::from_millis(500), send.stopped()).await;
+                                let _ = tokio::time::timeout(
+                                    std::time::Duration::from_millis(500),
+                                    send.stopped(),
+                                )
+                                .await;
                                 HandshakeOutcome::Closed(CloseCode::Unauthenticated)
                             }
                         };
@@ -227,9 +260,14 @@ async fn relay(
         Ok(r) => r,
         Err(why) => {
             metrics::counter!("gateway_protocol_errors_total").increment(1);
-            let _ = write_message(&mut send, &msg::Response::error(ErrorCode::ProtocolError, why)).await;
+            let _ = write_message(
+                &mut send,
+                &msg::Response::error(ErrorCode::ProtocolError, why),
+            )
+            .await;
             let _ = send.finish();
-            let _ = tokio::time::timeout(std::time::Duration::from_millis(200), send.stopped()).await;
+            let _ =
+                tokio::time::timeout(std::time::Duration::from_millis(200), send.stopped()).await;
             return Err(CloseCode::ProtocolError);
         }
     };

@@ -25,12 +25,17 @@ pub struct VaultLink {
 
 impl std::fmt::Debug for VaultLink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("VaultLink").field("addr", &self.addr).finish_non_exhaustive()
+        f.debug_struct("VaultLink")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
     }
 }
 
 /// Mutual-TLS client config for the vault link.
-pub fn client_config(identity: &CertAndKey, vault_ca_pem: &str) -> anyhow::Result<quinn::ClientConfig> {
+pub fn client_config(
+    identity: &CertAndKey,
+    vault_ca_pem: &str,
+) -> anyhow::Result<quinn::ClientConfig> {
     let mut roots = rustls::RootCertStore::empty();
     for c in pki::certs(vault_ca_pem)? {
         roots.add(c)?;
@@ -38,7 +43,10 @@ pub fn client_config(identity: &CertAndKey, vault_ca_pem: &str) -> anyhow::Resul
     let mut tls = rustls::ClientConfig::builder_with_provider(pki::crypto_provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_root_certificates(roots)
-        .with_client_auth_cert(pki::certs(&identity.cert_pem)?, pki::key(&identity.key_pem)?)?;
+        .with_client_auth_cert(
+            pki::certs(&identity.cert_pem)?,
+            pki::key(&identity.key_pem)?,
+        )?;
     tls.alpn_protocols = vec![protocol_spec::noise::VAULT_ALPN.to_vec()];
     let mut cfg = quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(tls)?));
     let mut transport = quinn::TransportConfig::default();
@@ -55,7 +63,11 @@ impl VaultLink {
         identity: &CertAndKey,
         vault_ca_pem: &str,
     ) -> anyhow::Result<Self> {
-        let bind: SocketAddr = if addr.is_ipv6() { "[::]:0".parse()? } else { "0.0.0.0:0".parse()? };
+        let bind: SocketAddr = if addr.is_ipv6() {
+            "[::]:0".parse()?
+        } else {
+            "0.0.0.0:0".parse()?
+        };
         let mut endpoint = quinn::Endpoint::client(bind)?;
         endpoint.set_default_client_config(client_config(identity, vault_ca_pem)?);
         Ok(Self {
@@ -93,9 +105,13 @@ impl VaultLink {
         let work = async {
             let conn = self.connection().await?;
             let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
-            write_message(&mut send, &req).await.map_err(|e| e.to_string())?;
+            write_message(&mut send, &req)
+                .await
+                .map_err(|e| e.to_string())?;
             let _ = send.finish();
-            read_message::<msg::Response, _>(&mut recv).await.map_err(|e| e.to_string())
+            read_message::<msg::Response, _>(&mut recv)
+                .await
+                .map_err(|e| e.to_string())
         };
         let out = match tokio::time::timeout(REQUEST_TIMEOUT, work).await {
             Ok(Ok(r)) => r,
@@ -105,7 +121,8 @@ impl VaultLink {
             }
             Err(_) => unavailable(),
         };
-        metrics::histogram!("gateway_vault_request_seconds").record(started.elapsed().as_secs_f64());
+        metrics::histogram!("gateway_vault_request_seconds")
+            .record(started.elapsed().as_secs_f64());
         out
     }
 
@@ -116,7 +133,10 @@ impl VaultLink {
 }
 
 fn unavailable() -> msg::Response {
-    let mut e = msg::Error::new(ErrorCode::Unavailable, "the vault is unreachable; retry later");
+    let mut e = msg::Error::new(
+        ErrorCode::Unavailable,
+        "the vault is unreachable; retry later",
+    );
     e.retry_after_ms = 1000;
     msg::Response {
         kind: Some(msg::response::Kind::Error(e)),

@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used)]
 //! Hostile and confused clients against the real gateway: unauthenticated
 //! requests, bad credentials, other accounts, malformed frames, and peers
 //! without a gateway certificate on the vault's port.
@@ -7,20 +8,28 @@ use std::time::Duration;
 use client::{BackupKey, ClientError, DeviceIdentity, GatewayConnection, Status, VaultClient};
 use gateway::local_stack::{LocalStack, StackOptions};
 use opaque_ke::ClientLogin;
-use protocol_spec::msg::{self, request::Kind as Req, response::Kind as Resp, ErrorCode, LoginPurpose};
+use protocol_spec::msg::{
+    self, request::Kind as Req, response::Kind as Resp, ErrorCode, LoginPurpose,
+};
 use protocol_spec::opaque_profile::Suite;
 use protocol_spec::stream_io::read_message;
 use protocol_spec::CloseCode;
 use rand::rngs::OsRng;
 
 async fn stack() -> LocalStack {
-    LocalStack::start(StackOptions::default()).await.expect("stack starts")
+    LocalStack::start(StackOptions::default())
+        .await
+        .expect("stack starts")
 }
 
 async fn raw_connection(stack: &LocalStack) -> (quinn::Endpoint, quinn::Connection) {
     let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
     ep.set_default_client_config(client::connection::tls_config(&stack.profile).unwrap());
-    let conn = ep.connect(stack.profile.gateway_addr, "localhost").unwrap().await.unwrap();
+    let conn = ep
+        .connect(stack.profile.gateway_addr, "localhost")
+        .unwrap()
+        .await
+        .unwrap();
     (ep, conn)
 }
 
@@ -32,7 +41,10 @@ async fn close_code(conn: &quinn::Connection) -> Option<u64> {
 }
 
 fn status_frame() -> Vec<u8> {
-    protocol_spec::framing::encode(&msg::Request { kind: Some(Req::Status(msg::StatusRequest {})) }).unwrap()
+    protocol_spec::framing::encode(&msg::Request {
+        kind: Some(Req::Status(msg::StatusRequest {})),
+    })
+    .unwrap()
 }
 
 #[tokio::test]
@@ -46,8 +58,14 @@ async fn a_request_before_the_handshake_finishes_closes_the_connection() {
     let (mut send, mut recv) = conn.open_bi().await.unwrap();
     send.write_all(&status_frame()).await.unwrap();
     let _ = send.finish();
-    assert!(read_message::<msg::Response, _>(&mut recv).await.is_err(), "no answer may come");
-    assert_eq!(close_code(&conn).await, Some(CloseCode::Unauthenticated as u64));
+    assert!(
+        read_message::<msg::Response, _>(&mut recv).await.is_err(),
+        "no answer may come"
+    );
+    assert_eq!(
+        close_code(&conn).await,
+        Some(CloseCode::Unauthenticated as u64)
+    );
     stack.shutdown().await;
 }
 
@@ -58,7 +76,10 @@ async fn a_request_sent_as_the_handshake_is_a_protocol_error() {
     let (mut send, _recv) = conn.open_bi().await.unwrap();
     send.write_all(&status_frame()).await.unwrap();
     let _ = send.finish();
-    assert_eq!(close_code(&conn).await, Some(CloseCode::ProtocolError as u64));
+    assert_eq!(
+        close_code(&conn).await,
+        Some(CloseCode::ProtocolError as u64)
+    );
     stack.shutdown().await;
 }
 
@@ -77,7 +98,11 @@ async fn bad_credentials_are_refused() {
     // Credential minted for another device key.
     let mut dev = DeviceIdentity::generate().unwrap();
     let other = DeviceIdentity::generate().unwrap();
-    dev.credential = Some(stack.mint("acct", &other.static_public, Duration::from_secs(600)).unwrap());
+    dev.credential = Some(
+        stack
+            .mint("acct", &other.static_public, Duration::from_secs(600))
+            .unwrap(),
+    );
     expect_refused(&stack, &dev, "other device key").await;
 
     // Expired credential.
@@ -97,7 +122,13 @@ async fn bad_credentials_are_refused() {
     // Forged: signed by a key that is not the account service's.
     let (forger, _) = protocol_spec::credential::generate_signing_key().unwrap();
     dev.credential = Some(
-        protocol_spec::credential::mint(&forger, "acct", &dev.static_public, Duration::from_secs(600)).unwrap(),
+        protocol_spec::credential::mint(
+            &forger,
+            "acct",
+            &dev.static_public,
+            Duration::from_secs(600),
+        )
+        .unwrap(),
     );
     expect_refused(&stack, &dev, "forged").await;
 
@@ -107,7 +138,9 @@ async fn bad_credentials_are_refused() {
 
     // The gateway still serves good devices.
     let good = stack.enroll_device("acct").unwrap();
-    let conn = GatewayConnection::connect(&stack.profile, &good).await.unwrap();
+    let conn = GatewayConnection::connect(&stack.profile, &good)
+        .await
+        .unwrap();
     assert_eq!(conn.account_id(), "acct");
     conn.close().await;
     stack.shutdown().await;
@@ -118,15 +151,22 @@ async fn a_device_of_another_account_cannot_touch_the_deposit() {
     let stack = stack().await;
     let dev_a = stack.enroll_device("account-a").unwrap();
     let dev_b = stack.enroll_device("account-b").unwrap();
-    let conn_a = GatewayConnection::connect(&stack.profile, &dev_a).await.unwrap();
-    let conn_b = GatewayConnection::connect(&stack.profile, &dev_b).await.unwrap();
+    let conn_a = GatewayConnection::connect(&stack.profile, &dev_a)
+        .await
+        .unwrap();
+    let conn_b = GatewayConnection::connect(&stack.profile, &dev_b)
+        .await
+        .unwrap();
     let vault_a = VaultClient::new(&conn_a, &stack.profile).unwrap();
     let vault_b = VaultClient::new(&conn_b, &stack.profile).unwrap();
     let key = BackupKey::generate();
     vault_a.register(b"pw-a", &key, false).await.unwrap();
 
     assert_eq!(vault_b.status().await.unwrap(), Status::NotRegistered);
-    assert!(matches!(vault_b.recover(b"pw-a").await, Err(ClientError::NotRegistered)));
+    assert!(matches!(
+        vault_b.recover(b"pw-a").await,
+        Err(ClientError::NotRegistered)
+    ));
 
     // B tries to finish A's login session.
     let start = ClientLogin::<Suite>::start(&mut OsRng, b"pw-a").unwrap();
@@ -139,7 +179,9 @@ async fn a_device_of_another_account_cannot_touch_the_deposit() {
         })
         .await
         .unwrap();
-    let Some(Resp::LoginStart(ls)) = r.kind else { panic!("{r:?}") };
+    let Some(Resp::LoginStart(ls)) = r.kind else {
+        panic!("{r:?}")
+    };
     let stolen = conn_b
         .request(&msg::Request {
             kind: Some(Req::LoginFinish(msg::LoginFinishRequest {
@@ -160,9 +202,14 @@ async fn a_device_of_another_account_cannot_touch_the_deposit() {
     stack.shutdown().await;
 }
 
-async fn send_raw_after_auth(stack: &LocalStack, bytes: &[u8]) -> (Option<msg::Response>, Option<u64>) {
+async fn send_raw_after_auth(
+    stack: &LocalStack,
+    bytes: &[u8],
+) -> (Option<msg::Response>, Option<u64>) {
     let dev = stack.enroll_device("mallory").unwrap();
-    let conn = GatewayConnection::connect(&stack.profile, &dev).await.unwrap();
+    let conn = GatewayConnection::connect(&stack.profile, &dev)
+        .await
+        .unwrap();
     let q = conn.quic().clone();
     let (mut send, mut recv) = q.open_bi().await.unwrap();
     let _ = send.write_all(bytes).await;
@@ -191,7 +238,12 @@ async fn malformed_truncated_and_oversized_frames_get_a_protocol_error_and_a_cle
     // Oversized: announces 1 MiB.
     let oversized = (1u32 << 20).to_be_bytes().to_vec();
 
-    for (name, bytes) in [("garbage", garbage), ("bad size", bad_size), ("truncated", truncated), ("oversized", oversized)] {
+    for (name, bytes) in [
+        ("garbage", garbage),
+        ("bad size", bad_size),
+        ("truncated", truncated),
+        ("oversized", oversized),
+    ] {
         let (resp, code) = send_raw_after_auth(&stack, &bytes).await;
         let resp = resp.unwrap_or_else(|| panic!("{name}: expected an error response"));
         match resp.kind {
@@ -203,7 +255,9 @@ async fn malformed_truncated_and_oversized_frames_get_a_protocol_error_and_a_cle
 
     // Others are still served.
     let dev = stack.enroll_device("innocent").unwrap();
-    let conn = GatewayConnection::connect(&stack.profile, &dev).await.unwrap();
+    let conn = GatewayConnection::connect(&stack.profile, &dev)
+        .await
+        .unwrap();
     let vault = VaultClient::new(&conn, &stack.profile).unwrap();
     assert_eq!(vault.status().await.unwrap(), Status::NotRegistered);
     conn.close().await;
@@ -221,11 +275,12 @@ async fn the_vault_refuses_peers_without_a_gateway_certificate() {
     for c in vault_backend::pki::certs(&ca.cert_pem).unwrap() {
         roots.add(c).unwrap();
     }
-    let mut tls = rustls::ClientConfig::builder_with_provider(vault_backend::pki::crypto_provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let mut tls =
+        rustls::ClientConfig::builder_with_provider(vault_backend::pki::crypto_provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
     tls.alpn_protocols = vec![protocol_spec::noise::VAULT_ALPN.to_vec()];
     let cfg = quinn::ClientConfig::new(std::sync::Arc::new(
         quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap(),
@@ -233,24 +288,54 @@ async fn the_vault_refuses_peers_without_a_gateway_certificate() {
     let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
     ep.set_default_client_config(cfg);
     let attempt = async {
-        let conn = ep.connect(vault_addr, "localhost").map_err(|e| e.to_string())?.await.map_err(|e| e.to_string())?;
+        let conn = ep
+            .connect(vault_addr, "localhost")
+            .map_err(|e| e.to_string())?
+            .await
+            .map_err(|e| e.to_string())?;
         let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
         let req = protocol_spec::internal::VaultRequest {
             account_id: "victim".into(),
-            request: Some(msg::Request { kind: Some(Req::Status(msg::StatusRequest {})) }),
+            request: Some(msg::Request {
+                kind: Some(Req::Status(msg::StatusRequest {})),
+            }),
         };
-        protocol_spec::stream_io::write_message(&mut send, &req).await.map_err(|e| e.to_string())?;
+        protocol_spec::stream_io::write_message(&mut send, &req)
+            .await
+            .map_err(|e| e.to_string())?;
         let _ = send.finish();
-        read_message::<msg::Response, _>(&mut recv).await.map_err(|e| e.to_string())
+        read_message::<msg::Response, _>(&mut recv)
+            .await
+            .map_err(|e| e.to_string())
     };
-    let out = tokio::time::timeout(Duration::from_secs(15), attempt).await.expect("bounded");
-    assert!(out.is_err(), "a peer without a gateway certificate must get nothing: {out:?}");
+    let out = tokio::time::timeout(Duration::from_secs(15), attempt)
+        .await
+        .expect("bounded");
+    assert!(
+        out.is_err(),
+        "a peer without a gateway certificate must get nothing: {out:?}"
+    );
 
     // A certificate from another CA is refused too.
     let rogue_ca = vault_backend::pki::new_ca("rogue").unwrap();
-    let rogue = vault_backend::pki::issue(&rogue_ca, "rogue gateway", &["gw"], vault_backend::pki::Usage::Client).unwrap();
-    let link = gateway::vault_client::VaultLink::new(vault_addr, "localhost".into(), &rogue, &ca.cert_pem).unwrap();
-    let resp = link.call("victim", msg::Request { kind: Some(Req::Status(msg::StatusRequest {})) }).await;
+    let rogue = vault_backend::pki::issue(
+        &rogue_ca,
+        "rogue gateway",
+        &["gw"],
+        vault_backend::pki::Usage::Client,
+    )
+    .unwrap();
+    let link =
+        gateway::vault_client::VaultLink::new(vault_addr, "localhost".into(), &rogue, &ca.cert_pem)
+            .unwrap();
+    let resp = link
+        .call(
+            "victim",
+            msg::Request {
+                kind: Some(Req::Status(msg::StatusRequest {})),
+            },
+        )
+        .await;
     match resp.kind {
         Some(Resp::Error(e)) => assert_eq!(e.code(), ErrorCode::Unavailable),
         other => panic!("rogue gateway got {other:?}"),

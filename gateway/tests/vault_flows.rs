@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used)]
 //! Vault invariants over real sockets: QUIC + Noise through the gateway to a
 //! replica with its redb database, all on loopback.
 
@@ -12,12 +13,16 @@ use protocol_spec::opaque_profile::Suite;
 use rand::rngs::OsRng;
 
 async fn stack() -> LocalStack {
-    LocalStack::start(StackOptions::default()).await.expect("stack starts")
+    LocalStack::start(StackOptions::default())
+        .await
+        .expect("stack starts")
 }
 
 async fn connect(stack: &LocalStack, account: &str) -> GatewayConnection {
     let dev = stack.enroll_device(account).expect("enroll");
-    GatewayConnection::connect(&stack.profile, &dev).await.expect("connect")
+    GatewayConnection::connect(&stack.profile, &dev)
+        .await
+        .expect("connect")
 }
 
 #[tokio::test]
@@ -26,19 +31,26 @@ async fn register_then_recover_returns_the_same_key_with_ik_and_xx() {
     let conn = connect(&stack, "alice").await;
     let vault = VaultClient::new(&conn, &stack.profile).unwrap();
     let key = BackupKey::generate();
-    vault.register(b"hunter2 but longer", &key, false).await.unwrap();
+    vault
+        .register(b"hunter2 but longer", &key, false)
+        .await
+        .unwrap();
     assert_eq!(vault.recover(b"hunter2 but longer").await.unwrap(), key);
 
     // A second device of the same account, using XX (gateway key learned in the handshake).
     let dev = stack.enroll_device("alice").unwrap();
-    let conn2 = GatewayConnection::connect_with(&stack.profile, &dev, &ConnectOptions { force_xx: true })
-        .await
-        .unwrap();
+    let conn2 =
+        GatewayConnection::connect_with(&stack.profile, &dev, &ConnectOptions { force_xx: true })
+            .await
+            .unwrap();
     let vault2 = VaultClient::new(&conn2, &stack.profile).unwrap();
     assert_eq!(vault2.recover(b"hunter2 but longer").await.unwrap(), key);
     assert_eq!(
         vault2.status().await.unwrap(),
-        Status::Active { attempts_left: 10, max_attempts: 10 }
+        Status::Active {
+            attempts_left: 10,
+            max_attempts: 10
+        }
     );
     conn.close().await;
     conn2.close().await;
@@ -47,22 +59,50 @@ async fn register_then_recover_returns_the_same_key_with_ik_and_xx() {
 
 #[tokio::test]
 async fn wrong_passwords_count_down_then_lock_out_and_erase_the_record() {
-    let stack = LocalStack::start(StackOptions { max_attempts: 4, ..Default::default() }).await.unwrap();
+    let stack = LocalStack::start(StackOptions {
+        max_attempts: 4,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
     let conn = connect(&stack, "bob").await;
     let vault = VaultClient::new(&conn, &stack.profile).unwrap();
-    vault.register(b"right", &BackupKey::generate(), false).await.unwrap();
+    vault
+        .register(b"right", &BackupKey::generate(), false)
+        .await
+        .unwrap();
     for left in (1..4).rev() {
         match vault.recover(b"wrong").await {
             Err(ClientError::WrongPassword { attempts_left }) => assert_eq!(attempts_left, left),
             other => panic!("expected wrong password, got {other:?}"),
         }
-        assert_eq!(vault.status().await.unwrap(), Status::Active { attempts_left: left, max_attempts: 4 });
+        assert_eq!(
+            vault.status().await.unwrap(),
+            Status::Active {
+                attempts_left: left,
+                max_attempts: 4
+            }
+        );
     }
-    assert!(matches!(vault.recover(b"wrong").await, Err(ClientError::LockedOut)));
+    assert!(matches!(
+        vault.recover(b"wrong").await,
+        Err(ClientError::LockedOut)
+    ));
     // Even the right password fails now, and the record is gone from storage.
-    assert!(matches!(vault.recover(b"right").await, Err(ClientError::LockedOut)));
+    assert!(matches!(
+        vault.recover(b"right").await,
+        Err(ClientError::LockedOut)
+    ));
     assert_eq!(vault.status().await.unwrap(), Status::LockedOut);
-    let row = stack.replica.as_ref().unwrap().vault.store().get("bob").unwrap().unwrap();
+    let row = stack
+        .replica
+        .as_ref()
+        .unwrap()
+        .vault
+        .store()
+        .get("bob")
+        .unwrap()
+        .unwrap();
     assert!(row.sealed_record.is_empty(), "sealed record must be erased");
     // Re-registering starts a fresh deposit.
     let key2 = BackupKey::generate();
@@ -74,14 +114,28 @@ async fn wrong_passwords_count_down_then_lock_out_and_erase_the_record() {
 
 #[tokio::test]
 async fn right_password_on_the_last_guess_still_recovers() {
-    let stack = LocalStack::start(StackOptions { max_attempts: 2, ..Default::default() }).await.unwrap();
+    let stack = LocalStack::start(StackOptions {
+        max_attempts: 2,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
     let conn = connect(&stack, "carol").await;
     let vault = VaultClient::new(&conn, &stack.profile).unwrap();
     let key = BackupKey::generate();
     vault.register(b"right", &key, false).await.unwrap();
-    assert!(matches!(vault.recover(b"wrong").await, Err(ClientError::WrongPassword { attempts_left: 1 })));
+    assert!(matches!(
+        vault.recover(b"wrong").await,
+        Err(ClientError::WrongPassword { attempts_left: 1 })
+    ));
     assert_eq!(vault.recover(b"right").await.unwrap(), key);
-    assert_eq!(vault.status().await.unwrap(), Status::Active { attempts_left: 2, max_attempts: 2 });
+    assert_eq!(
+        vault.status().await.unwrap(),
+        Status::Active {
+            attempts_left: 2,
+            max_attempts: 2
+        }
+    );
     conn.close().await;
     stack.shutdown().await;
 }
@@ -137,9 +191,14 @@ async fn vault_restart_between_login_start_and_finish_keeps_the_counted_guess() 
     let mut stack = stack().await;
     let conn = connect(&stack, "erin").await;
     let vault = VaultClient::new(&conn, &stack.profile).unwrap();
-    vault.register(b"pw", &BackupKey::generate(), false).await.unwrap();
+    vault
+        .register(b"pw", &BackupKey::generate(), false)
+        .await
+        .unwrap();
     let resp = conn.request(&login_start_request()).await.unwrap();
-    let Some(Resp::LoginStart(ls)) = resp.kind else { panic!("{resp:?}") };
+    let Some(Resp::LoginStart(ls)) = resp.kind else {
+        panic!("{resp:?}")
+    };
     assert_eq!(ls.attempts_left, 9);
 
     stack.stop_vault().await;
@@ -167,12 +226,21 @@ async fn vault_restart_between_login_start_and_finish_keeps_the_counted_guess() 
     }
     match answer {
         Some(Resp::Error(e)) => assert!(
-            matches!(e.code(), msg::ErrorCode::SessionExpired | msg::ErrorCode::ProtocolError),
+            matches!(
+                e.code(),
+                msg::ErrorCode::SessionExpired | msg::ErrorCode::ProtocolError
+            ),
             "{e:?}"
         ),
         other => panic!("unexpected {other:?}"),
     }
-    assert_eq!(vault.status().await.unwrap(), Status::Active { attempts_left: 9, max_attempts: 10 });
+    assert_eq!(
+        vault.status().await.unwrap(),
+        Status::Active {
+            attempts_left: 9,
+            max_attempts: 10
+        }
+    );
     conn.close().await;
     stack.shutdown().await;
 }
@@ -208,15 +276,30 @@ async fn change_password_and_disable_need_the_current_password() {
     let vault = VaultClient::new(&conn, &stack.profile).unwrap();
     let key = BackupKey::generate();
     vault.register(b"old", &key, false).await.unwrap();
-    assert!(matches!(vault.register(b"x", &BackupKey::generate(), false).await, Err(ClientError::AlreadyRegistered)));
-    assert!(matches!(vault.change_password(b"nope", b"new").await, Err(ClientError::WrongPassword { .. })));
+    assert!(matches!(
+        vault.register(b"x", &BackupKey::generate(), false).await,
+        Err(ClientError::AlreadyRegistered)
+    ));
+    assert!(matches!(
+        vault.change_password(b"nope", b"new").await,
+        Err(ClientError::WrongPassword { .. })
+    ));
     vault.change_password(b"old", b"new").await.unwrap();
-    assert!(matches!(vault.recover(b"old").await, Err(ClientError::WrongPassword { .. })));
+    assert!(matches!(
+        vault.recover(b"old").await,
+        Err(ClientError::WrongPassword { .. })
+    ));
     assert_eq!(vault.recover(b"new").await.unwrap(), key);
-    assert!(matches!(vault.disable(b"old").await, Err(ClientError::WrongPassword { .. })));
+    assert!(matches!(
+        vault.disable(b"old").await,
+        Err(ClientError::WrongPassword { .. })
+    ));
     vault.disable(b"new").await.unwrap();
     assert_eq!(vault.status().await.unwrap(), Status::NotRegistered);
-    assert!(matches!(vault.recover(b"new").await, Err(ClientError::NotRegistered)));
+    assert!(matches!(
+        vault.recover(b"new").await,
+        Err(ClientError::NotRegistered)
+    ));
     conn.close().await;
     stack.shutdown().await;
 }

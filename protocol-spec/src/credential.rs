@@ -56,11 +56,9 @@ pub fn valid_account_id(id: &str) -> bool {
 
 /// A new account-service signing key pair `(secret 64 bytes, public 32 bytes)`.
 pub fn generate_signing_key() -> Result<(Vec<u8>, Vec<u8>), CredentialError> {
-    let kp = AsymmetricKeyPair::<V4>::generate().map_err(|e| CredentialError::Key(e.to_string()))?;
-    Ok((
-        kp.secret.as_bytes().to_vec(),
-        kp.public.as_bytes().to_vec(),
-    ))
+    let kp =
+        AsymmetricKeyPair::<V4>::generate().map_err(|e| CredentialError::Key(e.to_string()))?;
+    Ok((kp.secret.as_bytes().to_vec(), kp.public.as_bytes().to_vec()))
 }
 
 /// Mints a credential (the account service's job; used by the mint command and tests).
@@ -153,9 +151,14 @@ impl CredentialVerifier {
         let untrusted = UntrustedToken::<Public, V4>::try_from(token).map_err(inv)?;
         let mut rules = ClaimsValidationRules::new();
         rules.validate_audience_with(AUDIENCE);
-        let trusted =
-            public::verify(&self.key, &untrusted, &rules, None, Some(IMPLICIT_ASSERTION))
-                .map_err(inv)?;
+        let trusted = public::verify(
+            &self.key,
+            &untrusted,
+            &rules,
+            None,
+            Some(IMPLICIT_ASSERTION),
+        )
+        .map_err(inv)?;
         let claims = trusted
             .payload_claims()
             .ok_or_else(|| CredentialError::Invalid("no claims".into()))?;

@@ -243,7 +243,9 @@ mod tests {
     #[test]
     fn oversized_prefix_rejected_before_body() {
         let mut d = FrameDecoder::new();
-        let err = d.push(&((MAX_FRAME_LEN as u32) + 1).to_be_bytes()).unwrap_err();
+        let err = d
+            .push(&((MAX_FRAME_LEN as u32) + 1).to_be_bytes())
+            .unwrap_err();
         assert!(matches!(err, FrameError::TooLarge { .. }));
     }
 

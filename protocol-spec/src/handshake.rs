@@ -170,7 +170,9 @@ impl Initiator {
         let mut hs = build(
             self.pattern,
             &self.static_private,
-            self.gateway_pin.as_ref().filter(|_| self.pattern == NoisePattern::Ik),
+            self.gateway_pin
+                .as_ref()
+                .filter(|_| self.pattern == NoisePattern::Ik),
             &self.exporter,
             true,
         )?;
@@ -206,7 +208,10 @@ impl Initiator {
                         }
                     }
                     let n = hs.write_message(&self.payload, &mut scratch)?;
-                    out = Some(noise_frame(NoisePattern::Unspecified, scratch[..n].to_vec())?);
+                    out = Some(noise_frame(
+                        NoisePattern::Unspecified,
+                        scratch[..n].to_vec(),
+                    )?);
                 }
                 if !hs.is_handshake_finished() {
                     return Err(HandshakeError::Protocol("handshake not finished".into()));
@@ -258,10 +263,7 @@ pub enum ResponderStep {
     /// Send these frames; the handshake is over with this outcome. On
     /// `Err`, the frames carry the refusal and the caller closes with
     /// `CloseCode::Unauthenticated`.
-    Finished(
-        Vec<Vec<u8>>,
-        Result<AuthenticatedDevice, CredentialError>,
-    ),
+    Finished(Vec<Vec<u8>>, Result<AuthenticatedDevice, CredentialError>),
 }
 
 enum RState {
@@ -315,7 +317,8 @@ impl<'v> Responder<'v> {
                     NoisePattern::Ik => {
                         let payload = scratch[..n].to_vec();
                         let reply_n = hs.write_message(&[], &mut scratch)?;
-                        let reply = noise_frame(NoisePattern::Unspecified, scratch[..reply_n].to_vec())?;
+                        let reply =
+                            noise_frame(NoisePattern::Unspecified, scratch[..reply_n].to_vec())?;
                         self.finish(*Box::new(hs), &payload, pattern, reply)
                     }
                     _ => {
@@ -325,7 +328,8 @@ impl<'v> Responder<'v> {
                             ));
                         }
                         let reply_n = hs.write_message(&[], &mut scratch)?;
-                        let reply = noise_frame(NoisePattern::Unspecified, scratch[..reply_n].to_vec())?;
+                        let reply =
+                            noise_frame(NoisePattern::Unspecified, scratch[..reply_n].to_vec())?;
                         self.state = RState::XxAwaitThird(Box::new(hs));
                         Ok(ResponderStep::Send(reply))
                     }
@@ -360,13 +364,13 @@ impl<'v> Responder<'v> {
         let outcome = if auth.credential.len() > MAX_CREDENTIAL_LEN {
             Err(CredentialError::TooLong)
         } else {
-            self.verifier
-                .verify(&auth.credential, &device_key)
-                .map(|VerifiedCredential { account_id, .. }| AuthenticatedDevice {
+            self.verifier.verify(&auth.credential, &device_key).map(
+                |VerifiedCredential { account_id, .. }| AuthenticatedDevice {
                     account_id,
                     device_key,
                     pattern,
-                })
+                },
+            )
         };
         let result = match &outcome {
             Ok(d) => msg::AuthResult {

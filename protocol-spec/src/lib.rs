@@ -31,10 +31,10 @@ pub mod backupvault {
     }
 }
 
-/// Client-visible messages (`backupvault.v1`).
-pub use backupvault::v1 as msg;
 /// Gateway ↔ vault messages (`backupvault.internal.v1`).
 pub use backupvault::internal::v1 as internal;
+/// Client-visible messages (`backupvault.v1`).
+pub use backupvault::v1 as msg;
 
 impl msg::Error {
     /// Builds an error response body.

@@ -13,8 +13,8 @@
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
 use hkdf::Hkdf;
-use rand::{rngs::OsRng, RngCore};
 use opaque_ke::{CipherSuite, Identifiers, Ristretto255, TripleDh};
+use rand::{rngs::OsRng, RngCore};
 use sha2::Sha512;
 use zeroize::Zeroizing;
 
@@ -91,7 +91,9 @@ pub fn identifiers<'a>(account_id: &'a str, fleet_id: &'a str) -> Identifiers<'a
 /// registration id per registration makes each registration's OPRF key
 /// unrelated to every other's.
 pub fn credential_identifier(fleet_id: &str, account_id: &str, registration_id: &[u8]) -> Vec<u8> {
-    let mut v = Vec::with_capacity(CREDENTIAL_ID_PREFIX.len() + 6 + fleet_id.len() + account_id.len() + registration_id.len());
+    let mut v = Vec::with_capacity(
+        CREDENTIAL_ID_PREFIX.len() + 6 + fleet_id.len() + account_id.len() + registration_id.len(),
+    );
     for part in [
         CREDENTIAL_ID_PREFIX,
         fleet_id.as_bytes(),
@@ -204,7 +206,11 @@ pub fn unwrap_backup_key(
 /// Seals the wrapped key for release under `HKDF-SHA512(session_key,
 /// RELEASE_INFO)`; the key is unique per login, so the nonce is zero. AAD is
 /// the login session id.
-pub fn seal_release(session_key: &[u8], login_session: &[u8], wrapped: &[u8]) -> Result<Vec<u8>, WrapError> {
+pub fn seal_release(
+    session_key: &[u8],
+    login_session: &[u8],
+    wrapped: &[u8],
+) -> Result<Vec<u8>, WrapError> {
     let k = hkdf32(session_key, RELEASE_INFO);
     ChaCha20Poly1305::new(Key::from_slice(k.as_ref()))
         .encrypt(
@@ -218,7 +224,11 @@ pub fn seal_release(session_key: &[u8], login_session: &[u8], wrapped: &[u8]) ->
 }
 
 /// Inverse of [`seal_release`].
-pub fn open_release(session_key: &[u8], login_session: &[u8], sealed: &[u8]) -> Result<Vec<u8>, WrapError> {
+pub fn open_release(
+    session_key: &[u8],
+    login_session: &[u8],
+    sealed: &[u8],
+) -> Result<Vec<u8>, WrapError> {
     if sealed.len() != SEALED_KEY_LEN {
         return Err(WrapError::Length("sealed key"));
     }

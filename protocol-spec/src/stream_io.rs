@@ -63,7 +63,10 @@ pub async fn read_message<M: prost::Message + Default, R: AsyncRead + Unpin>(
 }
 
 /// Writes one already-encoded frame.
-pub async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, frame: &[u8]) -> Result<(), StreamError> {
+pub async fn write_frame<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    frame: &[u8],
+) -> Result<(), StreamError> {
     w.write_all(frame).await?;
     Ok(())
 }

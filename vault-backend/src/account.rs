@@ -157,7 +157,9 @@ pub fn login_verified(
                 ..r
             }))
         }
-        (Some(r), Some(h)) if r.state == STATE_LOCKED_OUT && r.registration_id == registration_id => {
+        (Some(r), Some(h))
+            if r.state == STATE_LOCKED_OUT && r.registration_id == registration_id =>
+        {
             Ok(Write::Put(StoredAccount {
                 guesses_used: 0,
                 ..h.clone()
@@ -251,7 +253,8 @@ mod tests {
         let (w, g) = login_start(Some(active(9)), 10).unwrap();
         assert!(g.last);
         let Write::Put(tomb) = w else { unreachable!() };
-        let Write::Put(restored) = login_verified(Some(tomb), &[7; 16], Some(&g.record)).unwrap() else {
+        let Write::Put(restored) = login_verified(Some(tomb), &[7; 16], Some(&g.record)).unwrap()
+        else {
             unreachable!()
         };
         assert_eq!(restored.guesses_used, 0);
@@ -268,7 +271,9 @@ mod tests {
         assert_eq!(
             register(
                 row.clone(),
-                &Authorization::VerifiedLogin { registration_id: vec![0; 16] },
+                &Authorization::VerifiedLogin {
+                    registration_id: vec![0; 16]
+                },
                 vec![1; 16],
                 vec![]
             )

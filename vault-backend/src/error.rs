@@ -21,7 +21,9 @@ pub enum VaultError {
         attempts_left: u32,
     },
     /// A deposit exists and the request did not authorize replacing it.
-    #[error("a backup key is already deposited; change the password or replace the deposit explicitly")]
+    #[error(
+        "a backup key is already deposited; change the password or replace the deposit explicitly"
+    )]
     AlreadyRegistered,
     /// Login session unknown, expired, or already used.
     #[error("login session expired or unknown; start the login again")]

@@ -61,7 +61,11 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     match Cli::parse().cmd {
-        Cmd::Init { state_dir, fleet_id, name } => {
+        Cmd::Init {
+            state_dir,
+            fleet_id,
+            name,
+        } => {
             let names: Vec<&str> = name.iter().map(String::as_str).collect();
             let public = replica::init(&state_dir, &fleet_id, &names)?;
             println!("fleet id:         {}", public.fleet_id);
@@ -72,15 +76,29 @@ async fn main() -> anyhow::Result<()> {
             replica::issue_gateway_cert(&state_dir, &out_dir, "vault-client")?;
             println!("gateway certificate written to {}", out_dir.display());
         }
-        Cmd::Run { config, state_dir, listen, max_attempts, admin_listen } => {
+        Cmd::Run {
+            config,
+            state_dir,
+            listen,
+            max_attempts,
+            admin_listen,
+        } => {
             let mut cfg = match config {
                 Some(p) => VaultConfig::load(&p)?,
                 None => VaultConfig::default(),
             };
-            if let Some(v) = state_dir { cfg.state_dir = v; }
-            if let Some(v) = listen { cfg.listen = v; }
-            if let Some(v) = max_attempts { cfg.max_attempts = v; }
-            if admin_listen.is_some() { cfg.admin_listen = admin_listen; }
+            if let Some(v) = state_dir {
+                cfg.state_dir = v;
+            }
+            if let Some(v) = listen {
+                cfg.listen = v;
+            }
+            if let Some(v) = max_attempts {
+                cfg.max_attempts = v;
+            }
+            if admin_listen.is_some() {
+                cfg.admin_listen = admin_listen;
+            }
             if let Some(addr) = cfg.admin_listen {
                 metrics_exporter_prometheus::PrometheusBuilder::new()
                     .with_http_listener(addr)

@@ -62,11 +62,17 @@ pub enum Usage {
 }
 
 /// A leaf certificate signed by `ca`, valid for `names` (DNS names or IPs).
-pub fn issue(ca: &CertAndKey, common_name: &str, names: &[&str], usage: Usage) -> Result<CertAndKey, PkiError> {
+pub fn issue(
+    ca: &CertAndKey,
+    common_name: &str,
+    names: &[&str],
+    usage: Usage,
+) -> Result<CertAndKey, PkiError> {
     let ca_key = KeyPair::from_pem(&ca.key_pem)?;
     let issuer = Issuer::from_ca_cert_pem(&ca.cert_pem, ca_key)?;
     let key = KeyPair::generate()?;
-    let mut params = CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())?;
+    let mut params =
+        CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())?;
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, common_name);
     params.distinguished_name = dn;

@@ -27,8 +27,9 @@ impl FleetPublic {
     /// Reads `fleet-public.toml` from a state folder.
     pub fn read(state_dir: &Path) -> anyhow::Result<Self> {
         let p = state_dir.join(files::FLEET_PUBLIC);
-        let t = std::fs::read_to_string(&p)
-            .map_err(|e| anyhow::anyhow!("cannot read {}: {e}; run `vault-backend init`", p.display()))?;
+        let t = std::fs::read_to_string(&p).map_err(|e| {
+            anyhow::anyhow!("cannot read {}: {e}; run `vault-backend init`", p.display())
+        })?;
         Ok(toml::from_str(&t)?)
     }
 }
@@ -54,7 +55,10 @@ pub fn init(state_dir: &Path, fleet_id: &str, names: &[&str]) -> anyhow::Result<
         fleet_id: fleet_id.to_owned(),
         fleet_public_key: hex::encode(secrets.public_key()),
     };
-    std::fs::write(state_dir.join(files::FLEET_PUBLIC), toml::to_string(&public)?)?;
+    std::fs::write(
+        state_dir.join(files::FLEET_PUBLIC),
+        toml::to_string(&public)?,
+    )?;
     Ok(public)
 }
 

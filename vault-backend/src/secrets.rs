@@ -56,7 +56,11 @@ impl FleetSecrets {
         Self::from_parts(fleet_id.to_owned(), server_setup, k)
     }
 
-    fn from_parts(fleet_id: String, server_setup: ServerSetup<Suite>, sealing_key: Zeroizing<[u8; 32]>) -> Self {
+    fn from_parts(
+        fleet_id: String,
+        server_setup: ServerSetup<Suite>,
+        sealing_key: Zeroizing<[u8; 32]>,
+    ) -> Self {
         let mut ticket_key = Zeroizing::new([0u8; 32]);
         let _ = Hkdf::<Sha256>::new(None, sealing_key.as_ref())
             .expand(b"bkv vault registration tickets", ticket_key.as_mut());
@@ -99,8 +103,8 @@ impl FleetSecrets {
                 path.display()
             ))
         })?);
-        let f: SecretsFile =
-            toml::from_str(&text).map_err(|e| VaultError::Internal(format!("bad secrets file: {e}")))?;
+        let f: SecretsFile = toml::from_str(&text)
+            .map_err(|e| VaultError::Internal(format!("bad secrets file: {e}")))?;
         let setup_bytes = Zeroizing::new(
             hex::decode(&f.server_setup_hex).map_err(|e| VaultError::Internal(e.to_string()))?,
         );
@@ -119,12 +123,23 @@ impl FleetSecrets {
 
     /// Seals a record: `nonce(12) || ChaCha20-Poly1305(record)`, bound to the
     /// account and registration.
-    pub fn seal(&self, account_id: &str, registration_id: &[u8], plain: &[u8]) -> Result<Vec<u8>, VaultError> {
+    pub fn seal(
+        &self,
+        account_id: &str,
+        registration_id: &[u8],
+        plain: &[u8],
+    ) -> Result<Vec<u8>, VaultError> {
         let mut nonce = [0u8; 12];
         OsRng.fill_bytes(&mut nonce);
         let aad = record_aad(&self.fleet_id, account_id, registration_id);
         let ct = ChaCha20Poly1305::new(Key::from_slice(self.sealing_key.as_ref()))
-            .encrypt(Nonce::from_slice(&nonce), Payload { msg: plain, aad: &aad })
+            .encrypt(
+                Nonce::from_slice(&nonce),
+                Payload {
+                    msg: plain,
+                    aad: &aad,
+                },
+            )
             .map_err(|_| VaultError::Internal("seal failed".into()))?;
         let mut out = nonce.to_vec();
         out.extend_from_slice(&ct);
@@ -132,15 +147,28 @@ impl FleetSecrets {
     }
 
     /// Opens a sealed record.
-    pub fn open(&self, account_id: &str, registration_id: &[u8], sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, VaultError> {
+    pub fn open(
+        &self,
+        account_id: &str,
+        registration_id: &[u8],
+        sealed: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, VaultError> {
         if sealed.len() < 12 + 16 {
             return Err(VaultError::Internal("sealed record too short".into()));
         }
         let aad = record_aad(&self.fleet_id, account_id, registration_id);
         ChaCha20Poly1305::new(Key::from_slice(self.sealing_key.as_ref()))
-            .decrypt(Nonce::from_slice(&sealed[..12]), Payload { msg: &sealed[12..], aad: &aad })
+            .decrypt(
+                Nonce::from_slice(&sealed[..12]),
+                Payload {
+                    msg: &sealed[12..],
+                    aad: &aad,
+                },
+            )
             .map(Zeroizing::new)
-            .map_err(|_| VaultError::Internal("sealed record does not open with this fleet's key".into()))
+            .map_err(|_| {
+                VaultError::Internal("sealed record does not open with this fleet's key".into())
+            })
     }
 }
 

@@ -21,24 +21,31 @@ use crate::pki::{self, CertAndKey};
 use crate::service::Vault;
 
 /// Builds the mutual-TLS QUIC server config.
-pub fn server_config(identity: &CertAndKey, cluster_ca_pem: &str) -> anyhow::Result<quinn::ServerConfig> {
+pub fn server_config(
+    identity: &CertAndKey,
+    cluster_ca_pem: &str,
+) -> anyhow::Result<quinn::ServerConfig> {
     let provider = pki::crypto_provider();
     let mut roots = rustls::RootCertStore::empty();
     for c in pki::certs(cluster_ca_pem)? {
         roots.add(c)?;
     }
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone()).build()?;
+    let verifier =
+        WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone()).build()?;
     let mut tls = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(pki::certs(&identity.cert_pem)?, pki::key(&identity.key_pem)?)?;
+        .with_single_cert(
+            pki::certs(&identity.cert_pem)?,
+            pki::key(&identity.key_pem)?,
+        )?;
     tls.alpn_protocols = vec![protocol_spec::noise::VAULT_ALPN.to_vec()];
     let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(QuicServerConfig::try_from(tls)?));
     let mut transport = quinn::TransportConfig::default();
     transport.max_concurrent_bidi_streams(4096u32.into());
-    transport.max_idle_timeout(Some(
-        quinn::IdleTimeout::try_from(protocol_spec::limits::IDLE_TIMEOUT)?,
-    ));
+    transport.max_idle_timeout(Some(quinn::IdleTimeout::try_from(
+        protocol_spec::limits::IDLE_TIMEOUT,
+    )?));
     cfg.transport_config(Arc::new(transport));
     Ok(cfg)
 }

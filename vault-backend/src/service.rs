@@ -68,7 +68,9 @@ pub struct Vault {
 
 impl std::fmt::Debug for Vault {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Vault").field("policy", &self.policy).finish_non_exhaustive()
+        f.debug_struct("Vault")
+            .field("policy", &self.policy)
+            .finish_non_exhaustive()
     }
 }
 
@@ -124,7 +126,8 @@ impl Vault {
             Ok(_) => "ok",
             Err(e) => error_label(e),
         };
-        metrics::counter!("vault_requests_total", "request" => label, "outcome" => outcome).increment(1);
+        metrics::counter!("vault_requests_total", "request" => label, "outcome" => outcome)
+            .increment(1);
         match result {
             Ok(kind) => msg::Response { kind: Some(kind) },
             Err(e) => err(e),
@@ -169,17 +172,26 @@ impl Vault {
         mac
     }
 
-    fn register_start(&self, account_id: &str, r: msg::RegisterStartRequest) -> Result<response::Kind, VaultError> {
+    fn register_start(
+        &self,
+        account_id: &str,
+        r: msg::RegisterStartRequest,
+    ) -> Result<response::Kind, VaultError> {
         let request = RegistrationRequest::<Suite>::deserialize(&r.registration_request)
             .map_err(proto("registration_request"))?;
         // A fresh registration id gives this registration its own OPRF key, so
         // registration starts are no oracle for an existing deposit.
         let mut registration_id = [0u8; 16];
         OsRng.fill_bytes(&mut registration_id);
-        let cred_id = op::credential_identifier(&self.secrets.fleet_id, account_id, &registration_id);
-        let start = ServerRegistration::<Suite>::start(&self.secrets.server_setup, request, &cred_id)
-            .map_err(proto("registration start"))?;
-        let tag = self.ticket_mac(account_id, &registration_id).finalize().into_bytes();
+        let cred_id =
+            op::credential_identifier(&self.secrets.fleet_id, account_id, &registration_id);
+        let start =
+            ServerRegistration::<Suite>::start(&self.secrets.server_setup, request, &cred_id)
+                .map_err(proto("registration start"))?;
+        let tag = self
+            .ticket_mac(account_id, &registration_id)
+            .finalize()
+            .into_bytes();
         let mut ticket = registration_id.to_vec();
         ticket.extend_from_slice(&tag[..16]);
         Ok(response::Kind::RegisterStart(msg::RegisterStartResponse {
@@ -188,24 +200,38 @@ impl Vault {
         }))
     }
 
-    async fn register_finish(&self, account_id: &str, r: msg::RegisterFinishRequest) -> Result<response::Kind, VaultError> {
-        if r.registration_ticket.len() != op::REGISTRATION_TICKET_LEN || r.wrapped_key.len() != op::WRAPPED_KEY_LEN {
-            return Err(VaultError::Protocol("ticket or wrapped key has the wrong size".into()));
+    async fn register_finish(
+        &self,
+        account_id: &str,
+        r: msg::RegisterFinishRequest,
+    ) -> Result<response::Kind, VaultError> {
+        if r.registration_ticket.len() != op::REGISTRATION_TICKET_LEN
+            || r.wrapped_key.len() != op::WRAPPED_KEY_LEN
+        {
+            return Err(VaultError::Protocol(
+                "ticket or wrapped key has the wrong size".into(),
+            ));
         }
         let (registration_id, tag) = r.registration_ticket.split_at(16);
         self.ticket_mac(account_id, registration_id)
             .verify_truncated_left(tag)
-            .map_err(|_| VaultError::PermissionDenied("registration ticket was not issued to this account"))?;
+            .map_err(|_| {
+                VaultError::PermissionDenied("registration ticket was not issued to this account")
+            })?;
         let upload = RegistrationUpload::<Suite>::deserialize(&r.registration_upload)
             .map_err(proto("registration_upload"))?;
-        let password_file = ServerRegistration::<Suite>::finish(upload).serialize().to_vec();
+        let password_file = ServerRegistration::<Suite>::finish(upload)
+            .serialize()
+            .to_vec();
         use msg::register_finish_request::Authorization as A;
         let auth = match r.authorization {
             None | Some(A::ReplaceExisting(false)) => Authorization::None,
             Some(A::ReplaceExisting(true)) => Authorization::ReplaceExisting,
             Some(A::LoginSession(s)) => {
                 let reg = self.take_change_authorization(account_id, &s)?;
-                Authorization::VerifiedLogin { registration_id: reg }
+                Authorization::VerifiedLogin {
+                    registration_id: reg,
+                }
             }
         };
         let sealed = self.secrets.seal(
@@ -220,19 +246,30 @@ impl Vault {
         let id = account_id.to_owned();
         let reg = registration_id.to_vec();
         self.blocking(move |s| {
-            s.transition(&id, |row| account::register(row, &auth, reg, sealed).map(|w| (w, ())))
+            s.transition(&id, |row| {
+                account::register(row, &auth, reg, sealed).map(|w| (w, ()))
+            })
         })
         .await?
         .map_err(refusal)?;
         metrics::counter!("vault_registrations_total").increment(1);
-        Ok(response::Kind::RegisterFinish(msg::RegisterFinishResponse {
-            max_attempts: self.policy.max_attempts,
-        }))
+        Ok(response::Kind::RegisterFinish(
+            msg::RegisterFinishResponse {
+                max_attempts: self.policy.max_attempts,
+            },
+        ))
     }
 
-    fn take_change_authorization(&self, account_id: &str, session: &[u8]) -> Result<Vec<u8>, VaultError> {
+    fn take_change_authorization(
+        &self,
+        account_id: &str,
+        session: &[u8],
+    ) -> Result<Vec<u8>, VaultError> {
         let key: [u8; 16] = session.try_into().map_err(|_| VaultError::SessionExpired)?;
-        let mut sessions = self.sessions.lock().map_err(|_| VaultError::Internal("lock".into()))?;
+        let mut sessions = self
+            .sessions
+            .lock()
+            .map_err(|_| VaultError::Internal("lock".into()))?;
         let ok = matches!(sessions.get(&key), Some(p) if p.account_id == account_id
             && p.purpose == LoginPurpose::ChangePassword
             && matches!(p.state, PendingState::ChangeAuthorized)
@@ -242,16 +279,27 @@ impl Vault {
                 "changing the password needs a verified change-password login in this session",
             ));
         }
-        Ok(sessions.remove(&key).map(|p| p.registration_id).unwrap_or_default())
+        Ok(sessions
+            .remove(&key)
+            .map(|p| p.registration_id)
+            .unwrap_or_default())
     }
 
-    async fn login_start(&self, account_id: &str, r: msg::LoginStartRequest) -> Result<response::Kind, VaultError> {
+    async fn login_start(
+        &self,
+        account_id: &str,
+        r: msg::LoginStartRequest,
+    ) -> Result<response::Kind, VaultError> {
         // Everything that can be checked without state is checked first.
         let request = CredentialRequest::<Suite>::deserialize(&r.credential_request)
             .map_err(proto("credential_request"))?;
         let purpose = match LoginPurpose::try_from(r.purpose) {
             Ok(p) if p != LoginPurpose::Unspecified => p,
-            _ => return Err(VaultError::Protocol("login purpose missing or unknown".into())),
+            _ => {
+                return Err(VaultError::Protocol(
+                    "login purpose missing or unknown".into(),
+                ))
+            }
         };
         self.reserve_session_slot()?;
 
@@ -269,13 +317,21 @@ impl Vault {
 
         let record = SealedRecord::decode(
             self.secrets
-                .open(account_id, &guess.record.registration_id, &guess.record.sealed_record)?
+                .open(
+                    account_id,
+                    &guess.record.registration_id,
+                    &guess.record.sealed_record,
+                )?
                 .as_slice(),
         )
         .map_err(|e| VaultError::Internal(format!("record: {e}")))?;
         let password_file = ServerRegistration::<Suite>::deserialize(&record.password_file)
             .map_err(|e| VaultError::Internal(format!("password file: {e:?}")))?;
-        let cred_id = op::credential_identifier(&self.secrets.fleet_id, account_id, &guess.record.registration_id);
+        let cred_id = op::credential_identifier(
+            &self.secrets.fleet_id,
+            account_id,
+            &guess.record.registration_id,
+        );
         let start = ServerLogin::start(
             &mut OsRng,
             &self.secrets.server_setup,
@@ -315,7 +371,10 @@ impl Vault {
     }
 
     fn reserve_session_slot(&self) -> Result<(), VaultError> {
-        let mut sessions = self.sessions.lock().map_err(|_| VaultError::Internal("lock".into()))?;
+        let mut sessions = self
+            .sessions
+            .lock()
+            .map_err(|_| VaultError::Internal("lock".into()))?;
         if sessions.len() >= MAX_PENDING_LOGINS {
             sessions.retain(|_, p| p.created.elapsed() < LOGIN_SESSION_TTL);
         }
@@ -325,15 +384,28 @@ impl Vault {
         Ok(())
     }
 
-    async fn login_finish(&self, account_id: &str, r: msg::LoginFinishRequest) -> Result<response::Kind, VaultError> {
+    async fn login_finish(
+        &self,
+        account_id: &str,
+        r: msg::LoginFinishRequest,
+    ) -> Result<response::Kind, VaultError> {
         let finalization = CredentialFinalization::<Suite>::deserialize(&r.credential_finalization)
             .map_err(proto("credential_finalization"))?;
-        let key: [u8; 16] = r.login_session.as_slice().try_into().map_err(|_| VaultError::SessionExpired)?;
+        let key: [u8; 16] = r
+            .login_session
+            .as_slice()
+            .try_into()
+            .map_err(|_| VaultError::SessionExpired)?;
         let pending = {
-            let mut sessions = self.sessions.lock().map_err(|_| VaultError::Internal("lock".into()))?;
+            let mut sessions = self
+                .sessions
+                .lock()
+                .map_err(|_| VaultError::Internal("lock".into()))?;
             // Only the account that started a login can finish it.
             match sessions.get(&key) {
-                Some(p) if p.account_id == account_id && matches!(p.state, PendingState::AwaitFinish { .. }) => {}
+                Some(p)
+                    if p.account_id == account_id
+                        && matches!(p.state, PendingState::AwaitFinish { .. }) => {}
                 _ => return Err(VaultError::SessionExpired),
             }
             sessions.remove(&key).ok_or(VaultError::SessionExpired)?
@@ -341,7 +413,12 @@ impl Vault {
         if pending.created.elapsed() >= LOGIN_SESSION_TTL {
             return Err(VaultError::SessionExpired);
         }
-        let PendingState::AwaitFinish { server_login, held, wrapped_key } = pending.state else {
+        let PendingState::AwaitFinish {
+            server_login,
+            held,
+            wrapped_key,
+        } = pending.state
+        else {
             return Err(VaultError::SessionExpired);
         };
         let finished = server_login.finish(
@@ -372,16 +449,22 @@ impl Vault {
         let reg = pending.registration_id.clone();
         match pending.purpose {
             LoginPurpose::Disable => {
-                self.blocking(move |s| s.transition(&id, |row| account::disable(row, &reg).map(|w| (w, ()))))
-                    .await?
-                    .map_err(refusal)?;
+                self.blocking(move |s| {
+                    s.transition(&id, |row| account::disable(row, &reg).map(|w| (w, ())))
+                })
+                .await?
+                .map_err(refusal)?;
                 metrics::counter!("vault_disables_total").increment(1);
-                Ok(response::Kind::LoginFinish(msg::LoginFinishResponse { sealed_key: Vec::new() }))
+                Ok(response::Kind::LoginFinish(msg::LoginFinishResponse {
+                    sealed_key: Vec::new(),
+                }))
             }
             LoginPurpose::Recover | LoginPurpose::ChangePassword => {
                 let held2 = held.clone();
                 self.blocking(move |s| {
-                    s.transition(&id, |row| account::login_verified(row, &reg, held2.as_ref()).map(|w| (w, ())))
+                    s.transition(&id, |row| {
+                        account::login_verified(row, &reg, held2.as_ref()).map(|w| (w, ()))
+                    })
                 })
                 .await?
                 .map_err(refusal)?;
@@ -403,7 +486,9 @@ impl Vault {
                         );
                 }
                 metrics::counter!("vault_keys_released_total").increment(1);
-                Ok(response::Kind::LoginFinish(msg::LoginFinishResponse { sealed_key }))
+                Ok(response::Kind::LoginFinish(msg::LoginFinishResponse {
+                    sealed_key,
+                }))
             }
             LoginPurpose::Unspecified => Err(VaultError::Protocol("login purpose".into())),
         }

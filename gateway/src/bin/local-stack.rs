@@ -11,7 +11,10 @@ use client::{BackupKey, ClientError, GatewayConnection, VaultClient};
 use gateway::local_stack::{LocalStack, StackOptions, PROFILE_FILE};
 
 #[derive(Parser)]
-#[command(name = "local-stack", about = "Run vault + gateway on loopback and demonstrate the flow")]
+#[command(
+    name = "local-stack",
+    about = "Run vault + gateway on loopback and demonstrate the flow"
+)]
 struct Args {
     /// State folder (created on first run).
     #[arg(long, default_value = ".local-stack")]
@@ -28,7 +31,9 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
         .init();
     let args = Args::parse();
     let stack = LocalStack::start(StackOptions {
@@ -41,12 +46,24 @@ async fn main() -> anyhow::Result<()> {
     let p = &stack.profile;
     println!("local stack up (state in {})", stack.dir.display());
     println!("  gateway          {} (QUIC, ALPN bkv/1)", p.gateway_addr);
-    println!("  gateway noise    {}", p.gateway_noise_key.as_deref().unwrap_or("-"));
-    println!("  vault fleet      {} key {}", p.fleet_id, p.fleet_public_key);
-    println!("  client profile   {}", stack.dir.join(PROFILE_FILE).display());
+    println!(
+        "  gateway noise    {}",
+        p.gateway_noise_key.as_deref().unwrap_or("-")
+    );
+    println!(
+        "  vault fleet      {} key {}",
+        p.fleet_id, p.fleet_public_key
+    );
+    println!(
+        "  client profile   {}",
+        stack.dir.join(PROFILE_FILE).display()
+    );
     println!();
 
-    let account = format!("demo-{}", &hex::encode(BackupKey::generate().as_bytes())[..8]);
+    let account = format!(
+        "demo-{}",
+        &hex::encode(BackupKey::generate().as_bytes())[..8]
+    );
     println!("demo: phone A of account {account} deposits a key with a password");
     let phone_a = stack.enroll_device(&account)?;
     let conn = GatewayConnection::connect(&stack.profile, &phone_a).await?;
@@ -54,7 +71,11 @@ async fn main() -> anyhow::Result<()> {
     let key = BackupKey::generate();
     let t = Instant::now();
     vault.register(b"demo password", &key, false).await?;
-    println!("  registered in {:?}; key {}", t.elapsed(), key.to_display());
+    println!(
+        "  registered in {:?}; key {}",
+        t.elapsed(),
+        key.to_display()
+    );
     conn.close().await;
 
     println!("demo: phone B (new device key) recovers it");
