@@ -101,7 +101,7 @@ fn opaque_message_sizes_match_the_spec() {
             &mut OsRng,
             b"pw",
             sr.message,
-            ClientRegistrationFinishParameters::new(ids.clone(), Some(&ksf)),
+            ClientRegistrationFinishParameters::new(ids, Some(&ksf)),
         )
         .unwrap();
     assert_eq!(rf.message.serialize().len(), op::REGISTRATION_UPLOAD_LEN);
@@ -114,7 +114,7 @@ fn opaque_message_sizes_match_the_spec() {
     assert_eq!(ls.message.serialize().len(), op::CREDENTIAL_REQUEST_LEN);
     let params = ServerLoginParameters {
         context: None,
-        identifiers: ids.clone(),
+        identifiers: ids,
     };
     let sl = ServerLogin::start(
         &mut OsRng,
@@ -132,7 +132,7 @@ fn opaque_message_sizes_match_the_spec() {
             &mut OsRng,
             b"pw",
             sl.message,
-            ClientLoginFinishParameters::new(None, ids.clone(), Some(&ksf)),
+            ClientLoginFinishParameters::new(None, ids, Some(&ksf)),
         )
         .unwrap();
     assert_eq!(
