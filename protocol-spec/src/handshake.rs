@@ -11,9 +11,10 @@ use prost::Message;
 
 use crate::credential::{CredentialError, CredentialVerifier, VerifiedCredential};
 use crate::framing::{self, FrameError};
+use crate::limits::MAX_FRAME_LEN;
 use crate::limits::{MAX_CLIENT_VERSION_LEN, MAX_CREDENTIAL_LEN};
 use crate::msg::{self, ErrorCode, NoisePattern};
-use crate::noise::{self, EXPORTER_LEN, KEY_LEN, MAX_NOISE_MESSAGE};
+use crate::noise::{self, EXPORTER_LEN, KEY_LEN};
 
 /// Why a handshake failed.
 #[derive(Debug, thiserror::Error)]
@@ -53,11 +54,8 @@ fn noise_frame(pattern: NoisePattern, noise: Vec<u8>) -> Result<Vec<u8>, FrameEr
 }
 
 fn parse_noise_frame(body: &[u8]) -> Result<msg::HandshakeMessage, HandshakeError> {
-    let m: msg::HandshakeMessage = framing::decode(body)?;
-    if m.noise.len() > MAX_NOISE_MESSAGE {
-        return Err(HandshakeError::Protocol("noise message too long".into()));
-    }
-    Ok(m)
+    // The frame limit (16 KiB) already bounds the Noise message.
+    Ok(framing::decode(body)?)
 }
 
 fn build(
@@ -176,7 +174,7 @@ impl Initiator {
             &self.exporter,
             true,
         )?;
-        let mut buf = vec![0u8; MAX_NOISE_MESSAGE];
+        let mut buf = vec![0u8; MAX_FRAME_LEN];
         let payload: &[u8] = if self.pattern == NoisePattern::Ik {
             &self.payload
         } else {
@@ -193,7 +191,7 @@ impl Initiator {
         let m = parse_noise_frame(body)?;
         match std::mem::replace(&mut self.state, IState::Finished) {
             IState::Handshaking(mut hs) => {
-                let mut scratch = vec![0u8; MAX_NOISE_MESSAGE];
+                let mut scratch = vec![0u8; MAX_FRAME_LEN];
                 hs.read_message(&m.noise, &mut scratch)?;
                 let mut out = None;
                 if self.pattern == NoisePattern::Xx {
@@ -304,7 +302,7 @@ impl<'v> Responder<'v> {
     /// Feeds one received frame body.
     pub fn on_frame(&mut self, body: &[u8]) -> Result<ResponderStep, HandshakeError> {
         let m = parse_noise_frame(body)?;
-        let mut scratch = vec![0u8; MAX_NOISE_MESSAGE];
+        let mut scratch = vec![0u8; MAX_FRAME_LEN];
         match std::mem::replace(&mut self.state, RState::Done) {
             RState::Start => {
                 let pattern = NoisePattern::try_from(m.pattern)

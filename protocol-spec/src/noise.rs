@@ -28,8 +28,6 @@ pub const EXPORTER_LEN: usize = 32;
 pub const PROLOGUE_PREFIX: &[u8] = b"bkv/1 noise prologue";
 /// Length of X25519 keys.
 pub const KEY_LEN: usize = 32;
-/// Largest Noise message (Noise spec limit).
-pub const MAX_NOISE_MESSAGE: usize = 65535;
 
 /// `PROLOGUE_PREFIX || 0x00 || pattern (1 byte: 1 = IK, 2 = XX) || exporter (32 bytes)`.
 pub fn prologue(pattern: NoisePattern, exporter: &[u8; EXPORTER_LEN]) -> Vec<u8> {
