@@ -10,6 +10,7 @@
 pub mod account;
 pub mod config;
 pub mod error;
+pub mod observability;
 pub mod pki;
 pub mod replica;
 pub mod secrets;

@@ -55,11 +55,7 @@ enum Cmd {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
+    vault_backend::observability::init_tracing("info");
     match Cli::parse().cmd {
         Cmd::Init {
             state_dir,
@@ -99,12 +95,7 @@ async fn main() -> anyhow::Result<()> {
             if admin_listen.is_some() {
                 cfg.admin_listen = admin_listen;
             }
-            if let Some(addr) = cfg.admin_listen {
-                metrics_exporter_prometheus::PrometheusBuilder::new()
-                    .with_http_listener(addr)
-                    .install()
-                    .context("cannot start the metrics listener")?;
-            }
+            vault_backend::observability::install_metrics(cfg.admin_listen)?;
             let replica = Replica::start(&cfg).context("cannot start the replica")?;
             tracing::info!(addr = %replica.server.local_addr()?, "vault replica serving");
             tokio::signal::ctrl_c().await?;

@@ -30,11 +30,7 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .init();
+    vault_backend::observability::init_tracing("warn");
     let args = Args::parse();
     let stack = LocalStack::start(StackOptions {
         state_dir: Some(args.state_dir.clone()),

@@ -1,0 +1,26 @@
+//! Process-wide logging and metrics set-up shared by the binaries (vault
+//! replica, gateway, local stack). Libraries only emit through `tracing` and
+//! `metrics`; only a binary's `main` may call these, once.
+
+use std::net::SocketAddr;
+
+/// Logs to stderr; `RUST_LOG` overrides `default_filter`.
+pub fn init_tracing(default_filter: &str) {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| default_filter.into()),
+        )
+        .init();
+}
+
+/// Serves Prometheus text at `http://<addr>/metrics` when an admin address is configured.
+pub fn install_metrics(admin_listen: Option<SocketAddr>) -> anyhow::Result<()> {
+    if let Some(addr) = admin_listen {
+        metrics_exporter_prometheus::PrometheusBuilder::new()
+            .with_http_listener(addr)
+            .install()
+            .map_err(|e| anyhow::anyhow!("cannot start the metrics listener on {addr}: {e}"))?;
+    }
+    Ok(())
+}
