@@ -50,6 +50,19 @@ impl DeviceIdentity {
         })
     }
 
+    /// The account named by this device's credential, read without
+    /// verifying it (to find the account's backups; the gateway verifies).
+    pub fn account_hint(&self) -> Result<String, ClientError> {
+        let token = self.credential.as_deref().ok_or_else(|| {
+            ClientError::Config(
+                "this device has no credential yet; run `backup-client device set-credential`"
+                    .into(),
+            )
+        })?;
+        protocol_spec::credential::unverified_account(token)
+            .map_err(|e| ClientError::Config(format!("the device credential is unreadable: {e}")))
+    }
+
     /// Loads `dir/device.toml`.
     pub fn load(dir: &Path) -> Result<Self, ClientError> {
         let p = dir.join(DEVICE_FILE);
@@ -86,17 +99,24 @@ impl DeviceIdentity {
         };
         let t =
             Zeroizing::new(toml::to_string(&f).map_err(|e| ClientError::Config(e.to_string()))?);
-        let p = dir.join(DEVICE_FILE);
-        let mut opts = std::fs::OpenOptions::new();
-        opts.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            opts.mode(0o600);
-        }
-        use std::io::Write;
-        opts.open(&p)
-            .and_then(|mut file| file.write_all(t.as_bytes()))
-            .map_err(|e| ClientError::Config(format!("cannot write {}: {e}", p.display())))
+        write_private(&dir.join(DEVICE_FILE), t.as_bytes())
     }
+}
+
+/// Writes a file readable by its owner only (secrets: device key, backup key).
+pub fn write_private(p: &Path, bytes: &[u8]) -> Result<(), ClientError> {
+    if let Some(parent) = p.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| ClientError::Config(e.to_string()))?;
+    }
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    use std::io::Write;
+    opts.open(p)
+        .and_then(|mut file| file.write_all(bytes).and_then(|()| file.sync_all()))
+        .map_err(|e| ClientError::Config(format!("cannot write {}: {e}", p.display())))
 }

@@ -51,6 +51,18 @@ pub enum ClientError {
     /// The server said something the client does not expect.
     #[error("protocol error: {0}")]
     Protocol(String),
+    /// Local file or stream problem.
+    #[error("{0}")]
+    Io(String),
+    /// The cloud store failed.
+    #[error("cloud storage: {0}; check the backup location and your connection, then retry")]
+    Store(String),
+    /// The backup could not be opened (wrong key, damaged, tampered...).
+    #[error("{0}")]
+    Backup(#[from] protocol_spec::backup_format::FormatError),
+    /// No backup at the location.
+    #[error("there is no backup for this account at {0}; check the backup location")]
+    NoBackup(String),
     /// Other server-side refusal.
     #[error("the vault refused the request ({code:?}): {message}")]
     Refused {

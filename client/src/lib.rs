@@ -19,16 +19,24 @@
 //! # Ok(()) }
 //! ```
 
+pub mod archive;
 pub mod backup_key;
+pub mod backup_stream;
+pub mod backups;
+pub mod cloud;
 pub mod connection;
 pub mod device;
 pub mod error;
 pub mod profile;
+pub mod settings;
 pub mod vault;
 
 pub use backup_key::BackupKey;
+pub use cloud::{BackupStore, BackupVersion};
 pub use connection::GatewayConnection;
 pub use device::DeviceIdentity;
 pub use error::ClientError;
 pub use profile::ClientProfile;
+pub use protocol_spec::backup_format::FormatError;
+pub use settings::{BackupSettings, Protection};
 pub use vault::{Status, VaultClient};

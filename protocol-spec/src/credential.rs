@@ -179,3 +179,24 @@ impl CredentialVerifier {
         })
     }
 }
+
+/// The account a credential names, read **without** checking its signature.
+///
+/// For local bookkeeping only (which cloud folder a device's backups live
+/// in, before or without connecting); never for an access decision — the
+/// gateway verifies the credential.
+pub fn unverified_account(token: &str) -> Result<String, CredentialError> {
+    if token.len() > MAX_CREDENTIAL_LEN {
+        return Err(CredentialError::TooLong);
+    }
+    let untrusted = UntrustedToken::<Public, V4>::try_from(token)
+        .map_err(|e| CredentialError::Invalid(e.to_string()))?;
+    let claims: serde_json::Value = serde_json::from_slice(untrusted.untrusted_message())
+        .map_err(|e| CredentialError::Invalid(e.to_string()))?;
+    claims
+        .get("sub")
+        .and_then(|v| v.as_str())
+        .filter(|s| valid_account_id(s))
+        .map(str::to_owned)
+        .ok_or(CredentialError::BadAccount)
+}

@@ -9,6 +9,7 @@
 //! error instead of panicking. `SPEC.md` beside this crate is the normative
 //! text; the test vectors in `tests/vectors.rs` pin the two together.
 
+pub mod backup_format;
 pub mod credential;
 pub mod framing;
 pub mod handshake;
