@@ -29,6 +29,7 @@ use crate::{backup_stream, BackupKey, ClientError};
 /// Backup versions kept by default.
 pub const DEFAULT_KEEP: usize = 3;
 const SUFFIX: &str = ".bkv";
+const UPLOAD_PART: usize = 5 * 1024 * 1024;
 
 /// One stored backup.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -143,7 +144,10 @@ impl BackupStore {
         rand::rngs::OsRng.fill_bytes(&mut rnd);
         let id = format!("{millis:016}-{}", hex::encode(rnd));
         let path = self.path_of(&id);
-        let mut w = BufWriter::with_capacity(self.store.clone(), path.clone(), 8 * 1024 * 1024);
+        // 5 MiB parts (the S3 minimum), two in flight: bounds upload memory
+        // to about 15 MiB whatever the backup size.
+        let mut w = BufWriter::with_capacity(self.store.clone(), path.clone(), UPLOAD_PART)
+            .with_max_concurrency(2);
         let res = backup_stream::encrypt(key, Params::default(), reader, &mut w, progress).await;
         if let Err(e) = res {
             // Discard the partial upload; nothing was published.

@@ -191,8 +191,14 @@ pub fn unverified_account(token: &str) -> Result<String, CredentialError> {
     }
     let untrusted = UntrustedToken::<Public, V4>::try_from(token)
         .map_err(|e| CredentialError::Invalid(e.to_string()))?;
-    let claims: serde_json::Value = serde_json::from_slice(untrusted.untrusted_message())
-        .map_err(|e| CredentialError::Invalid(e.to_string()))?;
+    // The v4.public payload is the claims JSON followed by the signature:
+    // take the first JSON value and ignore what follows.
+    let claims: serde_json::Value =
+        serde_json::Deserializer::from_slice(untrusted.untrusted_message())
+            .into_iter()
+            .next()
+            .ok_or_else(|| CredentialError::Invalid("no claims".into()))?
+            .map_err(|e| CredentialError::Invalid(e.to_string()))?;
     claims
         .get("sub")
         .and_then(|v| v.as_str())

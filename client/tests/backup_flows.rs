@@ -1,0 +1,374 @@
+#![allow(clippy::unwrap_used)]
+//! What a person does, over the real stack on loopback (QUIC gateway, Noise,
+//! OPAQUE vault, redb): turn backup on, back up a folder, lose the phone,
+//! restore on a new one — with the password, or with the 64-digit key while
+//! the vault is down; change the password; turn backup off; use up the guesses.
+//! The CLI runs as a real `backup-client` process.
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use client::{
+    backups, BackupKey, BackupSettings, BackupStore, ClientError, GatewayConnection, Protection,
+    VaultClient,
+};
+use gateway::local_stack::{LocalStack, StackOptions, PROFILE_FILE};
+
+struct World {
+    stack: LocalStack,
+    tmp: tempfile::TempDir,
+}
+
+impl World {
+    async fn new(max_attempts: u32) -> Self {
+        let stack = LocalStack::start(StackOptions {
+            max_attempts,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        Self {
+            stack,
+            tmp: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn drive(&self) -> String {
+        self.tmp.path().join("drive").to_str().unwrap().to_owned()
+    }
+
+    /// A new phone of `account`: fresh device key, fresh credential.
+    fn phone(&self, name: &str, account: &str) -> PathBuf {
+        let dir = self.tmp.path().join(name);
+        self.stack
+            .enroll_device(account)
+            .unwrap()
+            .save(&dir)
+            .unwrap();
+        dir
+    }
+
+    async fn cli(&self, phone: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_backup-client"));
+        cmd.arg("--profile")
+            .arg(self.stack.dir.join(PROFILE_FILE))
+            .arg("--device")
+            .arg(phone)
+            .arg("--location")
+            .arg(self.drive())
+            .args(args)
+            .env_remove("BKV_PASSWORD")
+            .env_remove("BKV_NEW_PASSWORD")
+            .env_remove("BKV_BACKUP_KEY")
+            .env_remove("BKV_BACKUP_LOCATION")
+            .stdin(std::process::Stdio::null());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.output().await.unwrap()
+    }
+}
+
+fn ok(o: &Output) -> String {
+    assert!(
+        o.status.success(),
+        "command failed\nstdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn failed(o: &Output) -> String {
+    assert!(
+        !o.status.success(),
+        "command unexpectedly succeeded: {}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A folder with nested files, an empty file and a multi-chunk file.
+fn chat_history(root: &Path) {
+    std::fs::create_dir_all(root.join("media/2026")).unwrap();
+    std::fs::write(root.join("msgstore.db"), b"hello from the old phone").unwrap();
+    std::fs::write(root.join("empty.txt"), b"").unwrap();
+    let big: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(root.join("media/2026/video.bin"), big).unwrap();
+}
+
+fn assert_same_tree(a: &Path, b: &Path) {
+    let mut names = Vec::new();
+    for e in std::fs::read_dir(a).unwrap().flatten() {
+        let p = e.path();
+        let other = b.join(e.file_name());
+        if p.is_dir() {
+            assert_same_tree(&p, &other);
+        } else {
+            assert_eq!(
+                std::fs::read(&p).unwrap(),
+                std::fs::read(&other).unwrap(),
+                "{}",
+                p.display()
+            );
+        }
+        names.push(e.file_name());
+    }
+    assert_eq!(
+        names.len(),
+        std::fs::read_dir(b).unwrap().count(),
+        "{}",
+        b.display()
+    );
+}
+
+#[tokio::test]
+async fn password_backup_survives_losing_the_phone() {
+    let w = World::new(10).await;
+    let history = w.tmp.path().join("history");
+    chat_history(&history);
+    let pw = [("BKV_PASSWORD", "correct horse battery")];
+
+    let a = w.phone("phone-a", "alice");
+    let out = ok(&w.cli(&a, &["enable"], &pw).await);
+    assert!(out.contains("protected by your password"), "{out}");
+    let key = BackupSettings::load(&a).unwrap().unwrap().key;
+    assert!(
+        !out.contains(&key.to_display()) && !out.contains(&hex::encode(key.as_bytes())),
+        "password mode never shows the key"
+    );
+    let out = ok(&w.cli(&a, &["backup", history.to_str().unwrap()], &[]).await);
+    assert!(out.contains("backed up"), "{out}");
+    let status = ok(&w.cli(&a, &["status"], &[]).await);
+    assert!(status.contains("backups: 1"), "{status}");
+    assert!(
+        status.contains("10 of 10 password attempts left"),
+        "{status}"
+    );
+
+    // Phone A is lost.
+    std::fs::remove_dir_all(&a).unwrap();
+
+    let b = w.phone("phone-b", "alice");
+    let restored = w.tmp.path().join("restored");
+    let o = w
+        .cli(
+            &b,
+            &[
+                "restore",
+                "--with-password",
+                "--to",
+                restored.to_str().unwrap(),
+            ],
+            &pw,
+        )
+        .await;
+    ok(&o);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("10 password attempt(s) left"));
+    assert_same_tree(&history, &restored);
+
+    // Phone B carries on backing up under the same key.
+    ok(&w.cli(&b, &["backup", history.to_str().unwrap()], &[]).await);
+    let status = ok(&w.cli(&b, &["status"], &[]).await);
+    assert!(status.contains("backups: 2"), "{status}");
+    w.stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn key_only_backup_restores_with_the_vault_down() {
+    let mut w = World::new(10).await;
+    let history = w.tmp.path().join("history");
+    chat_history(&history);
+    let a = w.phone("phone-a", "bob");
+    let out = ok(&w.cli(&a, &["enable", "--key-only"], &[]).await);
+    let key_line = out
+        .lines()
+        .map(str::trim)
+        .find(|l| BackupKey::parse(l).is_ok())
+        .expect("the key is shown")
+        .to_owned();
+    ok(&w.cli(&a, &["backup", history.to_str().unwrap()], &[]).await);
+    std::fs::remove_dir_all(&a).unwrap();
+
+    w.stack.stop_vault().await;
+    let b = w.phone("phone-b", "bob");
+    let restored = w.tmp.path().join("restored");
+    let to = restored.to_str().unwrap();
+
+    // The password route needs the vault: a typed "unavailable", nothing restored.
+    let err = failed(
+        &w.cli(
+            &b,
+            &["restore", "--with-password", "--to", to],
+            &[("BKV_PASSWORD", "whatever1")],
+        )
+        .await,
+    );
+    assert!(err.contains("unavailable"), "{err}");
+    assert!(!restored.exists());
+
+    // A mistyped key is reported as a wrong key, not as a damaged backup.
+    let wrong = BackupKey::generate().to_display();
+    let err = failed(
+        &w.cli(
+            &b,
+            &["restore", "--with-key", "--to", to],
+            &[("BKV_BACKUP_KEY", &wrong)],
+        )
+        .await,
+    );
+    assert!(err.contains("wrong key"), "{err}");
+    assert!(!restored.exists(), "a failed restore leaves nothing behind");
+
+    ok(&w
+        .cli(
+            &b,
+            &["restore", "--with-key", "--to", to],
+            &[("BKV_BACKUP_KEY", &key_line.to_uppercase())],
+        )
+        .await);
+    assert_same_tree(&history, &restored);
+    w.stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn changed_password_restores_and_the_old_one_does_not() {
+    let w = World::new(10).await;
+    let history = w.tmp.path().join("history");
+    chat_history(&history);
+    let a = w.phone("phone-a", "carol");
+    ok(&w
+        .cli(&a, &["enable"], &[("BKV_PASSWORD", "old password")])
+        .await);
+    ok(&w.cli(&a, &["backup", history.to_str().unwrap()], &[]).await);
+    ok(&w
+        .cli(
+            &a,
+            &["change-password"],
+            &[
+                ("BKV_PASSWORD", "old password"),
+                ("BKV_NEW_PASSWORD", "new password"),
+            ],
+        )
+        .await);
+
+    let b = w.phone("phone-b", "carol");
+    let to = w.tmp.path().join("restored");
+    let err = failed(
+        &w.cli(
+            &b,
+            &["restore", "--with-password", "--to", to.to_str().unwrap()],
+            &[("BKV_PASSWORD", "old password")],
+        )
+        .await,
+    );
+    assert!(err.contains("wrong password: 9 attempt(s) left"), "{err}");
+    ok(&w
+        .cli(
+            &b,
+            &["restore", "--with-password", "--to", to.to_str().unwrap()],
+            &[("BKV_PASSWORD", "new password")],
+        )
+        .await);
+    assert_same_tree(&history, &to);
+    w.stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn disabled_backup_is_gone_from_the_vault_but_opens_with_a_kept_key() {
+    let w = World::new(10).await;
+    let history = w.tmp.path().join("history");
+    chat_history(&history);
+    let a = w.phone("phone-a", "dave");
+    ok(&w
+        .cli(&a, &["enable"], &[("BKV_PASSWORD", "dave's password")])
+        .await);
+    ok(&w.cli(&a, &["backup", history.to_str().unwrap()], &[]).await);
+    // The user kept the key (a phone app could show it on request).
+    let kept = BackupSettings::load(&a).unwrap().unwrap().key;
+    let out = ok(&w
+        .cli(&a, &["disable"], &[("BKV_PASSWORD", "dave's password")])
+        .await);
+    assert!(out.contains("deleted from the vault"), "{out}");
+    assert!(
+        BackupSettings::load(&a).unwrap().is_none(),
+        "the device forgot the key"
+    );
+
+    let b = w.phone("phone-b", "dave");
+    let to = w.tmp.path().join("restored");
+    let err = failed(
+        &w.cli(
+            &b,
+            &["restore", "--with-password", "--to", to.to_str().unwrap()],
+            &[("BKV_PASSWORD", "dave's password")],
+        )
+        .await,
+    );
+    assert!(err.contains("no backup key is deposited"), "{err}");
+
+    // The library route, as an app would use it: the kept key still opens the backup.
+    let store = BackupStore::open(&w.drive(), "dave", 3).unwrap();
+    let r = backups::restore_latest(&store, &kept, &to, &|_| {})
+        .await
+        .unwrap();
+    assert_eq!(r.path, to);
+    assert_same_tree(&history, &to);
+
+    // And the vault confirms there is nothing to guess at.
+    let dev = w.stack.enroll_device("dave").unwrap();
+    let conn = GatewayConnection::connect(&w.stack.profile, &dev)
+        .await
+        .unwrap();
+    let vault = VaultClient::new(&conn, &w.stack.profile).unwrap();
+    assert!(matches!(
+        vault.recover(b"dave's password").await,
+        Err(ClientError::NotRegistered)
+    ));
+    conn.close().await;
+    w.stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn using_up_the_guesses_ends_with_key_permanently_inaccessible() {
+    let w = World::new(3).await;
+    let history = w.tmp.path().join("history");
+    chat_history(&history);
+    let a = w.phone("phone-a", "erin");
+    ok(&w
+        .cli(&a, &["enable"], &[("BKV_PASSWORD", "the real one")])
+        .await);
+    assert_eq!(
+        BackupSettings::load(&a).unwrap().unwrap().protection,
+        Protection::Password
+    );
+    ok(&w.cli(&a, &["backup", history.to_str().unwrap()], &[]).await);
+
+    let b = w.phone("phone-b", "erin");
+    let to = w.tmp.path().join("restored");
+    let to = to.to_str().unwrap();
+    let guess = [("BKV_PASSWORD", "not it")];
+    let args = ["restore", "--with-password", "--to", to];
+
+    let o = w.cli(&b, &args, &guess).await;
+    let err = failed(&o);
+    assert!(err.contains("3 password attempt(s) left"), "{err}");
+    assert!(err.contains("2 attempt(s) left"), "{err}");
+
+    let err = failed(&w.cli(&b, &args, &guess).await);
+    assert!(err.contains("1 attempt(s) left"), "{err}");
+
+    let err = failed(&w.cli(&b, &args, &guess).await);
+    assert!(
+        err.contains("LAST attempt"),
+        "warned before the last guess: {err}"
+    );
+    assert!(err.contains("permanently inaccessible"), "{err}");
+
+    // Even the right password cannot bring it back now.
+    let err = failed(&w.cli(&b, &args, &[("BKV_PASSWORD", "the real one")]).await);
+    assert!(err.contains("permanently inaccessible"), "{err}");
+    let status = ok(&w.cli(&a, &["status"], &[]).await);
+    assert!(status.contains("locked out"), "{status}");
+    w.stack.shutdown().await;
+}
