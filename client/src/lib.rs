@@ -1,6 +1,8 @@
-//! The library a phone embeds to use encrypted backups with the Backup Key
-//! Vault: backup keys ([`BackupKey`]), the authenticated gateway connection
-//! ([`GatewayConnection`]) and the vault operations ([`VaultClient`]).
+//! The library a phone embeds for end-to-end encrypted backups: backup keys
+//! ([`BackupKey`]), the authenticated gateway connection
+//! ([`GatewayConnection`]), the vault operations ([`VaultClient`]), the
+//! encrypted backup stream ([`backup_stream`]), the untrusted cloud store
+//! ([`BackupStore`]) and whole-folder backup and restore ([`backups`]).
 //!
 //! No terminal assumptions: every operation is an async function returning a
 //! typed [`ClientError`] whose message says what went wrong and what to do.
@@ -16,6 +18,29 @@
 //! vault.register(b"correct horse", &key, false).await?;
 //! let again = vault.recover(b"correct horse").await?;
 //! assert_eq!(key, again);
+//! # Ok(()) }
+//! ```
+//!
+//! Backing up a folder and restoring it on a new phone:
+//!
+//! ```no_run
+//! # async fn demo(key: client::BackupKey) -> Result<(), client::ClientError> {
+//! use client::{backups, BackupStore};
+//! // A folder standing in for the user's cloud drive, or "s3://bucket/prefix".
+//! let store = BackupStore::open("/sdcard/drive", "alice", 3)?;
+//! let v = backups::backup_path(&store, &key, "chats".as_ref(), &|bytes| {
+//!     println!("{bytes} bytes encrypted");
+//! })
+//! .await?;
+//! println!("uploaded version {} ({} bytes)", v.id, v.size);
+//! // On the new phone, with the key from the vault or the 64-digit key:
+//! match backups::restore_latest(&store, &key, "restored".as_ref(), &|_| {}).await {
+//!     Ok(r) => println!("restored into {}", r.path.display()),
+//!     Err(client::ClientError::Backup(client::FormatError::WrongKey)) => {
+//!         println!("that key does not open this backup")
+//!     }
+//!     Err(e) => return Err(e),
+//! }
 //! # Ok(()) }
 //! ```
 
