@@ -50,7 +50,7 @@ pub enum Write {
 }
 
 /// Rule violations, mapped to wire errors by the service.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Refusal {
     /// No row.
     NotRegistered,
@@ -171,7 +171,7 @@ pub fn login_verified(
 }
 
 /// How a registration is authorized.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Authorization {
     /// No authorization: only valid when there is no active deposit.
     None,

@@ -12,6 +12,7 @@ pub mod config;
 pub mod error;
 pub mod observability;
 pub mod pki;
+pub mod raft;
 pub mod replica;
 pub mod secrets;
 pub mod server;

@@ -59,6 +59,28 @@ pub enum Usage {
     Server,
     /// TLS client.
     Client,
+    /// Both (a replica: serves gateways and peers, and calls peers).
+    Peer,
+}
+
+/// DNS name every replica certificate carries; replica-to-replica links
+/// accept only peers whose certificate has it (gateway certificates do not).
+pub const REPLICA_ROLE_NAME: &str = "replica.bkv.internal";
+
+/// Whether a DER certificate (already verified against the cluster CA)
+/// carries the replica role name.
+pub fn has_replica_role(der: &[u8]) -> bool {
+    use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+    let Ok((_, cert)) = X509Certificate::from_der(der) else {
+        return false;
+    };
+    let Ok(Some(san)) = cert.subject_alternative_name() else {
+        return false;
+    };
+    san.value
+        .general_names
+        .iter()
+        .any(|n| matches!(n, GeneralName::DNSName(d) if *d == REPLICA_ROLE_NAME))
 }
 
 /// A leaf certificate signed by `ca`, valid for `names` (DNS names or IPs).
@@ -76,10 +98,14 @@ pub fn issue(
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, common_name);
     params.distinguished_name = dn;
-    params.extended_key_usages = vec![match usage {
-        Usage::Server => ExtendedKeyUsagePurpose::ServerAuth,
-        Usage::Client => ExtendedKeyUsagePurpose::ClientAuth,
-    }];
+    params.extended_key_usages = match usage {
+        Usage::Server => vec![ExtendedKeyUsagePurpose::ServerAuth],
+        Usage::Client => vec![ExtendedKeyUsagePurpose::ClientAuth],
+        Usage::Peer => vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ],
+    };
     let cert = params.signed_by(&key, &issuer)?;
     Ok(CertAndKey {
         cert_pem: cert.pem(),

@@ -15,7 +15,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use crate::account::{StoredAccount, Write};
 use crate::VaultError;
 
-const ACCOUNTS: TableDefinition<&str, &[u8]> = TableDefinition::new("accounts");
+pub(crate) const ACCOUNTS: TableDefinition<&str, &[u8]> = TableDefinition::new("accounts");
 
 /// Handle to the database (cheap to clone).
 #[derive(Clone)]
@@ -37,6 +37,12 @@ impl Store {
         txn.open_table(ACCOUNTS)?;
         txn.commit()?;
         Ok(Self { db: Arc::new(db) })
+    }
+
+    /// A store over an already opened database (the replica's Raft
+    /// database, whose `accounts` table the state machine maintains).
+    pub fn from_db(db: Arc<Database>) -> Self {
+        Self { db }
     }
 
     /// Reads one row.

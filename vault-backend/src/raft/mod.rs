@@ -1,0 +1,154 @@
+//! Replication of account state across the replicas of one vault cluster
+//! with openraft: the replicated commands ([`Command`]), the durable log and
+//! state machine in redb ([`storage`]), and the replica-to-replica RPC
+//! transport over mutually authenticated QUIC ([`network`]).
+//!
+//! Every account state change is a log entry; a change is done only when
+//! openraft reports it committed on a majority and applied. Must never:
+//! apply a transition outside the log, or put account ids or record bytes in
+//! log messages (the `Debug`/`Display` of commands omit them).
+
+pub mod network;
+pub mod node;
+pub mod storage;
+
+use std::fmt;
+use std::io::Cursor;
+
+use serde::{Deserialize, Serialize};
+
+use crate::account::{Authorization, Refusal};
+
+/// Replica id inside a cluster.
+pub type NodeId = u64;
+
+openraft::declare_raft_types!(
+    /// Type configuration of the vault's Raft group.
+    pub TypeConfig:
+        D = Command,
+        R = CommandResult,
+        NodeId = NodeId,
+        Node = openraft::BasicNode,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = Cursor<Vec<u8>>,
+        AsyncRuntime = openraft::TokioRuntime,
+);
+
+/// The Raft handle of a replica.
+pub type Raft = openraft::Raft<TypeConfig>;
+
+/// A replicated account state change. Each variant is one of the pure
+/// transitions of [`crate::account`], evaluated against the committed row
+/// when the entry is applied, identically on every replica.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+pub enum Command {
+    /// Count one guess (login start); the OPRF answer may be sent only after
+    /// this is committed.
+    LoginStart {
+        /// Account.
+        account_id: String,
+        /// Guess limit in force.
+        max_attempts: u32,
+    },
+    /// A login finished verified: reset the counter (and restore a record
+    /// held after the last guess).
+    LoginVerified {
+        /// Account.
+        account_id: String,
+        /// Registration the login was for.
+        registration_id: Vec<u8>,
+        /// prost-encoded `StoredAccount` held in memory since the last guess.
+        held: Option<Vec<u8>>,
+    },
+    /// Deposit (or replace) a record.
+    Register {
+        /// Account.
+        account_id: String,
+        /// Why a replacement is allowed.
+        authorization: Authorization,
+        /// New registration id.
+        registration_id: Vec<u8>,
+        /// Sealed record.
+        sealed_record: Vec<u8>,
+    },
+    /// Delete the deposit after a verified login.
+    Disable {
+        /// Account.
+        account_id: String,
+        /// Registration the login was for.
+        registration_id: Vec<u8>,
+    },
+}
+
+impl Command {
+    fn kind(&self) -> &'static str {
+        match self {
+            Command::LoginStart { .. } => "login_start",
+            Command::LoginVerified { .. } => "login_verified",
+            Command::Register { .. } => "register",
+            Command::Disable { .. } => "disable",
+        }
+    }
+
+    /// The account the command touches.
+    pub fn account_id(&self) -> &str {
+        match self {
+            Command::LoginStart { account_id, .. }
+            | Command::LoginVerified { account_id, .. }
+            | Command::Register { account_id, .. }
+            | Command::Disable { account_id, .. } => account_id,
+        }
+    }
+}
+
+// No account ids or record bytes in logs.
+impl fmt::Debug for Command {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Command::{}", self.kind())
+    }
+}
+
+impl fmt::Display for Command {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.kind())
+    }
+}
+
+/// What applying a command produced (returned to the leader's caller).
+#[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
+pub enum CommandResult {
+    /// Entries without an application command (membership, blank).
+    #[default]
+    Nothing,
+    /// A guess was counted.
+    Guess {
+        /// prost-encoded `StoredAccount` as it was before the guess.
+        record: Vec<u8>,
+        /// Guesses left after this one.
+        attempts_left: u32,
+        /// This was the last guess: the record is erased.
+        last: bool,
+    },
+    /// The transition was applied.
+    Done,
+    /// The rules refused it; nothing changed.
+    Refused(Refusal),
+}
+
+impl fmt::Debug for CommandResult {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CommandResult::Nothing => f.write_str("Nothing"),
+            CommandResult::Guess {
+                attempts_left,
+                last,
+                ..
+            } => write!(
+                f,
+                "Guess {{ attempts_left: {attempts_left}, last: {last} }}"
+            ),
+            CommandResult::Done => f.write_str("Done"),
+            CommandResult::Refused(r) => write!(f, "Refused({r:?})"),
+        }
+    }
+}

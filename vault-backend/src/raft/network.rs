@@ -1,0 +1,353 @@
+//! Replica-to-replica Raft RPCs over QUIC with mutual TLS.
+//!
+//! Both ends present certificates from the cluster CA, and a replica accepts
+//! Raft traffic only from peers whose certificate carries the replica role
+//! name ([`crate::pki::REPLICA_ROLE_NAME`]) — a gateway's certificate, from
+//! the same CA, is refused. Each RPC is one bidirectional stream: a
+//! length-prefixed postcard request, then the reply.
+//!
+//! Must never: accept an unauthenticated peer, or read a frame larger than
+//! [`MAX_RPC_LEN`].
+
+// openraft's trait signatures fix the (large) error types.
+#![allow(clippy::result_large_err)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use openraft::BasicNode;
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use rustls::server::WebPkiClientVerifier;
+use serde::{Deserialize, Serialize};
+
+use super::{NodeId, Raft, TypeConfig};
+use crate::pki::{self, CertAndKey};
+
+/// ALPN of replica-to-replica links.
+pub const RAFT_ALPN: &[u8] = b"bkv-raft/1";
+/// Largest RPC frame (snapshot chunks are configured well below it).
+pub const MAX_RPC_LEN: usize = 16 * 1024 * 1024;
+/// TLS server name replicas present to each other.
+pub const PEER_SERVER_NAME: &str = pki::REPLICA_ROLE_NAME;
+
+#[derive(Serialize, Deserialize)]
+enum Rpc {
+    Append(AppendEntriesRequest<TypeConfig>),
+    Vote(VoteRequest<NodeId>),
+    Snapshot(InstallSnapshotRequest<TypeConfig>),
+}
+
+#[derive(Serialize, Deserialize)]
+enum Reply {
+    Append(Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>),
+    Vote(Result<VoteResponse<NodeId>, RaftError<NodeId>>),
+    Snapshot(Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>),
+}
+
+/// Errors of the RPC transport.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    /// Could not connect or the connection broke.
+    #[error("peer link: {0}")]
+    Io(String),
+    /// The peer sent something that does not decode.
+    #[error("peer sent a malformed frame: {0}")]
+    Malformed(String),
+    /// Too large.
+    #[error("frame of {0} bytes exceeds the limit")]
+    TooLarge(usize),
+}
+
+async fn write_frame(send: &mut quinn::SendStream, body: &[u8]) -> Result<(), LinkError> {
+    if body.len() > MAX_RPC_LEN {
+        return Err(LinkError::TooLarge(body.len()));
+    }
+    let len = u32::try_from(body.len()).map_err(|_| LinkError::TooLarge(body.len()))?;
+    send.write_all(&len.to_be_bytes())
+        .await
+        .map_err(|e| LinkError::Io(e.to_string()))?;
+    send.write_all(body)
+        .await
+        .map_err(|e| LinkError::Io(e.to_string()))?;
+    send.finish().map_err(|e| LinkError::Io(e.to_string()))
+}
+
+async fn read_frame(recv: &mut quinn::RecvStream) -> Result<Vec<u8>, LinkError> {
+    let mut len = [0u8; 4];
+    recv.read_exact(&mut len)
+        .await
+        .map_err(|e| LinkError::Io(e.to_string()))?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len > MAX_RPC_LEN {
+        return Err(LinkError::TooLarge(len));
+    }
+    let mut body = vec![0u8; len];
+    recv.read_exact(&mut body)
+        .await
+        .map_err(|e| LinkError::Io(e.to_string()))?;
+    Ok(body)
+}
+
+fn roots(cluster_ca_pem: &str) -> anyhow::Result<rustls::RootCertStore> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in pki::certs(cluster_ca_pem)? {
+        roots.add(c)?;
+    }
+    Ok(roots)
+}
+
+fn transport() -> Arc<quinn::TransportConfig> {
+    let mut t = quinn::TransportConfig::default();
+    t.keep_alive_interval(Some(Duration::from_secs(1)));
+    // A dead peer is noticed within seconds, not the 30 s default.
+    if let Ok(idle) = quinn::IdleTimeout::try_from(Duration::from_secs(5)) {
+        t.max_idle_timeout(Some(idle));
+    }
+    t.max_concurrent_bidi_streams(1024u32.into());
+    Arc::new(t)
+}
+
+/// QUIC server config for the peer port.
+pub fn server_config(
+    identity: &CertAndKey,
+    cluster_ca_pem: &str,
+) -> anyhow::Result<quinn::ServerConfig> {
+    let provider = pki::crypto_provider();
+    let verifier = WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots(cluster_ca_pem)?),
+        provider.clone(),
+    )
+    .build()?;
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(
+            pki::certs(&identity.cert_pem)?,
+            pki::key(&identity.key_pem)?,
+        )?;
+    tls.alpn_protocols = vec![RAFT_ALPN.to_vec()];
+    let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(QuicServerConfig::try_from(tls)?));
+    cfg.transport_config(transport());
+    Ok(cfg)
+}
+
+/// QUIC client config for calling peers.
+pub fn client_config(
+    identity: &CertAndKey,
+    cluster_ca_pem: &str,
+) -> anyhow::Result<quinn::ClientConfig> {
+    let mut tls = rustls::ClientConfig::builder_with_provider(pki::crypto_provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_root_certificates(roots(cluster_ca_pem)?)
+        .with_client_auth_cert(
+            pki::certs(&identity.cert_pem)?,
+            pki::key(&identity.key_pem)?,
+        )?;
+    tls.alpn_protocols = vec![RAFT_ALPN.to_vec()];
+    let mut cfg = quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(tls)?));
+    cfg.transport_config(transport());
+    Ok(cfg)
+}
+
+/// Serves Raft RPCs from authenticated peers on `endpoint` until it closes.
+pub fn serve(endpoint: quinn::Endpoint, raft: Raft) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        while let Some(incoming) = endpoint.accept().await {
+            let raft = raft.clone();
+            tokio::spawn(async move {
+                let conn = match incoming.await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::info!(error = %e, "peer connection refused");
+                        return;
+                    }
+                };
+                let is_replica = conn
+                    .peer_identity()
+                    .and_then(|id| {
+                        id.downcast::<Vec<rustls_pki_types::CertificateDer<'static>>>()
+                            .ok()
+                    })
+                    .and_then(|certs| certs.first().map(|c| pki::has_replica_role(c)))
+                    .unwrap_or(false);
+                if !is_replica {
+                    metrics::counter!("vault_raft_rejected_peers_total").increment(1);
+                    conn.close(1u32.into(), b"not a replica of this cluster");
+                    return;
+                }
+                while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+                    let raft = raft.clone();
+                    tokio::spawn(async move {
+                        let reply = match read_frame(&mut recv).await.and_then(|b| {
+                            postcard::from_bytes::<Rpc>(&b)
+                                .map_err(|e| LinkError::Malformed(e.to_string()))
+                        }) {
+                            Ok(Rpc::Append(req)) => Reply::Append(raft.append_entries(req).await),
+                            Ok(Rpc::Vote(req)) => Reply::Vote(raft.vote(req).await),
+                            Ok(Rpc::Snapshot(req)) => {
+                                Reply::Snapshot(raft.install_snapshot(req).await)
+                            }
+                            Err(e) => {
+                                tracing::warn!(error = %e, "bad peer frame");
+                                send.reset(2u32.into()).ok();
+                                return;
+                            }
+                        };
+                        if let Ok(body) = postcard::to_allocvec(&reply) {
+                            let _ = write_frame(&mut send, &body).await;
+                        }
+                    });
+                }
+            });
+        }
+    })
+}
+
+/// Creates per-peer clients for openraft.
+#[derive(Clone)]
+pub struct Network {
+    endpoint: quinn::Endpoint,
+}
+
+impl std::fmt::Debug for Network {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Network")
+    }
+}
+
+impl Network {
+    /// Peer clients sharing `endpoint` (configured with [`client_config`]).
+    pub fn new(endpoint: quinn::Endpoint) -> Self {
+        Self { endpoint }
+    }
+}
+
+/// A connection to one peer, re-established on demand.
+pub struct PeerClient {
+    endpoint: quinn::Endpoint,
+    target: NodeId,
+    addr: Option<SocketAddr>,
+    conn: Option<quinn::Connection>,
+}
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = PeerClient;
+
+    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Self::Network {
+        PeerClient {
+            endpoint: self.endpoint.clone(),
+            target,
+            addr: node.addr.parse().ok(),
+            conn: None,
+        }
+    }
+}
+
+type RpcErr<E> = RPCError<NodeId, BasicNode, RaftError<NodeId, E>>;
+
+fn unreachable<E: std::error::Error>(e: LinkError) -> RPCError<NodeId, BasicNode, E> {
+    RPCError::Unreachable(Unreachable::new(&std::io::Error::other(e.to_string())))
+}
+
+impl PeerClient {
+    async fn connection(&mut self) -> Result<quinn::Connection, LinkError> {
+        if let Some(c) = &self.conn {
+            if c.close_reason().is_none() {
+                return Ok(c.clone());
+            }
+        }
+        let addr = self
+            .addr
+            .ok_or_else(|| LinkError::Io(format!("peer {} has no valid address", self.target)))?;
+        let c = self
+            .endpoint
+            .connect(addr, PEER_SERVER_NAME)
+            .map_err(|e| LinkError::Io(e.to_string()))?
+            .await
+            .map_err(|e| LinkError::Io(e.to_string()))?;
+        self.conn = Some(c.clone());
+        Ok(c)
+    }
+
+    async fn call(&mut self, rpc: &Rpc, ttl: Duration) -> Result<Reply, LinkError> {
+        let body = postcard::to_allocvec(rpc).map_err(|e| LinkError::Malformed(e.to_string()))?;
+        let work = async {
+            let conn = self.connection().await?;
+            let (mut send, mut recv) = conn
+                .open_bi()
+                .await
+                .map_err(|e| LinkError::Io(e.to_string()))?;
+            write_frame(&mut send, &body).await?;
+            let reply = read_frame(&mut recv).await?;
+            postcard::from_bytes::<Reply>(&reply).map_err(|e| LinkError::Malformed(e.to_string()))
+        };
+        match tokio::time::timeout(ttl, work).await {
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(e)) => {
+                self.conn = None;
+                Err(e)
+            }
+            Err(_) => Err(LinkError::Io("timed out".into())),
+        }
+    }
+}
+
+impl RaftNetwork<TypeConfig> for PeerClient {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RpcErr<openraft::error::Infallible>> {
+        match self.call(&Rpc::Append(rpc), option.hard_ttl()).await {
+            Ok(Reply::Append(Ok(r))) => Ok(r),
+            Ok(Reply::Append(Err(e))) => {
+                Err(RPCError::RemoteError(RemoteError::new(self.target, e)))
+            }
+            Ok(_) => Err(RPCError::Network(NetworkError::new(
+                &std::io::Error::other("mismatched reply"),
+            ))),
+            Err(e) => Err(unreachable(e)),
+        }
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<InstallSnapshotResponse<NodeId>, RpcErr<InstallSnapshotError>> {
+        match self.call(&Rpc::Snapshot(rpc), option.hard_ttl()).await {
+            Ok(Reply::Snapshot(Ok(r))) => Ok(r),
+            Ok(Reply::Snapshot(Err(e))) => {
+                Err(RPCError::RemoteError(RemoteError::new(self.target, e)))
+            }
+            Ok(_) => Err(RPCError::Network(NetworkError::new(
+                &std::io::Error::other("mismatched reply"),
+            ))),
+            Err(e) => Err(unreachable(e)),
+        }
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RpcErr<openraft::error::Infallible>> {
+        match self.call(&Rpc::Vote(rpc), option.hard_ttl()).await {
+            Ok(Reply::Vote(Ok(r))) => Ok(r),
+            Ok(Reply::Vote(Err(e))) => Err(RPCError::RemoteError(RemoteError::new(self.target, e))),
+            Ok(_) => Err(RPCError::Network(NetworkError::new(
+                &std::io::Error::other("mismatched reply"),
+            ))),
+            Err(e) => Err(unreachable(e)),
+        }
+    }
+}

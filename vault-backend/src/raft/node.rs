@@ -1,0 +1,156 @@
+//! One replica's Raft node: opens the database, binds the peer port, starts
+//! openraft with the redb storage and the QUIC network, and bootstraps a new
+//! cluster from the lowest-numbered member.
+//!
+//! Must never: initialize a cluster whose log already has entries (that
+//! would fork it), or serve peers without mutual TLS.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::{BasicNode, Config, SnapshotPolicy};
+use redb::Database;
+
+use super::network::{self, Network};
+use super::storage::{self, LogStore, StateMachine};
+use super::{NodeId, Raft};
+use crate::pki::CertAndKey;
+
+/// Timing and compaction knobs of the Raft group.
+#[derive(Debug, Clone)]
+pub struct RaftTuning {
+    /// Leader heartbeat.
+    pub heartbeat: Duration,
+    /// Election timeout range start (end is twice this).
+    pub election_timeout: Duration,
+    /// Build a snapshot (and purge the log before it) every this many entries.
+    pub snapshot_every: u64,
+}
+
+impl Default for RaftTuning {
+    fn default() -> Self {
+        Self {
+            heartbeat: Duration::from_millis(100),
+            election_timeout: Duration::from_millis(400),
+            snapshot_every: 5000,
+        }
+    }
+}
+
+/// A running Raft node.
+pub struct RaftNode {
+    /// This replica's id.
+    pub id: NodeId,
+    /// The openraft handle.
+    pub raft: Raft,
+    /// The replica database (log, state machine, accounts).
+    pub db: Arc<Database>,
+    endpoint: quinn::Endpoint,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl std::fmt::Debug for RaftNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RaftNode")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Binds a peer endpoint (server and client) on `listen`.
+pub fn bind_peer_endpoint(
+    listen: SocketAddr,
+    identity: &CertAndKey,
+    cluster_ca_pem: &str,
+) -> anyhow::Result<quinn::Endpoint> {
+    let mut ep =
+        quinn::Endpoint::server(network::server_config(identity, cluster_ca_pem)?, listen)?;
+    ep.set_default_client_config(network::client_config(identity, cluster_ca_pem)?);
+    Ok(ep)
+}
+
+impl RaftNode {
+    /// Starts node `id` of the cluster `members` (id → peer address) on an
+    /// endpoint from [`bind_peer_endpoint`], with its database at `db_path`.
+    pub async fn start(
+        id: NodeId,
+        members: &BTreeMap<NodeId, SocketAddr>,
+        endpoint: quinn::Endpoint,
+        db_path: &Path,
+        tuning: &RaftTuning,
+    ) -> anyhow::Result<Self> {
+        let db = storage::open_database(db_path)?;
+        Self::start_with_db(id, members, endpoint, db, tuning).await
+    }
+
+    /// As [`RaftNode::start`] with an opened database.
+    pub async fn start_with_db(
+        id: NodeId,
+        members: &BTreeMap<NodeId, SocketAddr>,
+        endpoint: quinn::Endpoint,
+        db: Arc<Database>,
+        tuning: &RaftTuning,
+    ) -> anyhow::Result<Self> {
+        anyhow::ensure!(
+            members.contains_key(&id),
+            "replica {id} is not in the member list"
+        );
+        let election = tuning.election_timeout.as_millis() as u64;
+        let config = Config {
+            cluster_name: "bkv-vault".into(),
+            heartbeat_interval: tuning.heartbeat.as_millis() as u64,
+            election_timeout_min: election,
+            election_timeout_max: election * 2,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(tuning.snapshot_every),
+            max_in_snapshot_log_to_keep: 0,
+            snapshot_max_chunk_size: 1024 * 1024,
+            ..Default::default()
+        }
+        .validate()?;
+        let log = LogStore::new(db.clone());
+        let sm = StateMachine::new(db.clone());
+        let raft = Raft::new(
+            id,
+            Arc::new(config),
+            Network::new(endpoint.clone()),
+            log,
+            sm,
+        )
+        .await?;
+        let server = network::serve(endpoint.clone(), raft.clone());
+        let node = Self {
+            id,
+            raft,
+            db,
+            endpoint,
+            server,
+        };
+        let first = members.keys().next().copied();
+        if first == Some(id) && !node.raft.is_initialized().await? {
+            let nodes: BTreeMap<NodeId, BasicNode> = members
+                .iter()
+                .map(|(k, a)| (*k, BasicNode::new(a.to_string())))
+                .collect();
+            if let Err(e) = node.raft.initialize(nodes).await {
+                tracing::info!(error = %e, "cluster already initialized");
+            }
+        }
+        Ok(node)
+    }
+
+    /// The peer address this node listens on.
+    pub fn peer_addr(&self) -> std::io::Result<SocketAddr> {
+        self.endpoint.local_addr()
+    }
+
+    /// Stops Raft and the peer listener.
+    pub async fn shutdown(self) {
+        let _ = self.raft.shutdown().await;
+        self.endpoint.close(0u32.into(), b"shutting down");
+        self.server.abort();
+        self.endpoint.wait_idle().await;
+    }
+}

@@ -1,0 +1,521 @@
+//! The Raft log, vote and state machine of one replica, in one redb file.
+//!
+//! Durability: log appends are written at once (readable immediately) and
+//! made durable by a flusher thread that commits with `Durability::Immediate`
+//! and only then tells openraft the entries are persisted. Appends that
+//! arrive while a flush runs share the next fsync (group commit), so
+//! throughput is not bounded by one fsync per login. The vote is fsync'd
+//! before `save_vote` returns. The state machine is applied in the same
+//! database with the applied log id in the same transaction, so after a crash
+//! it is consistent with some applied prefix and openraft re-applies the rest
+//! from the durable log.
+//!
+//! Must never: report entries persisted before their fsync, or leave a hole
+//! in the log.
+
+// openraft's trait signatures fix the (large) error types.
+#![allow(clippy::result_large_err)]
+
+use std::io::Cursor;
+use std::ops::{Bound, RangeBounds};
+use std::path::Path;
+use std::sync::mpsc;
+use std::sync::Arc;
+
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage, RaftStateMachine, Snapshot};
+use openraft::{
+    AnyError, Entry, EntryPayload, LogId, OptionalSend, RaftLogReader, RaftSnapshotBuilder,
+    SnapshotMeta, StorageError, StorageIOError, StoredMembership, Vote,
+};
+use prost::Message;
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+use super::{Command, CommandResult, NodeId, TypeConfig};
+use crate::account::{self, StoredAccount, Write};
+use crate::store::ACCOUNTS;
+
+const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_meta");
+const SM_META: TableDefinition<&str, &[u8]> = TableDefinition::new("sm_meta");
+const SNAPSHOT: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshot");
+
+const K_VOTE: &str = "vote";
+const K_COMMITTED: &str = "committed";
+const K_PURGED: &str = "last_purged";
+const K_APPLIED: &str = "last_applied";
+const K_MEMBERSHIP: &str = "membership";
+const K_SNAP_META: &str = "meta";
+const K_SNAP_DATA: &str = "data";
+
+type SErr = StorageError<NodeId>;
+
+fn any(e: impl std::fmt::Display) -> AnyError {
+    AnyError::error(e.to_string())
+}
+
+fn enc<T: Serialize>(v: &T) -> Result<Vec<u8>, SErr> {
+    postcard::to_allocvec(v).map_err(|e| StorageIOError::write(any(e)).into())
+}
+
+fn dec<T: for<'a> Deserialize<'a>>(b: &[u8]) -> Result<T, SErr> {
+    postcard::from_bytes(b).map_err(|e| StorageIOError::read(any(e)).into())
+}
+
+fn w(e: impl std::fmt::Display) -> SErr {
+    StorageIOError::write(any(e)).into()
+}
+
+fn r(e: impl std::fmt::Display) -> SErr {
+    StorageIOError::read(any(e)).into()
+}
+
+/// Opens (or creates) the replica database with every table present.
+pub fn open_database(path: &Path) -> Result<Arc<Database>, redb::Error> {
+    let db = Database::create(path)?;
+    let txn = db.begin_write()?;
+    txn.open_table(LOG)?;
+    txn.open_table(META)?;
+    txn.open_table(SM_META)?;
+    txn.open_table(SNAPSHOT)?;
+    txn.open_table(ACCOUNTS)?;
+    txn.commit()?;
+    Ok(Arc::new(db))
+}
+
+fn get_meta<T: for<'a> Deserialize<'a>>(
+    db: &Database,
+    table: TableDefinition<&str, &[u8]>,
+    key: &str,
+) -> Result<Option<T>, SErr> {
+    let txn = db.begin_read().map_err(r)?;
+    let t = txn.open_table(table).map_err(r)?;
+    let v = t.get(key).map_err(r)?;
+    v.map(|v| dec(v.value())).transpose()
+}
+
+/// Commits a transaction with an fsync.
+fn commit_durable(txn: redb::WriteTransaction) -> Result<(), SErr> {
+    let mut txn = txn;
+    txn.set_durability(Durability::Immediate).map_err(w)?;
+    txn.commit().map_err(w)
+}
+
+/// Commits without an fsync (made durable by the next durable commit).
+fn commit_lazy(txn: redb::WriteTransaction) -> Result<(), SErr> {
+    let mut txn = txn;
+    txn.set_durability(Durability::None).map_err(w)?;
+    txn.commit().map_err(w)
+}
+
+/// Log storage (openraft `RaftLogStorage`) over redb.
+#[derive(Clone)]
+pub struct LogStore {
+    db: Arc<Database>,
+    flusher: mpsc::Sender<LogFlushed<TypeConfig>>,
+}
+
+impl std::fmt::Debug for LogStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LogStore")
+    }
+}
+
+impl LogStore {
+    /// Log storage over `db`, with its group-commit flusher thread.
+    pub fn new(db: Arc<Database>) -> Self {
+        let (tx, rx) = mpsc::channel::<LogFlushed<TypeConfig>>();
+        let fdb = db.clone();
+        std::thread::Builder::new()
+            .name("raft-log-flush".into())
+            .spawn(move || flusher(fdb, rx))
+            .unwrap_or_else(|e| panic!("cannot start the log flusher thread: {e}"));
+        Self { db, flusher: tx }
+    }
+}
+
+/// Waits for appends, then makes everything appended so far durable with one
+/// fsync and acknowledges all of them.
+fn flusher(db: Arc<Database>, rx: mpsc::Receiver<LogFlushed<TypeConfig>>) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while let Ok(more) = rx.try_recv() {
+            batch.push(more);
+        }
+        let started = std::time::Instant::now();
+        let res = db
+            .begin_write()
+            .map_err(|e| e.to_string())
+            .and_then(|mut t| {
+                t.set_durability(Durability::Immediate)
+                    .map_err(|e| e.to_string())?;
+                t.commit().map_err(|e| e.to_string())
+            });
+        metrics::histogram!("vault_raft_log_fsync_seconds").record(started.elapsed().as_secs_f64());
+        metrics::histogram!("vault_raft_log_fsync_batch_size").record(batch.len() as f64);
+        for cb in batch {
+            cb.log_io_completed(res.clone().map_err(|e| std::io::Error::other(e.clone())));
+        }
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + std::fmt::Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry<TypeConfig>>, SErr> {
+        let start = match range.start_bound() {
+            Bound::Included(s) => *s,
+            Bound::Excluded(s) => s.saturating_add(1),
+            Bound::Unbounded => 0,
+        };
+        let end = match range.end_bound() {
+            Bound::Included(e) => Bound::Included(*e),
+            Bound::Excluded(e) => Bound::Excluded(*e),
+            Bound::Unbounded => Bound::Unbounded,
+        };
+        let txn = self.db.begin_read().map_err(r)?;
+        let t = txn.open_table(LOG).map_err(r)?;
+        let mut out = Vec::new();
+        for item in t.range::<u64>((Bound::Included(start), end)).map_err(r)? {
+            let (_, v) = item.map_err(r)?;
+            out.push(dec(v.value())?);
+        }
+        Ok(out)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, SErr> {
+        let last_purged: Option<LogId<NodeId>> = get_meta(&self.db, META, K_PURGED)?;
+        let txn = self.db.begin_read().map_err(r)?;
+        let t = txn.open_table(LOG).map_err(r)?;
+        let last = match t.last().map_err(r)? {
+            Some((_, v)) => Some(dec::<Entry<TypeConfig>>(v.value())?.log_id),
+            None => last_purged,
+        };
+        Ok(LogState {
+            last_purged_log_id: last_purged,
+            last_log_id: last,
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), SErr> {
+        let txn = self.db.begin_write().map_err(w)?;
+        {
+            let mut t = txn.open_table(META).map_err(w)?;
+            t.insert(K_VOTE, enc(vote)?.as_slice()).map_err(w)?;
+        }
+        commit_durable(txn)
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, SErr> {
+        get_meta(&self.db, META, K_VOTE)
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> Result<(), SErr> {
+        let txn = self.db.begin_write().map_err(w)?;
+        {
+            let mut t = txn.open_table(META).map_err(w)?;
+            t.insert(K_COMMITTED, enc(&committed)?.as_slice())
+                .map_err(w)?;
+        }
+        commit_lazy(txn)
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, SErr> {
+        Ok(get_meta::<Option<LogId<NodeId>>>(&self.db, META, K_COMMITTED)?.flatten())
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), SErr>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let txn = self.db.begin_write().map_err(w)?;
+        {
+            let mut t = txn.open_table(LOG).map_err(w)?;
+            for e in entries {
+                t.insert(e.log_id.index, enc(&e)?.as_slice()).map_err(w)?;
+            }
+        }
+        commit_lazy(txn)?;
+        self.flusher
+            .send(callback)
+            .map_err(|_| w("the log flusher stopped"))
+    }
+
+    async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), SErr> {
+        let txn = self.db.begin_write().map_err(w)?;
+        {
+            let mut t = txn.open_table(LOG).map_err(w)?;
+            t.retain_in(log_id.index.., |_, _| false).map_err(w)?;
+        }
+        commit_durable(txn)
+    }
+
+    async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), SErr> {
+        let txn = self.db.begin_write().map_err(w)?;
+        {
+            let mut m = txn.open_table(META).map_err(w)?;
+            m.insert(K_PURGED, enc(&Some(log_id))?.as_slice())
+                .map_err(w)?;
+            let mut t = txn.open_table(LOG).map_err(w)?;
+            t.retain_in(..=log_id.index, |_, _| false).map_err(w)?;
+        }
+        commit_durable(txn)
+    }
+}
+
+/// Serialized state machine, used as snapshot data.
+#[derive(Serialize, Deserialize)]
+struct SnapshotBody {
+    last_applied: Option<LogId<NodeId>>,
+    membership: StoredMembership<NodeId, openraft::BasicNode>,
+    accounts: Vec<(String, Vec<u8>)>,
+}
+
+/// The account state machine (openraft `RaftStateMachine`) over redb.
+#[derive(Clone)]
+pub struct StateMachine {
+    db: Arc<Database>,
+}
+
+impl std::fmt::Debug for StateMachine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StateMachine")
+    }
+}
+
+impl StateMachine {
+    /// State machine over `db`.
+    pub fn new(db: Arc<Database>) -> Self {
+        Self { db }
+    }
+}
+
+fn decode_row(b: &[u8]) -> Result<StoredAccount, SErr> {
+    StoredAccount::decode(b).map_err(r)
+}
+
+/// Applies one command to the accounts table inside `txn`.
+fn apply_command(txn: &redb::WriteTransaction, cmd: &Command) -> Result<CommandResult, SErr> {
+    let mut t = txn.open_table(ACCOUNTS).map_err(w)?;
+    let id = cmd.account_id();
+    let row = match t.get(id).map_err(r)? {
+        Some(v) => Some(decode_row(v.value())?),
+        None => None,
+    };
+    let (write, result) = match cmd {
+        Command::LoginStart { max_attempts, .. } => {
+            match account::login_start(row, *max_attempts) {
+                Ok((write, g)) => (
+                    write,
+                    CommandResult::Guess {
+                        record: g.record.encode_to_vec(),
+                        attempts_left: g.attempts_left,
+                        last: g.last,
+                    },
+                ),
+                Err(e) => (Write::Keep, CommandResult::Refused(e)),
+            }
+        }
+        Command::LoginVerified {
+            registration_id,
+            held,
+            ..
+        } => {
+            let held = held.as_deref().map(decode_row).transpose()?;
+            match account::login_verified(row, registration_id, held.as_ref()) {
+                Ok(write) => (write, CommandResult::Done),
+                Err(e) => (Write::Keep, CommandResult::Refused(e)),
+            }
+        }
+        Command::Register {
+            authorization,
+            registration_id,
+            sealed_record,
+            ..
+        } => match account::register(
+            row,
+            authorization,
+            registration_id.clone(),
+            sealed_record.clone(),
+        ) {
+            Ok(write) => (write, CommandResult::Done),
+            Err(e) => (Write::Keep, CommandResult::Refused(e)),
+        },
+        Command::Disable {
+            registration_id, ..
+        } => match account::disable(row, registration_id) {
+            Ok(write) => (write, CommandResult::Done),
+            Err(e) => (Write::Keep, CommandResult::Refused(e)),
+        },
+    };
+    match write {
+        Write::Keep => {}
+        Write::Put(row) => {
+            t.insert(id, row.encode_to_vec().as_slice()).map_err(w)?;
+        }
+        Write::Delete => {
+            t.remove(id).map_err(w)?;
+        }
+    }
+    Ok(result)
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, SErr> {
+        let (last_applied, membership) = self.applied_state().await?;
+        let txn = self.db.begin_read().map_err(r)?;
+        let t = txn.open_table(ACCOUNTS).map_err(r)?;
+        let mut accounts = Vec::new();
+        for item in t.iter().map_err(r)? {
+            let (k, v) = item.map_err(r)?;
+            accounts.push((k.value().to_owned(), v.value().to_vec()));
+        }
+        drop(t);
+        drop(txn);
+        let body = SnapshotBody {
+            last_applied,
+            membership: membership.clone(),
+            accounts,
+        };
+        let data = enc(&body)?;
+        let snapshot_id = match last_applied {
+            Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, rand::random::<u32>()),
+            None => format!("empty-{}", rand::random::<u32>()),
+        };
+        let meta = SnapshotMeta {
+            last_log_id: last_applied,
+            last_membership: membership,
+            snapshot_id,
+        };
+        store_snapshot(&self.db, &meta, &data)?;
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        })
+    }
+}
+
+fn store_snapshot(
+    db: &Database,
+    meta: &SnapshotMeta<NodeId, openraft::BasicNode>,
+    data: &[u8],
+) -> Result<(), SErr> {
+    let txn = db.begin_write().map_err(w)?;
+    {
+        let mut t = txn.open_table(SNAPSHOT).map_err(w)?;
+        t.insert(K_SNAP_META, enc(meta)?.as_slice()).map_err(w)?;
+        t.insert(K_SNAP_DATA, data).map_err(w)?;
+    }
+    commit_durable(txn)
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = Self;
+
+    async fn applied_state(
+        &mut self,
+    ) -> Result<
+        (
+            Option<LogId<NodeId>>,
+            StoredMembership<NodeId, openraft::BasicNode>,
+        ),
+        SErr,
+    > {
+        let applied = get_meta::<Option<LogId<NodeId>>>(&self.db, SM_META, K_APPLIED)?.flatten();
+        let membership = get_meta(&self.db, SM_META, K_MEMBERSHIP)?.unwrap_or_default();
+        Ok((applied, membership))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<CommandResult>, SErr>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let txn = self.db.begin_write().map_err(w)?;
+        let mut out = Vec::new();
+        let mut last = None;
+        let mut membership = None;
+        for e in entries {
+            last = Some(e.log_id);
+            out.push(match &e.payload {
+                EntryPayload::Blank => CommandResult::Nothing,
+                EntryPayload::Normal(cmd) => apply_command(&txn, cmd)?,
+                EntryPayload::Membership(m) => {
+                    membership = Some(StoredMembership::new(Some(e.log_id), m.clone()));
+                    CommandResult::Nothing
+                }
+            });
+        }
+        {
+            let mut m = txn.open_table(SM_META).map_err(w)?;
+            if let Some(l) = last {
+                m.insert(K_APPLIED, enc(&Some(l))?.as_slice()).map_err(w)?;
+            }
+            if let Some(mem) = membership {
+                m.insert(K_MEMBERSHIP, enc(&mem)?.as_slice()).map_err(w)?;
+            }
+        }
+        // The log holds these entries durably; after a crash they are re-applied.
+        commit_lazy(txn)?;
+        Ok(out)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, SErr> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<NodeId, openraft::BasicNode>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), SErr> {
+        let data = snapshot.into_inner();
+        let body: SnapshotBody = dec(&data)?;
+        let txn = self.db.begin_write().map_err(w)?;
+        {
+            let mut t = txn.open_table(ACCOUNTS).map_err(w)?;
+            t.retain(|_, _| false).map_err(w)?;
+            for (k, v) in &body.accounts {
+                t.insert(k.as_str(), v.as_slice()).map_err(w)?;
+            }
+            let mut m = txn.open_table(SM_META).map_err(w)?;
+            m.insert(K_APPLIED, enc(&meta.last_log_id)?.as_slice())
+                .map_err(w)?;
+            m.insert(K_MEMBERSHIP, enc(&meta.last_membership)?.as_slice())
+                .map_err(w)?;
+        }
+        commit_durable(txn)?;
+        store_snapshot(&self.db, meta, &data)
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, SErr> {
+        let txn = self.db.begin_read().map_err(r)?;
+        let t = txn.open_table(SNAPSHOT).map_err(r)?;
+        let meta = match t.get(K_SNAP_META).map_err(r)? {
+            Some(v) => dec::<SnapshotMeta<NodeId, openraft::BasicNode>>(v.value())?,
+            None => return Ok(None),
+        };
+        let data = match t.get(K_SNAP_DATA).map_err(r)? {
+            Some(v) => v.value().to_vec(),
+            None => return Ok(None),
+        };
+        Ok(Some(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        }))
+    }
+}
