@@ -28,6 +28,9 @@ pub struct RaftTuning {
     pub election_timeout: Duration,
     /// Build a snapshot (and purge the log before it) every this many entries.
     pub snapshot_every: u64,
+    /// Acknowledge appends from a separate flusher thread's fsync instead of
+    /// fsyncing each batched append in place (see `storage`); off by default.
+    pub async_flush: bool,
 }
 
 impl Default for RaftTuning {
@@ -36,6 +39,7 @@ impl Default for RaftTuning {
             heartbeat: Duration::from_millis(100),
             election_timeout: Duration::from_millis(400),
             snapshot_every: 5000,
+            async_flush: false,
         }
     }
 }
@@ -110,7 +114,7 @@ impl RaftNode {
             ..Default::default()
         }
         .validate()?;
-        let log = LogStore::new(db.clone());
+        let log = LogStore::new(db.clone(), tuning.async_flush)?;
         let sm = StateMachine::new(db.clone());
         let raft = Raft::new(
             id,
