@@ -63,6 +63,15 @@ pub enum Usage {
     Peer,
 }
 
+/// A root store holding the cluster CA certificate(s) from PEM.
+pub fn root_store(cluster_ca_pem: &str) -> anyhow::Result<rustls::RootCertStore> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in certs(cluster_ca_pem)? {
+        roots.add(c)?;
+    }
+    Ok(roots)
+}
+
 /// DNS name every replica certificate carries; replica-to-replica links
 /// accept only peers whose certificate has it (gateway certificates do not).
 pub const REPLICA_ROLE_NAME: &str = "replica.bkv.internal";

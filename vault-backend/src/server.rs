@@ -26,12 +26,11 @@ pub fn server_config(
     cluster_ca_pem: &str,
 ) -> anyhow::Result<quinn::ServerConfig> {
     let provider = pki::crypto_provider();
-    let mut roots = rustls::RootCertStore::empty();
-    for c in pki::certs(cluster_ca_pem)? {
-        roots.add(c)?;
-    }
-    let verifier =
-        WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone()).build()?;
+    let verifier = WebPkiClientVerifier::builder_with_provider(
+        Arc::new(pki::root_store(cluster_ca_pem)?),
+        provider.clone(),
+    )
+    .build()?;
     let mut tls = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)

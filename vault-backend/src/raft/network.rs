@@ -97,14 +97,6 @@ async fn read_frame(recv: &mut quinn::RecvStream) -> Result<Vec<u8>, LinkError> 
     Ok(body)
 }
 
-fn roots(cluster_ca_pem: &str) -> anyhow::Result<rustls::RootCertStore> {
-    let mut roots = rustls::RootCertStore::empty();
-    for c in pki::certs(cluster_ca_pem)? {
-        roots.add(c)?;
-    }
-    Ok(roots)
-}
-
 fn transport() -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
     t.keep_alive_interval(Some(Duration::from_secs(1)));
@@ -123,7 +115,7 @@ pub fn server_config(
 ) -> anyhow::Result<quinn::ServerConfig> {
     let provider = pki::crypto_provider();
     let verifier = WebPkiClientVerifier::builder_with_provider(
-        Arc::new(roots(cluster_ca_pem)?),
+        Arc::new(pki::root_store(cluster_ca_pem)?),
         provider.clone(),
     )
     .build()?;
@@ -147,7 +139,7 @@ pub fn client_config(
 ) -> anyhow::Result<quinn::ClientConfig> {
     let mut tls = rustls::ClientConfig::builder_with_provider(pki::crypto_provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_root_certificates(roots(cluster_ca_pem)?)
+        .with_root_certificates(pki::root_store(cluster_ca_pem)?)
         .with_client_auth_cert(
             pki::certs(&identity.cert_pem)?,
             pki::key(&identity.key_pem)?,
