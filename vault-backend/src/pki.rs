@@ -72,6 +72,28 @@ pub fn root_store(cluster_ca_pem: &str) -> anyhow::Result<rustls::RootCertStore>
     Ok(roots)
 }
 
+/// TLS 1.3 server config that presents `identity` and requires a client
+/// certificate from the cluster CA, offering `alpn`. Shared by the gateway
+/// listener and the replica peer port.
+pub fn mtls_server_config(
+    identity: &CertAndKey,
+    cluster_ca_pem: &str,
+    alpn: &[u8],
+) -> anyhow::Result<rustls::ServerConfig> {
+    let provider = crypto_provider();
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        std::sync::Arc::new(root_store(cluster_ca_pem)?),
+        provider.clone(),
+    )
+    .build()?;
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(certs(&identity.cert_pem)?, key(&identity.key_pem)?)?;
+    tls.alpn_protocols = vec![alpn.to_vec()];
+    Ok(tls)
+}
+
 /// DNS name every replica certificate carries; replica-to-replica links
 /// accept only peers whose certificate has it (gateway certificates do not).
 pub const REPLICA_ROLE_NAME: &str = "replica.bkv.internal";

@@ -15,7 +15,6 @@ use protocol_spec::limits::REQUEST_TIMEOUT;
 use protocol_spec::msg::{self, ErrorCode};
 use protocol_spec::stream_io::{read_message, write_message};
 use quinn::crypto::rustls::QuicServerConfig;
-use rustls::server::WebPkiClientVerifier;
 
 use crate::pki::{self, CertAndKey};
 use crate::service::Vault;
@@ -25,20 +24,7 @@ pub fn server_config(
     identity: &CertAndKey,
     cluster_ca_pem: &str,
 ) -> anyhow::Result<quinn::ServerConfig> {
-    let provider = pki::crypto_provider();
-    let verifier = WebPkiClientVerifier::builder_with_provider(
-        Arc::new(pki::root_store(cluster_ca_pem)?),
-        provider.clone(),
-    )
-    .build()?;
-    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(
-            pki::certs(&identity.cert_pem)?,
-            pki::key(&identity.key_pem)?,
-        )?;
-    tls.alpn_protocols = vec![protocol_spec::noise::VAULT_ALPN.to_vec()];
+    let tls = pki::mtls_server_config(identity, cluster_ca_pem, protocol_spec::noise::VAULT_ALPN)?;
     let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(QuicServerConfig::try_from(tls)?));
     let mut transport = quinn::TransportConfig::default();
     transport.max_concurrent_bidi_streams(4096u32.into());

@@ -26,7 +26,6 @@ use openraft::raft::{
 };
 use openraft::BasicNode;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
-use rustls::server::WebPkiClientVerifier;
 use serde::{Deserialize, Serialize};
 
 use super::{NodeId, Raft, TypeConfig};
@@ -113,20 +112,7 @@ pub fn server_config(
     identity: &CertAndKey,
     cluster_ca_pem: &str,
 ) -> anyhow::Result<quinn::ServerConfig> {
-    let provider = pki::crypto_provider();
-    let verifier = WebPkiClientVerifier::builder_with_provider(
-        Arc::new(pki::root_store(cluster_ca_pem)?),
-        provider.clone(),
-    )
-    .build()?;
-    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(
-            pki::certs(&identity.cert_pem)?,
-            pki::key(&identity.key_pem)?,
-        )?;
-    tls.alpn_protocols = vec![RAFT_ALPN.to_vec()];
+    let tls = pki::mtls_server_config(identity, cluster_ca_pem, RAFT_ALPN)?;
     let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(QuicServerConfig::try_from(tls)?));
     cfg.transport_config(transport());
     Ok(cfg)

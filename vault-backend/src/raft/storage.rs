@@ -327,9 +327,11 @@ fn decode_row(b: &[u8]) -> Result<StoredAccount, SErr> {
     StoredAccount::decode(b).map_err(r)
 }
 
-/// Applies one command to the accounts table inside `txn`.
-fn apply_command(txn: &redb::WriteTransaction, cmd: &Command) -> Result<CommandResult, SErr> {
-    let mut t = txn.open_table(ACCOUNTS).map_err(w)?;
+/// Applies one command to the accounts table.
+fn apply_command(
+    t: &mut redb::Table<'_, &'static str, &'static [u8]>,
+    cmd: &Command,
+) -> Result<CommandResult, SErr> {
     let id = cmd.account_id();
     let row = match t.get(id).map_err(r)? {
         Some(v) => Some(decode_row(v.value())?),
@@ -468,16 +470,20 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let mut out = Vec::new();
         let mut last = None;
         let mut membership = None;
-        for e in entries {
-            last = Some(e.log_id);
-            out.push(match &e.payload {
-                EntryPayload::Blank => CommandResult::Nothing,
-                EntryPayload::Normal(cmd) => apply_command(&txn, cmd)?,
-                EntryPayload::Membership(m) => {
-                    membership = Some(StoredMembership::new(Some(e.log_id), m.clone()));
-                    CommandResult::Nothing
-                }
-            });
+        {
+            // One table handle for the whole batch, not one per login.
+            let mut accounts = txn.open_table(ACCOUNTS).map_err(w)?;
+            for e in entries {
+                last = Some(e.log_id);
+                out.push(match &e.payload {
+                    EntryPayload::Blank => CommandResult::Nothing,
+                    EntryPayload::Normal(cmd) => apply_command(&mut accounts, cmd)?,
+                    EntryPayload::Membership(m) => {
+                        membership = Some(StoredMembership::new(Some(e.log_id), m.clone()));
+                        CommandResult::Nothing
+                    }
+                });
+            }
         }
         {
             let mut m = txn.open_table(SM_META).map_err(w)?;
