@@ -4,6 +4,9 @@
 //!
 //! Layout: `<root>/<account>/backups/<version>.bkv`, where `<version>` is
 //! `<unix-millis, 16 digits>-<16 random hex digits>`, so names sort by time.
+//! A new version's stamp is strictly later than every stored one (the clock,
+//! or the newest stamp plus one millisecond if the clock is behind or two
+//! uploads share a millisecond), so the newest upload always sorts last.
 //! Every upload creates a new object; object stores publish an object only
 //! when it is complete (a staged file renamed into place, an S3 single or
 //! multipart PUT completed), so a half-written backup never replaces a good
@@ -135,11 +138,19 @@ impl BackupStore {
         reader: R,
         progress: &(dyn Fn(u64) + Send + Sync),
     ) -> Result<BackupVersion, ClientError> {
-        let now = SystemTime::now();
-        let millis = now
+        let clock = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis())
             .unwrap_or(0);
+        // Ordering by random suffix within one millisecond, or by a clock
+        // that runs behind the last phone's, would make `latest` pick an
+        // older backup.
+        let newest = self.latest().await?.map(|v| stamp_millis(&v.id));
+        let millis = match newest {
+            Some(Some(n)) if n >= clock => n + 1,
+            _ => clock,
+        };
+        let now = UNIX_EPOCH + Duration::from_millis(millis as u64);
         let mut rnd = [0u8; 8];
         rand::rngs::OsRng.fill_bytes(&mut rnd);
         let id = format!("{millis:016}-{}", hex::encode(rnd));
@@ -218,6 +229,11 @@ fn local(dir: &std::path::Path) -> Result<Arc<dyn ObjectStore>, ClientError> {
     Ok(Arc::new(fs))
 }
 
+/// The millisecond stamp of a version name.
+fn stamp_millis(id: &str) -> Option<u128> {
+    id.split_once('-')?.0.parse().ok()
+}
+
 fn parse_version(m: &ObjectMeta) -> Option<BackupVersion> {
     let id = m.location.filename()?.strip_suffix(SUFFIX)?;
     let (millis, rnd) = id.split_once('-')?;
@@ -228,10 +244,10 @@ fn parse_version(m: &ObjectMeta) -> Option<BackupVersion> {
     {
         return None;
     }
-    let ms: u64 = millis.parse().ok()?;
+    let ms = stamp_millis(id)?;
     Some(BackupVersion {
         id: id.to_owned(),
-        created: UNIX_EPOCH + Duration::from_millis(ms),
+        created: UNIX_EPOCH + Duration::from_millis(ms as u64),
         size: m.size,
     })
 }

@@ -190,6 +190,37 @@ async fn uploads_are_atomic_and_versioned() {
     }
 }
 
+/// A phone whose clock runs behind the one that made the newest backup
+/// (or two uploads in one millisecond) must still publish the newest version.
+#[tokio::test]
+async fn a_new_upload_sorts_last_even_with_a_clock_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let loc = dir.path().to_str().unwrap().to_owned();
+    let store = BackupStore::open(&loc, "bob@example", 5).unwrap();
+    let key = BackupKey::generate();
+    let first = store.upload(&key, &data(10)[..], &|_| {}).await.unwrap();
+    // Move the stored version a year into the future, as another phone with
+    // a fast clock would have named it.
+    let backups = dir.path().join("bob@example").join("backups");
+    let (ms, rnd) = first.id.split_once('-').unwrap();
+    let future = ms.parse::<u64>().unwrap() + 365 * 24 * 3600 * 1000;
+    std::fs::rename(
+        backups.join(format!("{}.bkv", first.id)),
+        backups.join(format!("{future:016}-{rnd}.bkv")),
+    )
+    .unwrap();
+    let second = store.upload(&key, &data(20)[..], &|_| {}).await.unwrap();
+    let latest = store.latest().await.unwrap().unwrap();
+    assert_eq!(latest.id, second.id);
+    assert!(second.id.starts_with(&format!("{:016}-", future + 1)));
+    let mut out = Vec::new();
+    store
+        .download(&latest, &key, &mut out, &|_| {})
+        .await
+        .unwrap();
+    assert_eq!(out, data(20));
+}
+
 fn walk(p: &std::path::Path) -> Vec<std::path::PathBuf> {
     let mut v = Vec::new();
     for e in std::fs::read_dir(p).unwrap().flatten() {
