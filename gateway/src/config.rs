@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::vault_client::ClusterConfig;
+
 /// Configuration of one gateway.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -15,10 +17,11 @@ pub struct GatewayConfig {
     /// Folder written by `gateway init` (TLS identity, Noise key, account
     /// service public key, vault client certificate). Default `gateway-state`.
     pub state_dir: PathBuf,
-    /// Vault replica address. Default `127.0.0.1:7801`.
-    pub vault_addr: SocketAddr,
-    /// TLS name on the vault replica certificate. Default `localhost`.
-    pub vault_server_name: String,
+    /// The vault clusters of the fleet (all share its secrets and CA);
+    /// accounts are spread over them by rendezvous hashing on the cluster
+    /// names. Default: one cluster `default` with replicas on
+    /// `127.0.0.1:7801`–`7805` (what `vault-backend init-cluster` makes).
+    pub vault_clusters: Vec<ClusterConfig>,
     /// Admin HTTP listener serving `/metrics`. Default none.
     pub admin_listen: Option<SocketAddr>,
 }
@@ -28,8 +31,13 @@ impl Default for GatewayConfig {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 7443)),
             state_dir: PathBuf::from("gateway-state"),
-            vault_addr: SocketAddr::from(([127, 0, 0, 1], 7801)),
-            vault_server_name: "localhost".into(),
+            vault_clusters: vec![ClusterConfig {
+                name: "default".into(),
+                replicas: (7801..=7805)
+                    .map(|p| SocketAddr::from(([127, 0, 0, 1], p)))
+                    .collect(),
+                server_name: vault_backend::pki::REPLICA_ROLE_NAME.into(),
+            }],
             admin_listen: None,
         }
     }

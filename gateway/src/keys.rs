@@ -117,7 +117,7 @@ impl GatewayKeys {
             account_service_public: hex::decode(read(dir, files::ACCOUNT_SERVICE_PUBLIC)?.trim())?,
             vault_client: pki::read(dir, files::VAULT_CLIENT).map_err(|e| {
                 anyhow::anyhow!(
-                    "{e}; issue one with `vault-backend issue-gateway-cert --out-dir {}`",
+                    "{e}; issue one with `vault-backend issue-gateway-cert --fleet-dir <cluster>/fleet --out-dir {}`",
                     dir.display()
                 )
             })?,

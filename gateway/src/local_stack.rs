@@ -1,18 +1,24 @@
-//! The whole stack on loopback in one process: a vault replica and a gateway,
-//! with every key and certificate generated into a state folder on first use.
-//! Used by the `local-stack` command and, as the shared harness, by the
-//! integration tests of every crate.
+//! The whole stack on loopback in one process: one or more vault clusters
+//! (5 replicas each by default, real Raft over real QUIC sockets and real
+//! redb files) and a gateway, with every key and certificate generated into
+//! a state folder on first use. Used by the `local-stack` command and, as the
+//! shared harness, by the integration tests of every crate.
+//!
+//! Must never: listen beyond loopback, or share one database between
+//! replicas.
 
-use std::net::SocketAddr;
+use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use client::{ClientProfile, DeviceIdentity};
-use vault_backend::config::{files as vfiles, VaultConfig};
-use vault_backend::replica::{self, FleetPublic, Replica};
+use vault_backend::account::StoredAccount;
+use vault_backend::config::{files as vfiles, Member, VaultConfig};
+use vault_backend::replica::{self, layout, BoundSockets, FleetMaterial, FleetPublic, Replica};
 
 use crate::keys::{self, GatewayKeys};
 use crate::server::Gateway;
+use crate::vault_client::ClusterConfig;
 
 /// How to start a stack.
 #[derive(Debug, Clone)]
@@ -21,8 +27,14 @@ pub struct StackOptions {
     pub state_dir: Option<PathBuf>,
     /// Gateway address (port 0 = any).
     pub gateway_listen: SocketAddr,
-    /// Vault address (port 0 = any).
-    pub vault_listen: SocketAddr,
+    /// Replicas per vault cluster (1, 3, 5 or 7). Default 5.
+    pub replicas: u64,
+    /// Vault clusters (accounts are sharded across them). Default 1.
+    pub clusters: usize,
+    /// First loopback port of the vault replicas on first start (cluster k,
+    /// replica n serves on base+20k+n-1 and peers on base+100+20k+n-1);
+    /// `None` = any free ports. Later starts reuse the recorded ports.
+    pub vault_base_port: Option<u16>,
     /// Guess limit.
     pub max_attempts: u32,
 }
@@ -32,9 +44,31 @@ impl Default for StackOptions {
         Self {
             state_dir: None,
             gateway_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-            vault_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            replicas: 5,
+            clusters: 1,
+            vault_base_port: None,
             max_attempts: protocol_spec::limits::DEFAULT_MAX_ATTEMPTS,
         }
+    }
+}
+
+/// One vault cluster of the stack.
+pub struct LocalCluster {
+    /// Cluster name (what the gateway hashes accounts onto).
+    pub name: String,
+    /// Its folder (`replica-N/`, `ca/`, `gateway/`).
+    pub dir: PathBuf,
+    /// Each replica's config.
+    pub configs: Vec<VaultConfig>,
+    /// Running replicas (`None` while stopped), in config order.
+    pub replicas: Vec<Option<Replica>>,
+}
+
+impl std::fmt::Debug for LocalCluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalCluster")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
     }
 }
 
@@ -42,13 +76,12 @@ impl Default for StackOptions {
 pub struct LocalStack {
     /// State folder.
     pub dir: PathBuf,
-    /// The vault replica (None while stopped).
-    pub replica: Option<Replica>,
+    /// The vault clusters.
+    pub clusters: Vec<LocalCluster>,
     /// The gateway.
     pub gateway: Option<Gateway>,
     /// What a client needs.
     pub profile: ClientProfile,
-    vault_cfg: VaultConfig,
     _tmp: Option<tempfile::TempDir>,
 }
 
@@ -63,9 +96,31 @@ impl std::fmt::Debug for LocalStack {
 /// File name of the client profile in the state folder.
 pub const PROFILE_FILE: &str = "client-profile.toml";
 
+fn cluster_name(k: usize) -> String {
+    format!("cluster-{}", k + 1)
+}
+
+/// Binds a loopback UDP socket, retrying briefly (a restarted replica's
+/// previous socket may still be closing).
+async fn bind_udp(addr: SocketAddr) -> anyhow::Result<UdpSocket> {
+    let mut last = None;
+    for _ in 0..50 {
+        match UdpSocket::bind(addr) {
+            Ok(s) => return Ok(s),
+            Err(e) => last = Some(e),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(anyhow::anyhow!(
+        "cannot bind {addr}: {}",
+        last.map(|e| e.to_string()).unwrap_or_default()
+    ))
+}
+
 impl LocalStack {
-    /// Generates what is missing and starts vault and gateway.
+    /// Generates what is missing and starts the vault clusters and gateway.
     pub async fn start(opts: StackOptions) -> anyhow::Result<Self> {
+        anyhow::ensure!(opts.clusters >= 1, "at least one vault cluster");
         let (dir, tmp) = match &opts.state_dir {
             Some(d) => (d.clone(), None),
             None => {
@@ -73,33 +128,32 @@ impl LocalStack {
                 (t.path().to_path_buf(), Some(t))
             }
         };
-        let vault_dir = dir.join("vault");
-        let gw_dir = dir.join("gateway");
-        if !vault_dir.join(vfiles::SECRETS).exists() {
-            replica::init(&vault_dir, "bkv-local-fleet", &["localhost", "127.0.0.1"])?;
+        std::fs::create_dir_all(&dir)?;
+        let mut clusters = Vec::new();
+        for k in 0..opts.clusters {
+            let name = cluster_name(k);
+            let cdir = dir.join("vault").join(&name);
+            let fleet = match k {
+                0 => None,
+                _ => Some(FleetMaterial::from_cluster(&clusters_dir(&dir, 0))?),
+            };
+            clusters.push(Self::start_cluster(&opts, k, name, cdir, fleet).await?);
         }
+        let gw_dir = dir.join("gateway");
         keys::init(&gw_dir, &["localhost", "127.0.0.1"])?;
         if !gw_dir
             .join(format!("{}.pem", keys::files::VAULT_CLIENT))
             .exists()
         {
-            replica::issue_gateway_cert(&vault_dir, &gw_dir, keys::files::VAULT_CLIENT)?;
+            replica::issue_gateway_cert(
+                &clusters[0].dir.join(layout::CA_DIR),
+                &gw_dir,
+                keys::files::VAULT_CLIENT,
+            )?;
         }
-        let vault_cfg = VaultConfig {
-            listen: opts.vault_listen,
-            state_dir: vault_dir.clone(),
-            max_attempts: opts.max_attempts,
-            admin_listen: None,
-        };
-        let replica = Replica::start(&vault_cfg)?;
-        let vault_addr = replica.server.local_addr()?;
-        let vault_cfg = VaultConfig {
-            listen: vault_addr,
-            ..vault_cfg
-        };
         let gw_keys = GatewayKeys::load(&gw_dir)?;
-        let gateway = Gateway::start(opts.gateway_listen, &gw_keys, vault_addr, "localhost")?;
-        let fleet = FleetPublic::read(&vault_dir)?;
+        let gateway = Gateway::start(opts.gateway_listen, &gw_keys, &cluster_configs(&clusters))?;
+        let fleet = FleetPublic::read(&clusters[0].dir)?;
         let profile = ClientProfile {
             gateway_addr: gateway.local_addr()?,
             gateway_server_name: "localhost".into(),
@@ -109,13 +163,91 @@ impl LocalStack {
             fleet_public_key: fleet.fleet_public_key,
         };
         profile.save(&dir.join(PROFILE_FILE))?;
-        Ok(Self {
+        let stack = Self {
             dir,
-            replica: Some(replica),
+            clusters,
             gateway: Some(gateway),
             profile,
-            vault_cfg,
             _tmp: tmp,
+        };
+        for k in 0..stack.clusters.len() {
+            stack.wait_for_leader(k, Duration::from_secs(20)).await?;
+        }
+        Ok(stack)
+    }
+
+    async fn start_cluster(
+        opts: &StackOptions,
+        k: usize,
+        name: String,
+        cdir: PathBuf,
+        fleet: Option<FleetMaterial>,
+    ) -> anyhow::Result<LocalCluster> {
+        let mut sockets = Vec::new();
+        let configs = if cdir.join(vfiles::FLEET_PUBLIC).exists() {
+            let mut configs = Vec::new();
+            for id in 1.. {
+                let p = cdir.join(layout::replica_dir(id)).join(vfiles::CONFIG);
+                if !p.exists() {
+                    break;
+                }
+                configs.push(VaultConfig::load(&p)?);
+            }
+            for c in &configs {
+                sockets.push(BoundSockets {
+                    serve: bind_udp(c.listen).await?,
+                    peer: bind_udp(c.peer_listen).await?,
+                });
+            }
+            configs
+        } else {
+            let mut members = Vec::new();
+            for id in 1..=opts.replicas {
+                let at = |off: u64| -> anyhow::Result<SocketAddr> {
+                    let port = match opts.vault_base_port {
+                        Some(b) => u16::try_from(u64::from(b) + off + 20 * k as u64 + id - 1)?,
+                        None => 0,
+                    };
+                    Ok(SocketAddr::from(([127, 0, 0, 1], port)))
+                };
+                let s = BoundSockets {
+                    serve: bind_udp(at(0)?).await?,
+                    peer: bind_udp(at(100)?).await?,
+                };
+                members.push(Member {
+                    id,
+                    serve: s.serve.local_addr()?,
+                    peer: s.peer.local_addr()?,
+                    admin: None,
+                });
+                sockets.push(s);
+            }
+            replica::init_cluster(
+                &cdir,
+                "bkv-local-fleet",
+                &members,
+                &["localhost", "127.0.0.1"],
+                opts.max_attempts,
+                fleet,
+            )?
+            .replicas
+        };
+        let mut replicas = Vec::new();
+        for (mut cfg, s) in configs.iter().cloned().zip(sockets) {
+            cfg.max_attempts = opts.max_attempts;
+            replicas.push(Some(Replica::start_on(&cfg, s).await?));
+        }
+        Ok(LocalCluster {
+            name,
+            dir: cdir,
+            configs: configs
+                .into_iter()
+                .map(|mut c| {
+                    c.max_attempts = opts.max_attempts;
+                    c
+                })
+                .collect(),
+            replicas,
         })
     }
 
@@ -144,34 +276,139 @@ impl LocalStack {
         self.dir.join("gateway")
     }
 
-    /// Vault state folder.
-    pub fn vault_dir(&self) -> &Path {
-        &self.vault_cfg.state_dir
+    /// The cluster CA certificate (PEM) the replicas trust.
+    pub fn vault_ca_pem(&self) -> anyhow::Result<String> {
+        let p = self.gateway_dir().join(layout::GATEWAY_CA_FILE);
+        Ok(std::fs::read_to_string(p)?)
     }
 
-    /// Stops the vault replica (its database is closed).
-    pub async fn stop_vault(&mut self) {
-        if let Some(r) = self.replica.take() {
+    /// Gateway-facing address of replica `i` of cluster `k`.
+    pub fn replica_addr(&self, k: usize, i: usize) -> SocketAddr {
+        self.clusters[k].configs[i].listen
+    }
+
+    /// Index of the cluster the gateway places `account_id` on.
+    pub fn cluster_of(&self, account_id: &str) -> usize {
+        crate::vault_client::place(account_id, self.clusters.iter().map(|c| c.name.as_str()))
+    }
+
+    /// Index of the replica that leads cluster `k`, as the replicas agree.
+    pub fn leader(&self, k: usize) -> Option<usize> {
+        let c = &self.clusters[k];
+        let mut seen = None;
+        for r in c.replicas.iter().flatten() {
+            let m = r.node.raft.metrics().borrow().clone();
+            let l = m.current_leader?;
+            if seen.is_some_and(|s| s != l) {
+                return None;
+            }
+            seen = Some(l);
+        }
+        let id = seen?;
+        let i = c.configs.iter().position(|cfg| cfg.node_id == id)?;
+        c.replicas[i].as_ref().map(|_| i)
+    }
+
+    /// Waits until cluster `k`'s running replicas agree on a running leader.
+    pub async fn wait_for_leader(&self, k: usize, within: Duration) -> anyhow::Result<usize> {
+        let until = Instant::now() + within;
+        loop {
+            if let Some(i) = self.leader(k) {
+                return Ok(i);
+            }
+            anyhow::ensure!(
+                Instant::now() < until,
+                "vault cluster {} elected no leader within {within:?}",
+                self.clusters[k].name
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until every running replica of cluster `k` has applied the
+    /// leader's whole log, then returns each running replica's row for
+    /// `account_id` (`None` entries for stopped replicas are skipped).
+    pub async fn rows(
+        &self,
+        k: usize,
+        account_id: &str,
+    ) -> anyhow::Result<Vec<Option<StoredAccount>>> {
+        let leader = self.wait_for_leader(k, Duration::from_secs(20)).await?;
+        let c = &self.clusters[k];
+        let until = Instant::now() + Duration::from_secs(20);
+        let target = c.replicas[leader]
+            .as_ref()
+            .and_then(|r| r.node.raft.metrics().borrow().last_log_index);
+        loop {
+            let behind = c
+                .replicas
+                .iter()
+                .flatten()
+                .any(|r| r.node.raft.metrics().borrow().last_applied.map(|l| l.index) < target);
+            if !behind {
+                break;
+            }
+            anyhow::ensure!(Instant::now() < until, "replicas did not catch up");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        c.replicas
+            .iter()
+            .flatten()
+            .map(|r| Ok(r.vault.ledger().store().get(account_id)?))
+            .collect()
+    }
+
+    /// Stops replica `i` of cluster `k` (its database is closed).
+    pub async fn stop_replica(&mut self, k: usize, i: usize) {
+        if let Some(r) = self.clusters[k].replicas[i].take() {
             r.shutdown().await;
         }
     }
 
-    /// Starts the vault replica again on the same address.
-    pub async fn start_vault(&mut self) -> anyhow::Result<()> {
+    /// Starts replica `i` of cluster `k` again on its addresses.
+    pub async fn start_replica(&mut self, k: usize, i: usize) -> anyhow::Result<()> {
+        let cfg = self.clusters[k].configs[i].clone();
         let mut last = None;
         for _ in 0..50 {
-            match Replica::start(&self.vault_cfg) {
+            let sockets = BoundSockets {
+                serve: bind_udp(cfg.listen).await?,
+                peer: bind_udp(cfg.peer_listen).await?,
+            };
+            match Replica::start_on(&cfg, sockets).await {
                 Ok(r) => {
-                    self.replica = Some(r);
+                    self.clusters[k].replicas[i] = Some(r);
                     return Ok(());
                 }
                 Err(e) => {
+                    // The database may still be held by the stopping replica.
                     last = Some(e);
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             }
         }
-        Err(last.unwrap_or_else(|| anyhow::anyhow!("vault did not restart")))
+        Err(last.unwrap_or_else(|| anyhow::anyhow!("replica did not restart")))
+    }
+
+    /// Stops every vault replica.
+    pub async fn stop_vault(&mut self) {
+        for k in 0..self.clusters.len() {
+            for i in 0..self.clusters[k].replicas.len() {
+                self.stop_replica(k, i).await;
+            }
+        }
+    }
+
+    /// Starts every stopped vault replica again and waits for leaders.
+    pub async fn start_vault(&mut self) -> anyhow::Result<()> {
+        for k in 0..self.clusters.len() {
+            for i in 0..self.clusters[k].replicas.len() {
+                if self.clusters[k].replicas[i].is_none() {
+                    self.start_replica(k, i).await?;
+                }
+            }
+            self.wait_for_leader(k, Duration::from_secs(20)).await?;
+        }
+        Ok(())
     }
 
     /// Stops everything.
@@ -181,4 +418,19 @@ impl LocalStack {
         }
         self.stop_vault().await;
     }
+}
+
+fn clusters_dir(dir: &Path, k: usize) -> PathBuf {
+    dir.join("vault").join(cluster_name(k))
+}
+
+fn cluster_configs(clusters: &[LocalCluster]) -> Vec<ClusterConfig> {
+    clusters
+        .iter()
+        .map(|c| ClusterConfig {
+            name: c.name.clone(),
+            replicas: c.configs.iter().map(|r| r.listen).collect(),
+            server_name: vault_backend::pki::REPLICA_ROLE_NAME.into(),
+        })
+        .collect()
 }

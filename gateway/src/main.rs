@@ -50,8 +50,9 @@ enum Cmd {
         state_dir: Option<PathBuf>,
         #[arg(long)]
         listen: Option<SocketAddr>,
-        #[arg(long)]
-        vault_addr: Option<SocketAddr>,
+        /// Replicas of a single vault cluster (replaces `vault_clusters`).
+        #[arg(long, value_delimiter = ',')]
+        vault_replicas: Vec<SocketAddr>,
         #[arg(long)]
         admin_listen: Option<SocketAddr>,
     },
@@ -59,14 +60,14 @@ enum Cmd {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    vault_backend::observability::init_tracing("info");
+    vault_backend::observability::init_tracing("info,openraft=warn");
     match Cli::parse().cmd {
         Cmd::Init { state_dir, name } => {
             let names: Vec<&str> = name.iter().map(String::as_str).collect();
             keys::init(&state_dir, &names)?;
             println!("gateway keys in {}", state_dir.display());
             println!(
-                "next: vault-backend issue-gateway-cert --out-dir {}",
+                "next: vault-backend issue-gateway-cert --fleet-dir <cluster>/fleet --out-dir {}",
                 state_dir.display()
             );
         }
@@ -93,7 +94,7 @@ async fn main() -> anyhow::Result<()> {
             config,
             state_dir,
             listen,
-            vault_addr,
+            vault_replicas,
             admin_listen,
         } => {
             let mut cfg = match config {
@@ -106,15 +107,19 @@ async fn main() -> anyhow::Result<()> {
             if let Some(v) = listen {
                 cfg.listen = v;
             }
-            if let Some(v) = vault_addr {
-                cfg.vault_addr = v;
+            if !vault_replicas.is_empty() {
+                cfg.vault_clusters = vec![gateway::vault_client::ClusterConfig {
+                    name: "default".into(),
+                    replicas: vault_replicas,
+                    server_name: vault_backend::pki::REPLICA_ROLE_NAME.into(),
+                }];
             }
             if admin_listen.is_some() {
                 cfg.admin_listen = admin_listen;
             }
             vault_backend::observability::install_metrics(cfg.admin_listen)?;
             let keys = GatewayKeys::load(&cfg.state_dir)?;
-            let gw = Gateway::start(cfg.listen, &keys, cfg.vault_addr, &cfg.vault_server_name)?;
+            let gw = Gateway::start(cfg.listen, &keys, &cfg.vault_clusters)?;
             tracing::info!(addr = %gw.local_addr()?, "gateway serving");
             tokio::signal::ctrl_c().await?;
             tracing::info!("shutting down");

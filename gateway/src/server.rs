@@ -21,13 +21,13 @@ use quinn::crypto::rustls::QuicServerConfig;
 use vault_backend::pki;
 
 use crate::keys::GatewayKeys;
-use crate::vault_client::VaultLink;
+use crate::vault_client::{ClusterConfig, VaultClusters};
 
 /// Shared state of a running gateway.
 struct Shared {
     noise_private: [u8; 32],
     verifier: CredentialVerifier,
-    vault: VaultLink,
+    vault: VaultClusters,
 }
 
 /// A running gateway.
@@ -85,18 +85,12 @@ impl Gateway {
     pub fn start(
         listen: SocketAddr,
         keys: &GatewayKeys,
-        vault_addr: SocketAddr,
-        vault_server_name: &str,
+        vault_clusters: &[ClusterConfig],
     ) -> anyhow::Result<Self> {
         let shared = Arc::new(Shared {
             noise_private: *keys.noise_private,
             verifier: CredentialVerifier::new(&keys.account_service_public)?,
-            vault: VaultLink::new(
-                vault_addr,
-                vault_server_name.to_owned(),
-                &keys.vault_client,
-                &keys.vault_ca_pem,
-            )?,
+            vault: VaultClusters::new(vault_clusters, &keys.vault_client, &keys.vault_ca_pem)?,
         });
         let endpoint = quinn::Endpoint::server(server_config(keys)?, listen)?;
         let ep = endpoint.clone();

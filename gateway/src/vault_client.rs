@@ -1,48 +1,64 @@
-//! The gateway's link to the vault: one long-lived mutually authenticated
-//! QUIC connection, re-established on failure, one stream per request.
+//! The gateway's links to the vault clusters: which cluster holds an account
+//! (rendezvous hashing over the configured clusters), and, within a cluster,
+//! finding and caching its leader over mutually authenticated QUIC, one
+//! stream per request.
 //!
-//! Must never: retry a request that may have reached the vault (a login
-//! start counts a guess); failures come back as `UNAVAILABLE`.
+//! Retries are where guesses could be double-counted, so the rule is: a
+//! request moves to another replica only when it certainly did nothing —
+//! the connection could not be made, or the replica answered "not the
+//! leader". Once a state-changing request has been sent, a broken link or
+//! timeout is reported as `UNAVAILABLE` and never retried here (the client
+//! decides; a login start may have counted a guess).
+//!
+//! Must never: retry a sent state-changing request, or forward a replica's
+//! "not the leader" to a client.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use protocol_spec::internal::VaultRequest;
+use protocol_spec::internal::{vault_response, VaultRequest, VaultResponse};
 use protocol_spec::limits::REQUEST_TIMEOUT;
-use protocol_spec::msg::{self, ErrorCode};
+use protocol_spec::msg::{self, request::Kind, ErrorCode};
 use protocol_spec::stream_io::{read_message, write_message};
 use quinn::crypto::rustls::QuicClientConfig;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 use tokio::sync::Mutex;
 use vault_backend::pki::{self, CertAndKey};
 
-/// Client side of the vault link.
-pub struct VaultLink {
-    endpoint: quinn::Endpoint,
-    addr: SocketAddr,
-    server_name: String,
-    conn: Mutex<Option<quinn::Connection>>,
+/// How long to wait for a QUIC handshake with one replica before trying the
+/// next (loopback and a data-center network answer in well under this).
+pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// One vault cluster as the gateway reaches it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// Stable name; accounts are placed by hashing it, so never rename a
+    /// cluster that holds deposits.
+    pub name: String,
+    /// Gateway-facing addresses of its replicas.
+    pub replicas: Vec<SocketAddr>,
+    /// TLS name on the replica certificates. Default `replica.bkv.internal`.
+    #[serde(default = "default_server_name")]
+    pub server_name: String,
 }
 
-impl std::fmt::Debug for VaultLink {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("VaultLink")
-            .field("addr", &self.addr)
-            .finish_non_exhaustive()
-    }
+fn default_server_name() -> String {
+    vault_backend::pki::REPLICA_ROLE_NAME.into()
 }
 
-/// Mutual-TLS client config for the vault link.
+/// Mutual-TLS client config for the vault links.
 pub fn client_config(
     identity: &CertAndKey,
     vault_ca_pem: &str,
 ) -> anyhow::Result<quinn::ClientConfig> {
-    let mut roots = rustls::RootCertStore::empty();
-    for c in pki::certs(vault_ca_pem)? {
-        roots.add(c)?;
-    }
     let mut tls = rustls::ClientConfig::builder_with_provider(pki::crypto_provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_root_certificates(roots)
+        .with_root_certificates(pki::root_store(vault_ca_pem)?)
         .with_client_auth_cert(
             pki::certs(&identity.cert_pem)?,
             pki::key(&identity.key_pem)?,
@@ -50,95 +66,349 @@ pub fn client_config(
     tls.alpn_protocols = vec![protocol_spec::noise::VAULT_ALPN.to_vec()];
     let mut cfg = quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(tls)?));
     let mut transport = quinn::TransportConfig::default();
-    transport.keep_alive_interval(Some(std::time::Duration::from_secs(10)));
+    transport.keep_alive_interval(Some(Duration::from_secs(2)));
+    transport.max_idle_timeout(Some(quinn::IdleTimeout::try_from(Duration::from_secs(6))?));
     cfg.transport_config(Arc::new(transport));
     Ok(cfg)
 }
 
-impl VaultLink {
-    /// A link that connects lazily.
+/// All vault clusters, with accounts placed by rendezvous hashing.
+pub struct VaultClusters {
+    endpoint: quinn::Endpoint,
+    clusters: Vec<ClusterLink>,
+}
+
+impl std::fmt::Debug for VaultClusters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VaultClusters")
+            .field("clusters", &self.clusters.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl VaultClusters {
+    /// Links to `clusters` (connections are made lazily).
     pub fn new(
-        addr: SocketAddr,
-        server_name: String,
+        clusters: &[ClusterConfig],
         identity: &CertAndKey,
         vault_ca_pem: &str,
     ) -> anyhow::Result<Self> {
-        let bind: SocketAddr = if addr.is_ipv6() {
-            "[::]:0".parse()?
-        } else {
-            "0.0.0.0:0".parse()?
-        };
+        anyhow::ensure!(
+            !clusters.is_empty(),
+            "no vault cluster configured; add a [[vault_clusters]] section"
+        );
+        for c in clusters {
+            anyhow::ensure!(
+                !c.replicas.is_empty(),
+                "vault cluster `{}` lists no replicas",
+                c.name
+            );
+            anyhow::ensure!(
+                clusters.iter().filter(|o| o.name == c.name).count() == 1,
+                "vault cluster name `{}` appears twice",
+                c.name
+            );
+        }
+        let v6 = clusters
+            .iter()
+            .flat_map(|c| &c.replicas)
+            .any(|a| a.is_ipv6());
+        let bind: SocketAddr = if v6 { "[::]:0" } else { "0.0.0.0:0" }.parse()?;
         let mut endpoint = quinn::Endpoint::client(bind)?;
         endpoint.set_default_client_config(client_config(identity, vault_ca_pem)?);
         Ok(Self {
+            clusters: clusters
+                .iter()
+                .map(|c| ClusterLink::new(c.clone(), endpoint.clone()))
+                .collect(),
             endpoint,
-            addr,
-            server_name,
-            conn: Mutex::new(None),
         })
     }
 
-    async fn connection(&self) -> Result<quinn::Connection, String> {
-        let mut guard = self.conn.lock().await;
-        if let Some(c) = guard.as_ref() {
-            if c.close_reason().is_none() {
-                return Ok(c.clone());
-            }
-        }
-        let c = self
-            .endpoint
-            .connect(self.addr, &self.server_name)
-            .map_err(|e| e.to_string())?
-            .await
-            .map_err(|e| e.to_string())?;
-        *guard = Some(c.clone());
-        Ok(c)
+    /// The cluster that holds `account_id`'s deposit.
+    pub fn cluster_for(&self, account_id: &str) -> &ClusterLink {
+        let i = place(
+            account_id,
+            self.clusters.iter().map(|c| c.config.name.as_str()),
+        );
+        &self.clusters[i]
     }
 
-    /// Relays one request; any transport failure is `UNAVAILABLE`.
+    /// Relays one request to the leader of the account's cluster.
     pub async fn call(&self, account_id: &str, request: msg::Request) -> msg::Response {
-        let req = VaultRequest {
-            account_id: account_id.to_owned(),
-            request: Some(request),
-        };
-        let started = std::time::Instant::now();
-        let work = async {
-            let conn = self.connection().await?;
-            let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
-            write_message(&mut send, &req)
-                .await
-                .map_err(|e| e.to_string())?;
-            let _ = send.finish();
-            read_message::<msg::Response, _>(&mut recv)
-                .await
-                .map_err(|e| e.to_string())
-        };
-        let out = match tokio::time::timeout(REQUEST_TIMEOUT, work).await {
-            Ok(Ok(r)) => r,
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "vault unreachable");
-                unavailable()
-            }
-            Err(_) => unavailable(),
-        };
-        metrics::histogram!("gateway_vault_request_seconds")
-            .record(started.elapsed().as_secs_f64());
-        out
+        self.cluster_for(account_id).call(account_id, request).await
     }
 
-    /// Closes the link.
+    /// Closes every link.
     pub fn close(&self) {
         self.endpoint.close(0u32.into(), b"bye");
     }
 }
 
-fn unavailable() -> msg::Response {
+/// Rendezvous (highest random weight) hashing: the index of the cluster
+/// whose `SHA-256(len(name) || name || account)` is highest. Adding a cluster
+/// moves only the accounts that now score highest on it (about 1/n of them).
+pub fn place<'a>(account_id: &str, names: impl Iterator<Item = &'a str>) -> usize {
+    let mut best = (0usize, [0u8; 32]);
+    for (i, name) in names.enumerate() {
+        let mut h = Sha256::new();
+        h.update((name.len() as u32).to_be_bytes());
+        h.update(name.as_bytes());
+        h.update(account_id.as_bytes());
+        let score: [u8; 32] = h.finalize().into();
+        if i == 0 || score > best.1 {
+            best = (i, score);
+        }
+    }
+    best.0
+}
+
+/// The link to one cluster: its replicas, the cached leader, one
+/// connection per replica.
+pub struct ClusterLink {
+    config: ClusterConfig,
+    endpoint: quinn::Endpoint,
+    leader: std::sync::Mutex<Option<SocketAddr>>,
+    next: AtomicUsize,
+    conns: Mutex<HashMap<SocketAddr, quinn::Connection>>,
+}
+
+impl std::fmt::Debug for ClusterLink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterLink")
+            .field("name", &self.config.name)
+            .finish_non_exhaustive()
+    }
+}
+
+enum Attempt {
+    /// The replica answered.
+    Answer(msg::Response),
+    /// "Not the leader": nothing was done.
+    NotLeader(Option<SocketAddr>),
+    /// Nothing was sent (no connection or no stream); safe to try elsewhere.
+    NotSent(String),
+    /// The replica refused this gateway in the TLS handshake (certificate
+    /// not trusted): retrying cannot help.
+    Refused(String),
+    /// Sent, then the link failed: the outcome is unknown.
+    Lost(String),
+}
+
+impl ClusterLink {
+    fn new(config: ClusterConfig, endpoint: quinn::Endpoint) -> Self {
+        Self {
+            config,
+            endpoint,
+            leader: std::sync::Mutex::new(None),
+            next: AtomicUsize::new(0),
+            conns: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The cluster's name.
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    /// The leader this link last saw, if any.
+    pub fn cached_leader(&self) -> Option<SocketAddr> {
+        self.leader.lock().ok().and_then(|g| *g)
+    }
+
+    fn set_leader(&self, addr: Option<SocketAddr>) {
+        if let Ok(mut g) = self.leader.lock() {
+            if *g != addr && addr.is_some() {
+                metrics::counter!("gateway_vault_leader_changes_total").increment(1);
+            }
+            *g = addr;
+        }
+    }
+
+    fn next_replica(&self) -> SocketAddr {
+        let r = &self.config.replicas;
+        r[self.next.fetch_add(1, Ordering::Relaxed) % r.len()]
+    }
+
+    async fn connection(&self, addr: SocketAddr) -> Result<quinn::Connection, Attempt> {
+        if let Some(c) = self.conns.lock().await.get(&addr) {
+            if c.close_reason().is_none() {
+                return Ok(c.clone());
+            }
+        }
+        let connecting = self
+            .endpoint
+            .connect(addr, &self.config.server_name)
+            .map_err(|e| Attempt::NotSent(e.to_string()))?;
+        let c = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
+            .await
+            .map_err(|_| {
+                Attempt::NotSent(format!("no answer from {addr} within {CONNECT_TIMEOUT:?}"))
+            })?
+            .map_err(|e| {
+                if is_tls_refusal(&e) {
+                    Attempt::Refused(format!("replica {addr} refused this gateway: {e}"))
+                } else {
+                    Attempt::NotSent(e.to_string())
+                }
+            })?;
+        self.conns.lock().await.insert(addr, c.clone());
+        Ok(c)
+    }
+
+    async fn attempt(&self, addr: SocketAddr, req: &VaultRequest) -> Attempt {
+        let conn = match self.connection(addr).await {
+            Ok(c) => c,
+            Err(a) => return a,
+        };
+        let (mut send, mut recv) = match conn.open_bi().await {
+            Ok(s) => s,
+            Err(e) => return Attempt::NotSent(e.to_string()),
+        };
+        if let Err(e) = write_message(&mut send, req).await {
+            return Attempt::Lost(e.to_string());
+        }
+        let _ = send.finish();
+        match read_message::<VaultResponse, _>(&mut recv).await {
+            Ok(VaultResponse {
+                kind: Some(vault_response::Kind::Response(r)),
+            }) => Attempt::Answer(r),
+            Ok(VaultResponse {
+                kind: Some(vault_response::Kind::NotLeader(n)),
+            }) => Attempt::NotLeader(n.leader_addr.parse().ok()),
+            Ok(VaultResponse { kind: None }) => Attempt::Lost("empty vault response".into()),
+            Err(e) => Attempt::Lost(e.to_string()),
+        }
+    }
+
+    /// Relays one request to this cluster's leader.
+    pub async fn call(&self, account_id: &str, request: msg::Request) -> msg::Response {
+        // Requests that change nothing may be re-sent after an unknown outcome.
+        let idempotent = matches!(
+            request.kind,
+            Some(Kind::Status(_)) | Some(Kind::RegisterStart(_))
+        );
+        let req = VaultRequest {
+            account_id: account_id.to_owned(),
+            request: Some(request),
+        };
+        let started = Instant::now();
+        let deadline = started + REQUEST_TIMEOUT;
+        let mut target = self.cached_leader().unwrap_or_else(|| self.next_replica());
+        let mut backoff = Duration::from_millis(25);
+        let mut last_error = String::from("no replica answered");
+        // Enough for a few rounds over the replicas through an election.
+        let mut tries_left = 4 * self.config.replicas.len() + 4;
+        // A dead cluster is reported after one round of failed connects.
+        let mut unreachable_left = self.config.replicas.len() + 1;
+        let out = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() || tries_left == 0 {
+                break unavailable(&last_error);
+            }
+            tries_left -= 1;
+            let attempt = match tokio::time::timeout(left, self.attempt(target, &req)).await {
+                Ok(a) => a,
+                Err(_) => Attempt::Lost("timed out waiting for the vault".into()),
+            };
+            match attempt {
+                Attempt::Answer(r) => {
+                    self.set_leader(Some(target));
+                    break r;
+                }
+                Attempt::NotLeader(Some(leader)) if leader != target => {
+                    self.set_leader(Some(leader));
+                    target = leader;
+                    continue;
+                }
+                Attempt::NotLeader(_) => {
+                    // Election under way: wait a little, then ask another.
+                    last_error = "the vault cluster is electing a leader".into();
+                    self.set_leader(None);
+                }
+                Attempt::NotSent(e) => {
+                    tracing::debug!(replica = %target, error = %e, "vault replica unreachable");
+                    unreachable_left = unreachable_left.saturating_sub(1);
+                    if unreachable_left == 0 {
+                        break unavailable(&format!("no replica reachable; last: {e}"));
+                    }
+                    last_error = format!("replica {target} unreachable: {e}");
+                    if self.cached_leader() == Some(target) {
+                        self.set_leader(None);
+                    }
+                }
+                Attempt::Refused(e) => {
+                    tracing::error!(error = %e, "vault refused the gateway's certificate");
+                    break unavailable(&e);
+                }
+                Attempt::Lost(e) if idempotent => {
+                    last_error = format!("replica {target}: {e}");
+                    self.set_leader(None);
+                }
+                Attempt::Lost(e) => {
+                    tracing::warn!(error = %e, "vault link lost after sending; not retried");
+                    self.set_leader(None);
+                    break unavailable(&e);
+                }
+            }
+            metrics::counter!("gateway_vault_retries_total").increment(1);
+            tokio::time::sleep(backoff.min(deadline.saturating_duration_since(Instant::now())))
+                .await;
+            backoff = (backoff * 2).min(Duration::from_millis(400));
+            target = self.next_replica();
+        };
+        metrics::histogram!("gateway_vault_request_seconds")
+            .record(started.elapsed().as_secs_f64());
+        out
+    }
+}
+
+/// Whether a failed handshake was a TLS refusal (a crypto alert).
+fn is_tls_refusal(e: &quinn::ConnectionError) -> bool {
+    let crypto = |code: quinn::TransportErrorCode| (0x100..0x200).contains(&u64::from(code));
+    match e {
+        quinn::ConnectionError::TransportError(t) => crypto(t.code),
+        quinn::ConnectionError::ConnectionClosed(c) => crypto(c.error_code),
+        _ => false,
+    }
+}
+
+fn unavailable(why: &str) -> msg::Response {
     let mut e = msg::Error::new(
         ErrorCode::Unavailable,
-        "the vault is unreachable; retry later",
+        format!("the vault is unavailable ({why}); retry in a moment"),
     );
     e.retry_after_ms = 1000;
     msg::Response {
         kind: Some(msg::response::Kind::Error(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::place;
+
+    #[test]
+    fn rendezvous_moves_only_accounts_that_land_on_a_new_cluster() {
+        let two = ["east", "west"];
+        let three = ["east", "west", "north"];
+        let mut moved = 0;
+        let mut counts = [0usize; 3];
+        for i in 0..3000 {
+            let a = format!("account-{i}");
+            let before = place(&a, two.iter().copied());
+            let after = place(&a, three.iter().copied());
+            counts[after] += 1;
+            if before != after {
+                assert_eq!(after, 2, "an account moved between existing clusters");
+                moved += 1;
+            }
+        }
+        // About a third moves, all of it to the new cluster; load is even.
+        assert!((800..1200).contains(&moved), "{moved}");
+        assert!(
+            counts.iter().all(|&c| (800..1200).contains(&c)),
+            "{counts:?}"
+        );
     }
 }

@@ -267,12 +267,12 @@ async fn malformed_truncated_and_oversized_frames_get_a_protocol_error_and_a_cle
 #[tokio::test]
 async fn the_vault_refuses_peers_without_a_gateway_certificate() {
     let stack = stack().await;
-    let vault_addr = stack.replica.as_ref().unwrap().server.local_addr().unwrap();
-    let ca = vault_backend::pki::read(stack.vault_dir(), "cluster-ca").unwrap();
+    let vault_addr = stack.replica_addr(0, 0);
+    let ca_pem = stack.vault_ca_pem().unwrap();
 
     // Trusts the vault, presents no client certificate.
     let mut roots = rustls::RootCertStore::empty();
-    for c in vault_backend::pki::certs(&ca.cert_pem).unwrap() {
+    for c in vault_backend::pki::certs(&ca_pem).unwrap() {
         roots.add(c).unwrap();
     }
     let mut tls =
@@ -289,7 +289,7 @@ async fn the_vault_refuses_peers_without_a_gateway_certificate() {
     ep.set_default_client_config(cfg);
     let attempt = async {
         let conn = ep
-            .connect(vault_addr, "localhost")
+            .connect(vault_addr, vault_backend::pki::REPLICA_ROLE_NAME)
             .map_err(|e| e.to_string())?
             .await
             .map_err(|e| e.to_string())?;
@@ -325,9 +325,16 @@ async fn the_vault_refuses_peers_without_a_gateway_certificate() {
         vault_backend::pki::Usage::Client,
     )
     .unwrap();
-    let link =
-        gateway::vault_client::VaultLink::new(vault_addr, "localhost".into(), &rogue, &ca.cert_pem)
-            .unwrap();
+    let link = gateway::vault_client::VaultClusters::new(
+        &[gateway::vault_client::ClusterConfig {
+            name: "c".into(),
+            replicas: vec![vault_addr],
+            server_name: vault_backend::pki::REPLICA_ROLE_NAME.into(),
+        }],
+        &rogue,
+        &ca_pem,
+    )
+    .unwrap();
     let resp = link
         .call(
             "victim",

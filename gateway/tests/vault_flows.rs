@@ -94,16 +94,14 @@ async fn wrong_passwords_count_down_then_lock_out_and_erase_the_record() {
         Err(ClientError::LockedOut)
     ));
     assert_eq!(vault.status().await.unwrap(), Status::LockedOut);
-    let row = stack
-        .replica
-        .as_ref()
-        .unwrap()
-        .vault
-        .store()
-        .get("bob")
-        .unwrap()
-        .unwrap();
-    assert!(row.sealed_record.is_empty(), "sealed record must be erased");
+    let rows = stack.rows(0, "bob").await.unwrap();
+    assert_eq!(rows.len(), 5);
+    for row in rows {
+        assert!(
+            row.unwrap().sealed_record.is_empty(),
+            "sealed record must be erased on every replica"
+        );
+    }
     // Re-registering starts a fresh deposit.
     let key2 = BackupKey::generate();
     vault.register(b"new start", &key2, false).await.unwrap();

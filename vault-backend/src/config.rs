@@ -1,45 +1,176 @@
 //! Replica configuration: a serde struct with documented defaults, loaded from
 //! TOML and overridden by command-line flags in `main`.
+//!
+//! A replica belongs to one cluster, whose full member table (id, peer
+//! address, gateway-facing address) every member's config repeats, as
+//! written by `vault-backend init-cluster`. With no member table the replica
+//! is a cluster of one.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+
+use crate::raft::node::RaftTuning;
+use crate::raft::NodeId;
 
 /// Configuration of one vault replica.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct VaultConfig {
+    /// This replica's id in its cluster. Default 1.
+    pub node_id: NodeId,
     /// UDP address for gateway connections (QUIC, mutual TLS).
     /// Default `127.0.0.1:7801`.
     pub listen: SocketAddr,
+    /// UDP address for the other replicas (Raft over QUIC, mutual TLS).
+    /// Default `127.0.0.1:7901`.
+    pub peer_listen: SocketAddr,
     /// Folder with the fleet secrets, certificates and database, as written
-    /// by `vault-backend init`. Default `vault-state`.
+    /// by `vault-backend init-cluster`; relative to the config file's folder.
+    /// Default `vault-state`.
     pub state_dir: PathBuf,
     /// Password guesses a deposit allows. A server policy, not a client
-    /// choice. Default 10.
+    /// choice; every replica of a cluster must agree. Default 10.
     pub max_attempts: u32,
-    /// Admin HTTP listener serving `/metrics`. Default none.
+    /// Admin HTTP listener serving `/metrics`, `/health`, `/ready` and
+    /// `/status`. Default none.
     pub admin_listen: Option<SocketAddr>,
+    /// All replicas of the cluster, this one included. Empty (the default)
+    /// means a cluster of this replica alone.
+    pub members: Vec<Member>,
+    /// Raft timing and compaction.
+    pub raft: RaftSettings,
+}
+
+/// One replica of a cluster as its peers and gateways reach it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Member {
+    /// Replica id (unique in the cluster, never reused).
+    pub id: NodeId,
+    /// Its peer (Raft) address.
+    pub peer: SocketAddr,
+    /// Its gateway-facing address, told to gateways that ask a follower.
+    pub serve: SocketAddr,
+    /// Its admin HTTP address, if it has one (`vault-backend status` asks
+    /// every member listed with one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin: Option<SocketAddr>,
+}
+
+/// Raft settings (milliseconds in TOML).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RaftSettings {
+    /// Leader heartbeat. Default 100 ms.
+    pub heartbeat_ms: u64,
+    /// Followers start an election after 1–2× this without a leader.
+    /// Default 400 ms.
+    pub election_timeout_ms: u64,
+    /// Snapshot (and purge the log before it) every this many entries.
+    /// Default 5000.
+    pub snapshot_every: u64,
+    /// How long a request waits for its change to commit before answering
+    /// "unavailable" (no majority reachable). Default 3000 ms.
+    pub commit_timeout_ms: u64,
+}
+
+impl Default for RaftSettings {
+    fn default() -> Self {
+        let t = RaftTuning::default();
+        Self {
+            heartbeat_ms: t.heartbeat.as_millis() as u64,
+            election_timeout_ms: t.election_timeout.as_millis() as u64,
+            snapshot_every: t.snapshot_every,
+            commit_timeout_ms: 3000,
+        }
+    }
+}
+
+impl RaftSettings {
+    /// The node tuning these settings describe.
+    pub fn tuning(&self) -> RaftTuning {
+        RaftTuning {
+            heartbeat: Duration::from_millis(self.heartbeat_ms),
+            election_timeout: Duration::from_millis(self.election_timeout_ms),
+            snapshot_every: self.snapshot_every,
+            async_flush: false,
+        }
+    }
+
+    /// The commit timeout.
+    pub fn commit_timeout(&self) -> Duration {
+        Duration::from_millis(self.commit_timeout_ms)
+    }
 }
 
 impl Default for VaultConfig {
     fn default() -> Self {
         Self {
+            node_id: 1,
             listen: SocketAddr::from(([127, 0, 0, 1], 7801)),
+            peer_listen: SocketAddr::from(([127, 0, 0, 1], 7901)),
             state_dir: PathBuf::from("vault-state"),
             max_attempts: protocol_spec::limits::DEFAULT_MAX_ATTEMPTS,
             admin_listen: None,
+            members: Vec::new(),
+            raft: RaftSettings::default(),
         }
     }
 }
 
 impl VaultConfig {
-    /// Reads a TOML file; missing keys take their defaults.
+    /// Reads a TOML file; missing keys take their defaults. A relative
+    /// `state_dir` is relative to the config file's folder.
     pub fn load(path: &Path) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| anyhow::anyhow!("cannot read config {}: {e}", path.display()))?;
-        toml::from_str(&text).map_err(|e| anyhow::anyhow!("invalid config {}: {e}", path.display()))
+        let mut cfg: Self = toml::from_str(&text)
+            .map_err(|e| anyhow::anyhow!("invalid config {}: {e}", path.display()))?;
+        if cfg.state_dir.is_relative() {
+            if let Some(parent) = path.parent() {
+                cfg.state_dir = parent.join(&cfg.state_dir);
+            }
+        }
+        Ok(cfg)
+    }
+
+    /// The member table, with this replica alone when none is configured.
+    /// Checks that ids are unique and that this replica is listed.
+    pub fn cluster(&self) -> anyhow::Result<BTreeMap<NodeId, Member>> {
+        if self.members.is_empty() {
+            return Ok(BTreeMap::from([(
+                self.node_id,
+                Member {
+                    id: self.node_id,
+                    peer: self.peer_listen,
+                    serve: self.listen,
+                    admin: self.admin_listen,
+                },
+            )]));
+        }
+        let mut out = BTreeMap::new();
+        for m in &self.members {
+            if out.insert(m.id, m.clone()).is_some() {
+                anyhow::bail!("replica id {} appears twice in `members`", m.id);
+            }
+        }
+        if !out.contains_key(&self.node_id) {
+            anyhow::bail!(
+                "node_id {} is not in `members`; add it or fix node_id",
+                self.node_id
+            );
+        }
+        if !matches!(out.len(), 1 | 3 | 5 | 7) {
+            tracing::warn!(
+                replicas = out.len(),
+                "an even-sized cluster tolerates no more failures than one replica fewer"
+            );
+        }
+        Ok(out)
     }
 }
 
@@ -51,8 +182,10 @@ pub mod files {
     pub const CLUSTER_CA: &str = "cluster-ca";
     /// Replica server certificate/key stem.
     pub const REPLICA_CERT: &str = "replica";
-    /// Database.
+    /// Database (Raft log, state machine, accounts).
     pub const DATABASE: &str = "vault.redb";
     /// Public facts clients pin (fleet id, public key).
     pub const FLEET_PUBLIC: &str = "fleet-public.toml";
+    /// A replica's config inside its folder, as `init-cluster` writes it.
+    pub const CONFIG: &str = "replica.toml";
 }

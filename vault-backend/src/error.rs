@@ -34,6 +34,17 @@ pub enum VaultError {
     /// Too many pending logins.
     #[error("vault busy; retry shortly")]
     Busy,
+    /// This replica does not lead its cluster; nothing was done.
+    #[error("this vault replica is not the leader; ask the leader")]
+    NotLeader {
+        /// Leader's replica id, if one is known.
+        leader_id: Option<u64>,
+        /// Leader's gateway-facing address, if known.
+        leader_addr: Option<std::net::SocketAddr>,
+    },
+    /// No majority of the cluster is reachable (or consensus stopped).
+    #[error("vault unavailable: {0}")]
+    Unavailable(String),
     /// Storage failed.
     #[error("storage error: {0}")]
     Storage(String),
@@ -54,6 +65,7 @@ impl VaultError {
             Self::SessionExpired => (ErrorCode::SessionExpired, 0, 0),
             Self::PermissionDenied(_) => (ErrorCode::PermissionDenied, 0, 0),
             Self::Busy => (ErrorCode::Busy, 0, 500),
+            Self::NotLeader { .. } | Self::Unavailable(_) => (ErrorCode::Unavailable, 0, 1000),
             Self::Storage(_) => (ErrorCode::Unavailable, 0, 1000),
             Self::Internal(_) => (ErrorCode::Internal, 0, 0),
         };

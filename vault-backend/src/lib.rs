@@ -2,14 +2,19 @@
 //! counter, sealed durable records, and the mutually authenticated QUIC
 //! listener the gateways talk to.
 //!
-//! Layering: [`account`] is the pure record state machine; [`store`] makes its
-//! transitions durable (one fsync'd redb transaction each); [`service`] runs
-//! OPAQUE around them and never answers before the store has committed;
-//! [`server`] only moves frames between QUIC streams and the service.
+//! Layering: [`account`] is the pure record state machine; [`raft`] replicates
+//! its transitions as log entries across the cluster (openraft over redb,
+//! QUIC peer links); [`ledger`] is the service's view of that (commit on a
+//! majority, linearizable reads, "ask the leader"); [`service`] runs OPAQUE
+//! around it and never answers before the ledger has committed; [`server`]
+//! only moves frames between QUIC streams and the service; [`replica`] wires
+//! a replica together from its config and state folder.
 
 pub mod account;
+pub mod admin;
 pub mod config;
 pub mod error;
+pub mod ledger;
 pub mod observability;
 pub mod pki;
 pub mod raft;

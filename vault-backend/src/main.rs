@@ -1,12 +1,14 @@
-//! `vault-backend`: initialise a fleet, issue gateway certificates, run a replica.
+//! `vault-backend`: create a cluster, issue gateway certificates, run a
+//! replica, show a cluster's status.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use vault_backend::config::VaultConfig;
-use vault_backend::replica::{self, Replica};
+use vault_backend::admin;
+use vault_backend::config::{files, Member, VaultConfig};
+use vault_backend::replica::{self, layout, Replica};
 
 #[derive(Parser)]
 #[command(name = "vault-backend", version, about = "Backup Key Vault replica")]
@@ -17,22 +19,41 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Create a fleet: secrets (owner-only), cluster CA, replica certificate.
-    Init {
-        /// State folder to create.
-        #[arg(long, default_value = "vault-state")]
-        state_dir: PathBuf,
+    /// Create a cluster: fleet secrets, cluster CA, one folder per replica
+    /// (secrets 0600, certificate, `replica.toml`), and a gateway certificate.
+    /// With --fleet-from, a further cluster of an existing fleet.
+    InitCluster {
+        /// Folder to create (`replica-N/`, `gateway/`, `ca/`).
+        #[arg(long, default_value = "vault-cluster")]
+        out: PathBuf,
+        /// Number of replicas (1, 3, 5 or 7).
+        #[arg(long, default_value_t = 5)]
+        replicas: u64,
         /// Fleet id clients pin (OPAQUE server identity).
         #[arg(long, default_value = "bkv-fleet-1")]
         fleet_id: String,
-        /// DNS names / IPs on the replica certificate.
+        /// Address the replicas listen on.
+        #[arg(long, default_value = "127.0.0.1")]
+        host: IpAddr,
+        /// Replica N serves gateways on base+N-1, peers on base+100+N-1 and
+        /// its admin port on base+200+N-1.
+        #[arg(long, default_value_t = 7801)]
+        base_port: u16,
+        /// Password guesses a deposit allows.
+        #[arg(long, default_value_t = protocol_spec::limits::DEFAULT_MAX_ATTEMPTS)]
+        max_attempts: u32,
+        /// An existing cluster folder whose fleet (secrets, CA) to join.
+        #[arg(long)]
+        fleet_from: Option<PathBuf>,
+        /// Extra DNS names / IPs on the replica certificates.
         #[arg(long, default_values_t = ["localhost".to_string(), "127.0.0.1".to_string()])]
         name: Vec<String>,
     },
-    /// Issue a client certificate that lets a gateway connect to this fleet.
+    /// Issue another gateway client certificate from a cluster's CA.
     IssueGatewayCert {
-        #[arg(long, default_value = "vault-state")]
-        state_dir: PathBuf,
+        /// The `fleet/` folder `init-cluster` wrote.
+        #[arg(long)]
+        fleet_dir: PathBuf,
         /// Folder to write `vault-client.pem|.key` and `vault-cluster-ca.pem` into.
         #[arg(long)]
         out_dir: PathBuf,
@@ -51,25 +72,77 @@ enum Cmd {
         #[arg(long)]
         admin_listen: Option<SocketAddr>,
     },
+    /// Show each replica's view of the cluster (role, term, indexes, lag).
+    Status {
+        /// A replica config: asks every member that has an admin address.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Admin addresses to ask (instead of, or besides, --config).
+        #[arg(long)]
+        admin: Vec<SocketAddr>,
+    },
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    vault_backend::observability::init_tracing("info");
+    vault_backend::observability::init_tracing("info,openraft=warn");
     match Cli::parse().cmd {
-        Cmd::Init {
-            state_dir,
+        Cmd::InitCluster {
+            out,
+            replicas,
             fleet_id,
+            host,
+            base_port,
+            max_attempts,
+            fleet_from,
             name,
         } => {
+            let fleet = fleet_from
+                .as_deref()
+                .map(replica::FleetMaterial::from_cluster)
+                .transpose()?;
+            anyhow::ensure!(
+                (1..=7).contains(&replicas),
+                "--replicas must be between 1 and 7"
+            );
+            let port = |off: u64| -> anyhow::Result<u16> {
+                u16::try_from(u64::from(base_port) + off).context("--base-port is too high")
+            };
+            let members = (1..=replicas)
+                .map(|id| {
+                    Ok(Member {
+                        id,
+                        serve: SocketAddr::new(host, port(id - 1)?),
+                        peer: SocketAddr::new(host, port(100 + id - 1)?),
+                        admin: Some(SocketAddr::new(host, port(200 + id - 1)?)),
+                    })
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
             let names: Vec<&str> = name.iter().map(String::as_str).collect();
-            let public = replica::init(&state_dir, &fleet_id, &names)?;
-            println!("fleet id:         {}", public.fleet_id);
-            println!("fleet public key: {}", public.fleet_public_key);
-            println!("state written to  {}", state_dir.display());
+            let init =
+                replica::init_cluster(&out, &fleet_id, &members, &names, max_attempts, fleet)?;
+            println!("fleet id:         {}", init.public.fleet_id);
+            println!("fleet public key: {}", init.public.fleet_public_key);
+            for r in &init.replicas {
+                println!(
+                    "replica {}: serves {}, peers {}  -> vault-backend run --config {}",
+                    r.node_id,
+                    r.listen,
+                    r.peer_listen,
+                    r.state_dir.join(files::CONFIG).display()
+                );
+            }
+            println!(
+                "gateway certificate: {}",
+                out.join(layout::GATEWAY_DIR).display()
+            );
+            println!(
+                "keep {} offline: it issues certificates for this cluster",
+                out.join(layout::CA_DIR).display()
+            );
         }
-        Cmd::IssueGatewayCert { state_dir, out_dir } => {
-            replica::issue_gateway_cert(&state_dir, &out_dir, "vault-client")?;
+        Cmd::IssueGatewayCert { fleet_dir, out_dir } => {
+            replica::issue_gateway_cert(&fleet_dir, &out_dir, layout::GATEWAY_CERT)?;
             println!("gateway certificate written to {}", out_dir.display());
         }
         Cmd::Run {
@@ -95,13 +168,84 @@ async fn main() -> anyhow::Result<()> {
             if admin_listen.is_some() {
                 cfg.admin_listen = admin_listen;
             }
-            vault_backend::observability::install_metrics(cfg.admin_listen)?;
-            let replica = Replica::start(&cfg).context("cannot start the replica")?;
-            tracing::info!(addr = %replica.server.local_addr()?, "vault replica serving");
-            tokio::signal::ctrl_c().await?;
+            vault_backend::observability::install_recorder()?;
+            let replica = Replica::start(&cfg)
+                .await
+                .context("cannot start the replica")?;
+            tracing::info!(
+                id = cfg.node_id,
+                addr = %replica.server.local_addr()?,
+                peer = %cfg.peer_listen,
+                "vault replica serving"
+            );
+            shutdown_signal().await?;
             tracing::info!("shutting down");
             replica.shutdown().await;
         }
+        Cmd::Status { config, admin } => {
+            let mut targets = admin;
+            if let Some(p) = config {
+                let cfg = VaultConfig::load(&p)?;
+                for m in cfg.cluster()?.values() {
+                    if let Some(a) = m.admin {
+                        if !targets.contains(&a) {
+                            targets.push(a);
+                        }
+                    }
+                }
+            }
+            anyhow::ensure!(
+                !targets.is_empty(),
+                "nothing to ask: pass --config with admin addresses or --admin ADDR"
+            );
+            println!(
+                "{:<8} {:<10} {:>6} {:>7} {:>9} {:>9} {:>9} {:>8}  lag",
+                "replica", "role", "term", "leader", "last log", "applied", "snapshot", "records"
+            );
+            let mut failures = 0;
+            for a in targets {
+                match admin::fetch_status(a).await {
+                    Ok(s) => println!(
+                        "{:<8} {:<10} {:>6} {:>7} {:>9} {:>9} {:>9} {:>8}  {}",
+                        s.id,
+                        s.role,
+                        s.term,
+                        opt(s.leader),
+                        opt(s.last_log_index),
+                        opt(s.applied_index),
+                        opt(s.snapshot_index),
+                        s.records,
+                        s.lag
+                            .map(|l| l
+                                .iter()
+                                .map(|(id, b)| format!("{id}:{}", opt(*b)))
+                                .collect::<Vec<_>>()
+                                .join(" "))
+                            .unwrap_or_default()
+                    ),
+                    Err(e) => {
+                        failures += 1;
+                        println!("{a:<8} unreachable: {e}");
+                    }
+                }
+            }
+            if failures > 0 {
+                std::process::exit(1);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn opt<T: std::fmt::Display>(v: Option<T>) -> String {
+    v.map(|x| x.to_string()).unwrap_or_else(|| "-".into())
+}
+
+async fn shutdown_signal() -> anyhow::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r?,
+        _ = term.recv() => {}
     }
     Ok(())
 }

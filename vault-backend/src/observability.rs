@@ -24,3 +24,28 @@ pub fn install_metrics(admin_listen: Option<SocketAddr>) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+static PROMETHEUS: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> =
+    std::sync::OnceLock::new();
+
+/// Installs the Prometheus recorder without a listener of its own (a
+/// replica's admin port renders it at `/metrics`), with upkeep every 5 s.
+pub fn install_recorder() -> anyhow::Result<()> {
+    let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .map_err(|e| anyhow::anyhow!("cannot install the metrics recorder: {e}"))?;
+    let upkeep = handle.clone();
+    std::thread::Builder::new()
+        .name("metrics-upkeep".into())
+        .spawn(move || loop {
+            std::thread::sleep(std::time::Duration::from_secs(5));
+            upkeep.run_upkeep();
+        })?;
+    let _ = PROMETHEUS.set(handle);
+    Ok(())
+}
+
+/// The recorder [`install_recorder`] installed, if any.
+pub fn prometheus() -> Option<metrics_exporter_prometheus::PrometheusHandle> {
+    PROMETHEUS.get().cloned()
+}

@@ -1,14 +1,25 @@
-//! Setting up and starting a replica from its state folder: `init` (fleet
-//! secrets, cluster CA, replica certificate), gateway certificates, and
-//! `start` (open the database, bind the listener).
+//! Setting up and starting replicas: `init_cluster` (fleet secrets, cluster
+//! CA, one certificate and config per replica, a gateway certificate), and
+//! [`Replica::start`] (open the database, start Raft and the peer port, bind
+//! the gateway listener).
+//!
+//! Must never: overwrite an existing fleet's secrets, or give a replica the
+//! cluster CA's private key (only the folder `init-cluster` keeps for
+//! issuing certificates holds it).
 
-use std::path::Path;
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{files, VaultConfig};
-use crate::pki::{self, Usage};
+use crate::admin;
+use crate::config::{files, Member, VaultConfig};
+use crate::ledger::Ledger;
+use crate::pki::{self, CertAndKey, Usage};
+use crate::raft::node::{self, RaftNode};
+use crate::raft::NodeId;
 use crate::secrets::FleetSecrets;
 use crate::server::VaultServer;
 use crate::service::{Policy, Vault};
@@ -28,90 +39,277 @@ impl FleetPublic {
     pub fn read(state_dir: &Path) -> anyhow::Result<Self> {
         let p = state_dir.join(files::FLEET_PUBLIC);
         let t = std::fs::read_to_string(&p).map_err(|e| {
-            anyhow::anyhow!("cannot read {}: {e}; run `vault-backend init`", p.display())
+            anyhow::anyhow!(
+                "cannot read {}: {e}; run `vault-backend init-cluster` first",
+                p.display()
+            )
         })?;
         Ok(toml::from_str(&t)?)
     }
+
+    fn write(&self, dir: &Path) -> anyhow::Result<()> {
+        std::fs::write(dir.join(files::FLEET_PUBLIC), toml::to_string(self)?)?;
+        Ok(())
+    }
 }
 
-/// Creates a new fleet in `state_dir`: secrets (0600), cluster CA, replica
-/// certificate for `names`. Refuses to overwrite an existing fleet.
-pub fn init(state_dir: &Path, fleet_id: &str, names: &[&str]) -> anyhow::Result<FleetPublic> {
-    std::fs::create_dir_all(state_dir)?;
-    let secrets_path = state_dir.join(files::SECRETS);
-    if secrets_path.exists() {
+/// Folder names inside an `init-cluster` output folder.
+pub mod layout {
+    /// The fleet material: cluster CA (certificate and private key) and a
+    /// copy of the fleet secrets, for issuing certificates and creating more
+    /// clusters of the same fleet. Keep it offline.
+    pub const CA_DIR: &str = "fleet";
+    /// What a gateway needs to reach the cluster.
+    pub const GATEWAY_DIR: &str = "gateway";
+    /// Stem of the gateway's client certificate.
+    pub const GATEWAY_CERT: &str = "vault-client";
+    /// The cluster CA certificate as gateways store it.
+    pub const GATEWAY_CA_FILE: &str = "vault-cluster-ca.pem";
+
+    /// Folder of replica `id`.
+    pub fn replica_dir(id: u64) -> String {
+        format!("replica-{id}")
+    }
+}
+
+/// What `init_cluster` wrote.
+#[derive(Debug, Clone)]
+pub struct ClusterInit {
+    /// Public facts clients pin.
+    pub public: FleetPublic,
+    /// Each replica's config (also written as `replica-N/replica.toml`).
+    pub replicas: Vec<VaultConfig>,
+}
+
+/// The secrets and CA of an existing fleet, to create another cluster of it
+/// (clients pin one fleet key, so every cluster of a fleet shares them).
+pub struct FleetMaterial {
+    secrets: FleetSecrets,
+    ca: CertAndKey,
+}
+
+impl std::fmt::Debug for FleetMaterial {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FleetMaterial").finish_non_exhaustive()
+    }
+}
+
+impl FleetMaterial {
+    /// Reads the `fleet/` folder of a cluster made by [`init_cluster`].
+    pub fn from_cluster(cluster_dir: &Path) -> anyhow::Result<Self> {
+        let dir = cluster_dir.join(layout::CA_DIR);
+        Ok(Self {
+            secrets: FleetSecrets::load(&dir.join(files::SECRETS))?,
+            ca: pki::read(&dir, files::CLUSTER_CA)?,
+        })
+    }
+}
+
+/// Creates a new cluster in `out`: fleet secrets and a cluster CA (new, or
+/// those of `fleet`), and for each member a folder `replica-<id>` with the
+/// secrets (0600), the CA certificate, its own certificate (valid for
+/// `names` and the replica role name) and its config; plus `gateway/` with a
+/// gateway client certificate and `fleet/` with the CA key. Refuses to touch
+/// a folder that already holds a cluster.
+pub fn init_cluster(
+    out: &Path,
+    fleet_id: &str,
+    members: &[Member],
+    names: &[&str],
+    max_attempts: u32,
+    fleet: Option<FleetMaterial>,
+) -> anyhow::Result<ClusterInit> {
+    anyhow::ensure!(!members.is_empty(), "a cluster needs at least one replica");
+    if out.join(files::FLEET_PUBLIC).exists() {
         anyhow::bail!(
-            "{} already holds a fleet; refusing to overwrite its secrets",
-            state_dir.display()
+            "{} already holds a cluster; refusing to overwrite its secrets",
+            out.display()
         );
     }
-    let secrets = FleetSecrets::generate(fleet_id);
-    secrets.save(&secrets_path)?;
-    let ca = pki::new_ca(&format!("bkv vault cluster CA {fleet_id}"))?;
-    pki::write(state_dir, files::CLUSTER_CA, &ca)?;
-    let replica = pki::issue(&ca, "bkv vault replica", names, Usage::Server)?;
-    pki::write(state_dir, files::REPLICA_CERT, &replica)?;
+    std::fs::create_dir_all(out)?;
+    let (secrets, ca) = match fleet {
+        Some(f) => (f.secrets, f.ca),
+        None => (
+            FleetSecrets::generate(fleet_id),
+            pki::new_ca(&format!("bkv vault cluster CA {fleet_id}"))?,
+        ),
+    };
+    let ca_dir = out.join(layout::CA_DIR);
+    std::fs::create_dir_all(&ca_dir)?;
+    pki::write(&ca_dir, files::CLUSTER_CA, &ca)?;
+    secrets.save(&ca_dir.join(files::SECRETS))?;
     let public = FleetPublic {
-        fleet_id: fleet_id.to_owned(),
+        fleet_id: secrets.fleet_id.clone(),
         fleet_public_key: hex::encode(secrets.public_key()),
     };
-    std::fs::write(
-        state_dir.join(files::FLEET_PUBLIC),
-        toml::to_string(&public)?,
+    let mut cert_names: Vec<&str> = names.to_vec();
+    cert_names.push(pki::REPLICA_ROLE_NAME);
+    let mut replicas = Vec::new();
+    for m in members {
+        let dir = out.join(layout::replica_dir(m.id));
+        std::fs::create_dir_all(&dir)?;
+        secrets.save(&dir.join(files::SECRETS))?;
+        std::fs::write(dir.join(format!("{}.pem", files::CLUSTER_CA)), &ca.cert_pem)?;
+        let cert = pki::issue(
+            &ca,
+            &format!("bkv vault replica {}", m.id),
+            &cert_names,
+            Usage::Peer,
+        )?;
+        pki::write(&dir, files::REPLICA_CERT, &cert)?;
+        public.write(&dir)?;
+        let cfg = VaultConfig {
+            node_id: m.id,
+            listen: m.serve,
+            peer_listen: m.peer,
+            state_dir: dir.clone(),
+            max_attempts,
+            admin_listen: m.admin,
+            members: members.to_vec(),
+            raft: Default::default(),
+        };
+        // On disk the state folder is the config's own folder, so the
+        // cluster folder can be moved or copied to the replica's host.
+        let on_disk = VaultConfig {
+            state_dir: PathBuf::from("."),
+            ..cfg.clone()
+        };
+        std::fs::write(dir.join(files::CONFIG), toml::to_string(&on_disk)?)?;
+        replicas.push(cfg);
+    }
+    issue_gateway_cert(
+        &ca_dir,
+        &out.join(layout::GATEWAY_DIR),
+        layout::GATEWAY_CERT,
     )?;
-    Ok(public)
+    public.write(out)?;
+    Ok(ClusterInit { public, replicas })
 }
 
-/// Issues a gateway client certificate from the cluster CA in `state_dir`,
+/// Issues a gateway client certificate from the cluster CA in `ca_dir`,
 /// written to `out_dir/<stem>.pem|.key` together with the CA certificate.
-pub fn issue_gateway_cert(state_dir: &Path, out_dir: &Path, stem: &str) -> anyhow::Result<()> {
-    let ca = pki::read(state_dir, files::CLUSTER_CA)?;
+pub fn issue_gateway_cert(ca_dir: &Path, out_dir: &Path, stem: &str) -> anyhow::Result<()> {
+    let ca = pki::read(ca_dir, files::CLUSTER_CA)?;
     std::fs::create_dir_all(out_dir)?;
     let cert = pki::issue(&ca, "bkv gateway", &["gateway.bkv.internal"], Usage::Client)?;
     pki::write(out_dir, stem, &cert)?;
-    std::fs::write(out_dir.join("vault-cluster-ca.pem"), &ca.cert_pem)?;
+    std::fs::write(out_dir.join(layout::GATEWAY_CA_FILE), &ca.cert_pem)?;
     Ok(())
+}
+
+/// Sockets bound by the caller (to learn port-0 addresses before the member
+/// table is written).
+#[derive(Debug)]
+pub struct BoundSockets {
+    /// Gateway-facing socket.
+    pub serve: UdpSocket,
+    /// Peer socket.
+    pub peer: UdpSocket,
 }
 
 /// A started replica.
 pub struct Replica {
-    /// The request handler (tests inspect its store).
+    /// The request handler.
     pub vault: Arc<Vault>,
-    /// The listener.
+    /// The gateway listener.
     pub server: VaultServer,
+    /// The Raft node.
+    pub node: RaftNode,
+    state_dir: PathBuf,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for Replica {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Replica").finish_non_exhaustive()
+        f.debug_struct("Replica")
+            .field("id", &self.node.id)
+            .finish_non_exhaustive()
     }
 }
 
 impl Replica {
-    /// Opens the state folder and starts listening.
-    pub fn start(cfg: &VaultConfig) -> anyhow::Result<Self> {
+    /// Opens the state folder, binds the configured addresses and starts.
+    pub async fn start(cfg: &VaultConfig) -> anyhow::Result<Self> {
+        let serve = UdpSocket::bind(cfg.listen)
+            .map_err(|e| anyhow::anyhow!("cannot bind the gateway port {}: {e}", cfg.listen))?;
+        let peer = UdpSocket::bind(cfg.peer_listen)
+            .map_err(|e| anyhow::anyhow!("cannot bind the peer port {}: {e}", cfg.peer_listen))?;
+        Self::start_on(cfg, BoundSockets { serve, peer }).await
+    }
+
+    /// As [`Replica::start`] on sockets the caller bound.
+    pub async fn start_on(cfg: &VaultConfig, sockets: BoundSockets) -> anyhow::Result<Self> {
         let dir = &cfg.state_dir;
-        let secrets = Arc::new(FleetSecrets::load(&dir.join(files::SECRETS))?);
-        let store = Store::open(&dir.join(files::DATABASE))?;
-        let ca = pki::read(dir, files::CLUSTER_CA)?;
-        let identity = pki::read(dir, files::REPLICA_CERT)?;
         if cfg.max_attempts == 0 {
             anyhow::bail!("max_attempts must be at least 1");
         }
+        let members = cfg.cluster()?;
+        let secrets = Arc::new(FleetSecrets::load(&dir.join(files::SECRETS))?);
+        let ca_path = dir.join(format!("{}.pem", files::CLUSTER_CA));
+        let ca_pem = std::fs::read_to_string(&ca_path)
+            .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", ca_path.display()))?;
+        let identity: CertAndKey = pki::read(dir, files::REPLICA_CERT)?;
+        let peers: BTreeMap<NodeId, SocketAddr> =
+            members.values().map(|m| (m.id, m.peer)).collect();
+        let serve_addrs: BTreeMap<NodeId, SocketAddr> =
+            members.values().map(|m| (m.id, m.serve)).collect();
+        let endpoint = node::peer_endpoint_on(sockets.peer, &identity, &ca_pem)?;
+        let node = RaftNode::start(
+            cfg.node_id,
+            &peers,
+            endpoint,
+            &dir.join(files::DATABASE),
+            &cfg.raft.tuning(),
+        )
+        .await?;
+        let ledger = Ledger::new(
+            node.raft.clone(),
+            Store::from_db(node.db.clone()),
+            serve_addrs,
+            cfg.raft.commit_timeout(),
+        );
         let vault = Arc::new(Vault::new(
             secrets,
-            store,
+            ledger,
             Policy {
                 max_attempts: cfg.max_attempts,
             },
         ));
-        let server = VaultServer::start(vault.clone(), cfg.listen, &identity, &ca.cert_pem)?;
-        Ok(Self { vault, server })
+        let server = VaultServer::start_on(vault.clone(), sockets.serve, &identity, &ca_pem)?;
+        let store = Store::from_db(node.db.clone());
+        let mut tasks = vec![admin::export_gauges(node.raft.clone(), store.clone())];
+        if let Some(addr) = cfg.admin_listen {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot bind the admin port {addr}: {e}"))?;
+            tasks.push(admin::serve(
+                listener,
+                node.raft.clone(),
+                store,
+                crate::observability::prometheus(),
+            ));
+        }
+        Ok(Self {
+            vault,
+            server,
+            node,
+            state_dir: dir.clone(),
+            tasks,
+        })
     }
 
-    /// Stops the listener and releases the database.
+    /// The state folder.
+    pub fn state_dir(&self) -> &Path {
+        &self.state_dir
+    }
+
+    /// Stops the listener and Raft and releases the database.
     pub async fn shutdown(self) {
+        for t in &self.tasks {
+            t.abort();
+        }
         self.server.shutdown().await;
         drop(self.vault);
+        self.node.shutdown().await;
     }
 }

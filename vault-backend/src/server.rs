@@ -1,6 +1,8 @@
 //! The replica's QUIC listener for gateways. Mutual TLS: only peers with a
 //! client certificate from the cluster CA complete the handshake. Each
-//! bidirectional stream carries one framed `VaultRequest` and one `Response`.
+//! bidirectional stream carries one framed `VaultRequest` and one
+//! `VaultResponse`: the vault's `Response`, or `NotLeader` when this replica
+//! does not lead its cluster (nothing was done; the gateway asks the leader).
 //!
 //! Owns: moving frames, timeouts, input validation before the service sees a
 //! request. Must never: interpret a request itself or answer before the
@@ -10,14 +12,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use protocol_spec::framing;
-use protocol_spec::internal::VaultRequest;
+use protocol_spec::internal::{vault_response, NotLeader, VaultRequest, VaultResponse};
 use protocol_spec::limits::REQUEST_TIMEOUT;
 use protocol_spec::msg::{self, ErrorCode};
 use protocol_spec::stream_io::{read_message, write_message};
 use quinn::crypto::rustls::QuicServerConfig;
 
 use crate::pki::{self, CertAndKey};
-use crate::service::Vault;
+use crate::service::{Outcome, Vault};
 
 /// Builds the mutual-TLS QUIC server config.
 pub fn server_config(
@@ -55,7 +57,23 @@ impl VaultServer {
         identity: &CertAndKey,
         cluster_ca_pem: &str,
     ) -> anyhow::Result<Self> {
-        let endpoint = quinn::Endpoint::server(server_config(identity, cluster_ca_pem)?, listen)?;
+        let socket = std::net::UdpSocket::bind(listen)?;
+        Self::start_on(vault, socket, identity, cluster_ca_pem)
+    }
+
+    /// Serves `vault` on an already bound socket until shut down.
+    pub fn start_on(
+        vault: Arc<Vault>,
+        socket: std::net::UdpSocket,
+        identity: &CertAndKey,
+        cluster_ca_pem: &str,
+    ) -> anyhow::Result<Self> {
+        let endpoint = quinn::Endpoint::new(
+            quinn::EndpointConfig::default(),
+            Some(server_config(identity, cluster_ca_pem)?),
+            socket,
+            Arc::new(quinn::TokioRuntime),
+        )?;
         let ep = endpoint.clone();
         let task = tokio::spawn(async move {
             while let Some(incoming) = ep.accept().await {
@@ -98,7 +116,10 @@ async fn serve_connection(vault: Arc<Vault>, conn: quinn::Connection) {
             let work = async {
                 let response = match read_message::<VaultRequest, _>(&mut recv).await {
                     Ok(req) => handle(&vault, req).await,
-                    Err(e) => msg::Response::error(ErrorCode::ProtocolError, e.to_string()),
+                    Err(e) => reply(msg::Response::error(
+                        ErrorCode::ProtocolError,
+                        e.to_string(),
+                    )),
                 };
                 let _ = write_message(&mut send, &response).await;
                 let _ = send.finish();
@@ -110,15 +131,41 @@ async fn serve_connection(vault: Arc<Vault>, conn: quinn::Connection) {
     }
 }
 
-async fn handle(vault: &Vault, req: VaultRequest) -> msg::Response {
+async fn handle(vault: &Vault, req: VaultRequest) -> VaultResponse {
     if !protocol_spec::credential::valid_account_id(&req.account_id) {
-        return msg::Response::error(ErrorCode::ProtocolError, "invalid account id");
+        return reply(msg::Response::error(
+            ErrorCode::ProtocolError,
+            "invalid account id",
+        ));
     }
     let Some(inner) = req.request else {
-        return msg::Response::error(ErrorCode::ProtocolError, "vault request has no request");
+        return reply(msg::Response::error(
+            ErrorCode::ProtocolError,
+            "vault request has no request",
+        ));
     };
     if let Err(e) = framing::validate_request(&inner) {
-        return msg::Response::error(ErrorCode::ProtocolError, e.to_string());
+        return reply(msg::Response::error(
+            ErrorCode::ProtocolError,
+            e.to_string(),
+        ));
     }
-    vault.handle(&req.account_id, inner).await
+    match vault.handle(&req.account_id, inner).await {
+        Outcome::Answer(r) => reply(r),
+        Outcome::NotLeader {
+            leader_id,
+            leader_addr,
+        } => VaultResponse {
+            kind: Some(vault_response::Kind::NotLeader(NotLeader {
+                leader_id: leader_id.unwrap_or(0),
+                leader_addr: leader_addr.map(|a| a.to_string()).unwrap_or_default(),
+            })),
+        },
+    }
+}
+
+fn reply(r: msg::Response) -> VaultResponse {
+    VaultResponse {
+        kind: Some(vault_response::Kind::Response(r)),
+    }
 }

@@ -1,8 +1,12 @@
 //! The vault's request handling: OPAQUE around the account state machine.
 //!
 //! Order is the security property here. A login start parses the request,
-//! then commits the guess (fsync) and only then evaluates the OPRF and
-//! answers. Bad input is rejected before any state changes.
+//! then commits the guess through the replicated [`Ledger`] (on a majority
+//! of replicas, each fsync'd) and only then evaluates the OPRF and answers.
+//! Bad input is rejected before any state changes. Pending logins live in
+//! the memory of the replica that counted the guess; if leadership moves
+//! before the finish, the finish gets "session expired" and the client
+//! starts again (counting another guess, the safe direction).
 //!
 //! Must never: send an OPRF evaluation whose guess is not committed, release
 //! a key without a verified `CredentialFinalization`, or log account ids.
@@ -24,8 +28,9 @@ use rand::{rngs::OsRng, RngCore};
 use sha2::Sha256;
 
 use crate::account::{self, Authorization, Refusal, SealedRecord, Status, StoredAccount};
+use crate::ledger::Ledger;
+use crate::raft::{Command, CommandResult};
 use crate::secrets::FleetSecrets;
-use crate::store::Store;
 use crate::VaultError;
 
 /// Most logins that may be pending at once (memory bound).
@@ -46,9 +51,25 @@ enum PendingState {
         /// Record erased from disk by the last guess, restored on success.
         held: Option<StoredAccount>,
         wrapped_key: Vec<u8>,
+        /// Guesses left when this login's guess was counted.
+        attempts_left: u32,
     },
     /// A verified change-password login, waiting for its RegisterFinish.
     ChangeAuthorized,
+}
+
+/// What the vault has to say to a request.
+#[derive(Debug)]
+pub enum Outcome {
+    /// The answer for the client.
+    Answer(msg::Response),
+    /// This replica does not lead; nothing was done.
+    NotLeader {
+        /// Leader id, if known.
+        leader_id: Option<u64>,
+        /// Leader's gateway-facing address, if known.
+        leader_addr: Option<std::net::SocketAddr>,
+    },
 }
 
 /// Vault policy knobs.
@@ -61,7 +82,7 @@ pub struct Policy {
 /// One replica's request handler.
 pub struct Vault {
     secrets: Arc<FleetSecrets>,
-    store: Store,
+    ledger: Ledger,
     policy: Policy,
     sessions: Mutex<HashMap<[u8; 16], PendingLogin>>,
 }
@@ -88,19 +109,19 @@ fn proto<E: std::fmt::Debug>(what: &'static str) -> impl Fn(E) -> VaultError {
 }
 
 impl Vault {
-    /// A vault over an opened store.
-    pub fn new(secrets: Arc<FleetSecrets>, store: Store, policy: Policy) -> Self {
+    /// A vault over a replica's ledger.
+    pub fn new(secrets: Arc<FleetSecrets>, ledger: Ledger, policy: Policy) -> Self {
         Self {
             secrets,
-            store,
+            ledger,
             policy,
             sessions: Mutex::new(HashMap::new()),
         }
     }
 
-    /// The store (tests inspect it).
-    pub fn store(&self) -> &Store {
-        &self.store
+    /// The replicated ledger.
+    pub fn ledger(&self) -> &Ledger {
+        &self.ledger
     }
 
     /// Fleet secrets.
@@ -109,10 +130,12 @@ impl Vault {
     }
 
     /// Handles one request for an authenticated account.
-    pub async fn handle(&self, account_id: &str, req: msg::Request) -> msg::Response {
+    pub async fn handle(&self, account_id: &str, req: msg::Request) -> Outcome {
         let kind = match req.kind {
             Some(k) => k,
-            None => return err(VaultError::Protocol("request has no kind".into())),
+            None => {
+                return Outcome::Answer(err(VaultError::Protocol("request has no kind".into())))
+            }
         };
         let label = kind_label(&kind);
         let result = match kind {
@@ -129,27 +152,28 @@ impl Vault {
         metrics::counter!("vault_requests_total", "request" => label, "outcome" => outcome)
             .increment(1);
         match result {
-            Ok(kind) => msg::Response { kind: Some(kind) },
-            Err(e) => err(e),
+            Ok(kind) => Outcome::Answer(msg::Response { kind: Some(kind) }),
+            Err(VaultError::NotLeader {
+                leader_id,
+                leader_addr,
+            }) => Outcome::NotLeader {
+                leader_id,
+                leader_addr,
+            },
+            Err(e) => Outcome::Answer(err(e)),
         }
     }
 
-    async fn blocking<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(Store) -> Result<T, VaultError> + Send + 'static,
-    ) -> Result<T, VaultError> {
-        let store = self.store.clone();
-        let started = Instant::now();
-        let r = tokio::task::spawn_blocking(move || f(store))
-            .await
-            .map_err(|e| VaultError::Internal(e.to_string()))?;
-        metrics::histogram!("vault_store_commit_seconds").record(started.elapsed().as_secs_f64());
-        r
+    /// Commits `cmd`; a refusal by the account rules comes back as its error.
+    async fn commit(&self, cmd: Command) -> Result<CommandResult, VaultError> {
+        match self.ledger.write(cmd).await? {
+            CommandResult::Refused(r) => Err(refusal(r)),
+            other => Ok(other),
+        }
     }
 
     async fn status(&self, account_id: &str) -> Result<response::Kind, VaultError> {
-        let id = account_id.to_owned();
-        let row = self.blocking(move |s| s.get(&id)).await?;
+        let row = self.ledger.read(account_id).await?;
         let max = self.policy.max_attempts;
         let (state, left) = match account::status(row.as_ref(), max) {
             Status::NotRegistered => (AccountState::NotRegistered, 0),
@@ -243,15 +267,13 @@ impl Vault {
             }
             .encode_to_vec(),
         )?;
-        let id = account_id.to_owned();
-        let reg = registration_id.to_vec();
-        self.blocking(move |s| {
-            s.transition(&id, |row| {
-                account::register(row, &auth, reg, sealed).map(|w| (w, ()))
-            })
+        self.commit(Command::Register {
+            account_id: account_id.to_owned(),
+            authorization: auth,
+            registration_id: registration_id.to_vec(),
+            sealed_record: sealed,
         })
-        .await?
-        .map_err(refusal)?;
+        .await?;
         metrics::counter!("vault_registrations_total").increment(1);
         Ok(response::Kind::RegisterFinish(
             msg::RegisterFinishResponse {
@@ -303,13 +325,31 @@ impl Vault {
         };
         self.reserve_session_slot()?;
 
-        let id = account_id.to_owned();
-        let max = self.policy.max_attempts;
-        // Count before answer: this commit (fsync) happens before any OPRF work.
-        let guess = self
-            .blocking(move |s| s.transition(&id, |row| account::login_start(row, max)))
-            .await?
-            .map_err(refusal)?;
+        // Count before answer: this commit (on a majority) happens before any
+        // OPRF work.
+        let committed = self
+            .commit(Command::LoginStart {
+                account_id: account_id.to_owned(),
+                max_attempts: self.policy.max_attempts,
+            })
+            .await?;
+        let guess = match committed {
+            CommandResult::Guess {
+                record,
+                attempts_left,
+                last,
+            } => account::Guess {
+                record: StoredAccount::decode(record.as_slice())
+                    .map_err(|e| VaultError::Internal(format!("counted row: {e}")))?,
+                attempts_left,
+                last,
+            },
+            other => {
+                return Err(VaultError::Internal(format!(
+                    "login start committed as {other:?}"
+                )))
+            }
+        };
         metrics::counter!("vault_guesses_counted_total").increment(1);
         if guess.last {
             metrics::counter!("vault_last_guess_erasures_total").increment(1);
@@ -356,6 +396,7 @@ impl Vault {
                 server_login: Box::new(start.state),
                 held: guess.last.then(|| guess.record.clone()),
                 wrapped_key: record.wrapped_key,
+                attempts_left: guess.attempts_left,
             },
         };
         self.sessions
@@ -417,6 +458,7 @@ impl Vault {
             server_login,
             held,
             wrapped_key,
+            attempts_left: attempts_at_start,
         } = pending.state
         else {
             return Err(VaultError::SessionExpired);
@@ -435,39 +477,38 @@ impl Vault {
                     metrics::counter!("vault_lockouts_total").increment(1);
                     return Err(VaultError::LockedOut);
                 }
-                let id = account_id.to_owned();
-                let row = self.blocking(move |s| s.get(&id)).await?;
-                let attempts_left = match account::status(row.as_ref(), self.policy.max_attempts) {
-                    Status::Active { attempts_left } => attempts_left,
-                    _ => 0,
+                // The live count (other logins may have guessed since);
+                // the count at this login's start if the read fails.
+                let attempts_left = match self.ledger.read(account_id).await {
+                    Ok(row) => match account::status(row.as_ref(), self.policy.max_attempts) {
+                        Status::Active { attempts_left } => attempts_left,
+                        _ => 0,
+                    },
+                    Err(_) => attempts_at_start,
                 };
                 return Err(VaultError::WrongPassword { attempts_left });
             }
         };
 
-        let id = account_id.to_owned();
-        let reg = pending.registration_id.clone();
         match pending.purpose {
             LoginPurpose::Disable => {
-                self.blocking(move |s| {
-                    s.transition(&id, |row| account::disable(row, &reg).map(|w| (w, ())))
+                self.commit(Command::Disable {
+                    account_id: account_id.to_owned(),
+                    registration_id: pending.registration_id.clone(),
                 })
-                .await?
-                .map_err(refusal)?;
+                .await?;
                 metrics::counter!("vault_disables_total").increment(1);
                 Ok(response::Kind::LoginFinish(msg::LoginFinishResponse {
                     sealed_key: Vec::new(),
                 }))
             }
             LoginPurpose::Recover | LoginPurpose::ChangePassword => {
-                let held2 = held.clone();
-                self.blocking(move |s| {
-                    s.transition(&id, |row| {
-                        account::login_verified(row, &reg, held2.as_ref()).map(|w| (w, ()))
-                    })
+                self.commit(Command::LoginVerified {
+                    account_id: account_id.to_owned(),
+                    registration_id: pending.registration_id.clone(),
+                    held: held.as_ref().map(|h| h.encode_to_vec()),
                 })
-                .await?
-                .map_err(refusal)?;
+                .await?;
                 let sealed_key = op::seal_release(&session_key, &key, &wrapped_key)
                     .map_err(|e| VaultError::Internal(e.to_string()))?;
                 if pending.purpose == LoginPurpose::ChangePassword {
@@ -521,7 +562,8 @@ fn error_label(e: &VaultError) -> &'static str {
         VaultError::SessionExpired => "session_expired",
         VaultError::PermissionDenied(_) => "permission_denied",
         VaultError::Busy => "busy",
-        VaultError::Storage(_) => "unavailable",
+        VaultError::Storage(_) | VaultError::Unavailable(_) => "unavailable",
+        VaultError::NotLeader { .. } => "not_leader",
         VaultError::Internal(_) => "internal",
     }
 }

@@ -1,18 +1,15 @@
-//! Durable account rows in an embedded redb database. Each state transition
-//! is one write transaction committed with `Durability::Immediate` (fsync)
-//! before the call returns; redb serializes write transactions, so the
-//! read-decide-write of a transition is atomic with respect to every other.
+//! Read access to the account rows in a replica's redb database. Rows are
+//! written only by the Raft state machine (`raft::storage`) as it applies
+//! committed entries; this module reads them.
 //!
-//! Must never: return before the commit of a transition it reports as done,
-//! or log account ids.
+//! Must never: write rows (that would bypass consensus), or log account ids.
 
-use std::path::Path;
 use std::sync::Arc;
 
 use prost::Message;
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, TableDefinition};
 
-use crate::account::{StoredAccount, Write};
+use crate::account::StoredAccount;
 use crate::VaultError;
 
 pub(crate) const ACCOUNTS: TableDefinition<&str, &[u8]> = TableDefinition::new("accounts");
@@ -30,15 +27,6 @@ impl std::fmt::Debug for Store {
 }
 
 impl Store {
-    /// Opens or creates the database file.
-    pub fn open(path: &Path) -> Result<Self, VaultError> {
-        let db = Database::create(path)?;
-        let txn = db.begin_write()?;
-        txn.open_table(ACCOUNTS)?;
-        txn.commit()?;
-        Ok(Self { db: Arc::new(db) })
-    }
-
     /// A store over an already opened database (the replica's Raft
     /// database, whose `accounts` table the state machine maintains).
     pub fn from_db(db: Arc<Database>) -> Self {
@@ -51,37 +39,6 @@ impl Store {
         let table = txn.open_table(ACCOUNTS)?;
         let row = table.get(account_id)?;
         row.map(|v| decode(v.value())).transpose()
-    }
-
-    /// Runs `f` on the current row and durably applies the write it returns.
-    /// Blocking: call from `spawn_blocking`.
-    pub fn transition<T, E>(
-        &self,
-        account_id: &str,
-        f: impl FnOnce(Option<StoredAccount>) -> Result<(Write, T), E>,
-    ) -> Result<Result<T, E>, VaultError> {
-        let txn = self.db.begin_write()?;
-        let out = {
-            let mut table = txn.open_table(ACCOUNTS)?;
-            let current = table
-                .get(account_id)?
-                .map(|v| decode(v.value()))
-                .transpose()?;
-            match f(current) {
-                Err(e) => return Ok(Err(e)),
-                Ok((Write::Keep, t)) => t,
-                Ok((Write::Put(row), t)) => {
-                    table.insert(account_id, row.encode_to_vec().as_slice())?;
-                    t
-                }
-                Ok((Write::Delete, t)) => {
-                    table.remove(account_id)?;
-                    t
-                }
-            }
-        };
-        txn.commit()?;
-        Ok(Ok(out))
     }
 
     /// Number of rows (for metrics and tests).

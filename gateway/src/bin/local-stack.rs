@@ -21,8 +21,16 @@ struct Args {
     state_dir: PathBuf,
     #[arg(long, default_value = "127.0.0.1:7443")]
     gateway_listen: SocketAddr,
-    #[arg(long, default_value = "127.0.0.1:7801")]
-    vault_listen: SocketAddr,
+    /// Replicas per vault cluster (1, 3, 5 or 7).
+    #[arg(long, default_value_t = 5)]
+    replicas: u64,
+    /// Vault clusters to shard accounts across.
+    #[arg(long, default_value_t = 1)]
+    clusters: usize,
+    /// First vault port on first start (replicas serve from here, peer
+    /// ports from here + 100).
+    #[arg(long, default_value_t = 7801)]
+    vault_base_port: u16,
     /// Exit after the demonstration instead of serving.
     #[arg(long)]
     demo_only: bool,
@@ -30,12 +38,14 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    vault_backend::observability::init_tracing("warn");
+    vault_backend::observability::init_tracing("warn,openraft=error");
     let args = Args::parse();
     let stack = LocalStack::start(StackOptions {
         state_dir: Some(args.state_dir.clone()),
         gateway_listen: args.gateway_listen,
-        vault_listen: args.vault_listen,
+        replicas: args.replicas,
+        clusters: args.clusters,
+        vault_base_port: Some(args.vault_base_port),
         ..StackOptions::default()
     })
     .await?;
@@ -50,6 +60,19 @@ async fn main() -> anyhow::Result<()> {
         "  vault fleet      {} key {}",
         p.fleet_id, p.fleet_public_key
     );
+    for (k, c) in stack.clusters.iter().enumerate() {
+        let addrs: Vec<String> = c.configs.iter().map(|r| r.listen.to_string()).collect();
+        println!(
+            "  vault {:<10} {} replicas (Raft), leader replica {}: {}",
+            c.name,
+            c.configs.len(),
+            stack
+                .leader(k)
+                .map(|i| c.configs[i].node_id.to_string())
+                .unwrap_or_else(|| "-".into()),
+            addrs.join(" ")
+        );
+    }
     println!(
         "  client profile   {}",
         stack.dir.join(PROFILE_FILE).display()

@@ -70,8 +70,21 @@ pub fn bind_peer_endpoint(
     identity: &CertAndKey,
     cluster_ca_pem: &str,
 ) -> anyhow::Result<quinn::Endpoint> {
-    let mut ep =
-        quinn::Endpoint::server(network::server_config(identity, cluster_ca_pem)?, listen)?;
+    peer_endpoint_on(std::net::UdpSocket::bind(listen)?, identity, cluster_ca_pem)
+}
+
+/// A peer endpoint (server and client) on an already bound socket.
+pub fn peer_endpoint_on(
+    socket: std::net::UdpSocket,
+    identity: &CertAndKey,
+    cluster_ca_pem: &str,
+) -> anyhow::Result<quinn::Endpoint> {
+    let mut ep = quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        Some(network::server_config(identity, cluster_ca_pem)?),
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )?;
     ep.set_default_client_config(network::client_config(identity, cluster_ca_pem)?);
     Ok(ep)
 }

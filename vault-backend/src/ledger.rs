@@ -1,0 +1,135 @@
+//! The replicated account ledger the service reads and writes: every state
+//! change is a Raft log entry committed on a majority and applied before the
+//! call returns; every read first confirms leadership with a quorum
+//! (`ensure_linearizable`) so a deposed leader cannot serve stale counters.
+//!
+//! Owns the mapping from openraft's outcomes to what a gateway can act on:
+//! "not the leader, ask replica N at address A" (nothing was written), and
+//! "unavailable" (no majority within the commit timeout; the change may
+//! still commit later, which only ever counts a guess that got no answer).
+//!
+//! Must never: retry a write on its own (a timed-out login start may still
+//! commit, and a retry would count a second guess), or read without the
+//! leadership check.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use openraft::error::{CheckIsLeaderError, ClientWriteError, ForwardToLeader, RaftError};
+use openraft::BasicNode;
+
+use crate::account::StoredAccount;
+use crate::raft::{Command, CommandResult, NodeId, Raft};
+use crate::store::Store;
+use crate::VaultError;
+
+/// Handle to the replicated ledger of one replica (cheap to clone).
+#[derive(Clone)]
+pub struct Ledger {
+    raft: Raft,
+    store: Store,
+    serve_addrs: BTreeMap<NodeId, SocketAddr>,
+    commit_timeout: Duration,
+}
+
+impl std::fmt::Debug for Ledger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ledger").finish_non_exhaustive()
+    }
+}
+
+impl Ledger {
+    /// A ledger over a started Raft node whose state machine maintains the
+    /// `accounts` table of `store`. `serve_addrs` maps every member to its
+    /// gateway-facing address (for "ask the leader" answers).
+    pub fn new(
+        raft: Raft,
+        store: Store,
+        serve_addrs: BTreeMap<NodeId, SocketAddr>,
+        commit_timeout: Duration,
+    ) -> Self {
+        Self {
+            raft,
+            store,
+            serve_addrs,
+            commit_timeout,
+        }
+    }
+
+    /// The Raft handle.
+    pub fn raft(&self) -> &Raft {
+        &self.raft
+    }
+
+    /// The local store (its rows are the applied state; reading them without
+    /// [`Ledger::read`]'s leadership check is for tests and metrics only).
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Commits `cmd` on a majority and returns what applying it produced.
+    pub async fn write(&self, cmd: Command) -> Result<CommandResult, VaultError> {
+        let started = Instant::now();
+        let out = tokio::time::timeout(self.commit_timeout, self.raft.client_write(cmd)).await;
+        metrics::histogram!("vault_commit_seconds").record(started.elapsed().as_secs_f64());
+        match out {
+            Err(_) => Err(self.no_quorum()),
+            Ok(Ok(resp)) => Ok(resp.data),
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
+                Err(self.not_leader(&f))
+            }
+            Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e)))) => {
+                Err(VaultError::Internal(format!("membership: {e}")))
+            }
+            Ok(Err(RaftError::Fatal(e))) => Err(VaultError::Unavailable(format!(
+                "this replica's consensus engine stopped ({e}); retry on another replica"
+            ))),
+        }
+    }
+
+    /// Reads one row after confirming with a quorum that this replica is
+    /// still the leader and has applied everything committed before the read.
+    pub async fn read(&self, account_id: &str) -> Result<Option<StoredAccount>, VaultError> {
+        let started = Instant::now();
+        let check =
+            tokio::time::timeout(self.commit_timeout, self.raft.ensure_linearizable()).await;
+        metrics::histogram!("vault_read_seconds").record(started.elapsed().as_secs_f64());
+        match check {
+            Err(_) => return Err(self.no_quorum()),
+            Ok(Ok(_)) => {}
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
+                return Err(self.not_leader(&f))
+            }
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_)))) => {
+                return Err(self.no_quorum())
+            }
+            Ok(Err(RaftError::Fatal(e))) => {
+                return Err(VaultError::Unavailable(format!(
+                    "this replica's consensus engine stopped ({e}); retry on another replica"
+                )))
+            }
+        }
+        let store = self.store.clone();
+        let id = account_id.to_owned();
+        tokio::task::spawn_blocking(move || store.get(&id))
+            .await
+            .map_err(|e| VaultError::Internal(e.to_string()))?
+    }
+
+    fn not_leader(&self, f: &ForwardToLeader<NodeId, BasicNode>) -> VaultError {
+        VaultError::NotLeader {
+            leader_id: f.leader_id,
+            leader_addr: f
+                .leader_id
+                .and_then(|id| self.serve_addrs.get(&id).copied()),
+        }
+    }
+
+    fn no_quorum(&self) -> VaultError {
+        metrics::counter!("vault_commit_timeouts_total").increment(1);
+        VaultError::Unavailable(
+            "no majority of the vault cluster's replicas is reachable; retry later".into(),
+        )
+    }
+}
