@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 
 use client::{ClientProfile, DeviceIdentity};
 use vault_backend::account::StoredAccount;
-use vault_backend::config::{files as vfiles, Member, VaultConfig};
+use vault_backend::admin::{self, ClusterStatus};
+use vault_backend::config::{files as vfiles, Member, RaftSettings, VaultConfig};
 use vault_backend::replica::{self, layout, BoundSockets, FleetMaterial, FleetPublic, Replica};
 
 use crate::keys::{self, GatewayKeys};
@@ -37,6 +38,12 @@ pub struct StackOptions {
     pub vault_base_port: Option<u16>,
     /// Guess limit.
     pub max_attempts: u32,
+    /// Raft settings of every replica.
+    pub raft: RaftSettings,
+    /// Run each replica as a separate `vault-backend run` process of this
+    /// binary (so failure tests can kill -9 it) instead of in this process.
+    /// Process replicas get an admin port each.
+    pub replica_binary: Option<PathBuf>,
 }
 
 impl Default for StackOptions {
@@ -48,6 +55,34 @@ impl Default for StackOptions {
             clusters: 1,
             vault_base_port: None,
             max_attempts: protocol_spec::limits::DEFAULT_MAX_ATTEMPTS,
+            raft: RaftSettings::default(),
+            replica_binary: None,
+        }
+    }
+}
+
+/// A replica of the stack, in this process or a child process.
+#[derive(Debug)]
+pub enum ReplicaHandle {
+    /// Not running.
+    Stopped,
+    /// Running in this process.
+    InProcess(Box<Replica>),
+    /// Running as a child process.
+    Process(tokio::process::Child),
+}
+
+impl ReplicaHandle {
+    /// Whether the replica runs.
+    pub fn is_running(&self) -> bool {
+        !matches!(self, ReplicaHandle::Stopped)
+    }
+
+    /// The in-process replica, if it is one.
+    pub fn in_process(&self) -> Option<&Replica> {
+        match self {
+            ReplicaHandle::InProcess(r) => Some(r),
+            _ => None,
         }
     }
 }
@@ -60,8 +95,9 @@ pub struct LocalCluster {
     pub dir: PathBuf,
     /// Each replica's config.
     pub configs: Vec<VaultConfig>,
-    /// Running replicas (`None` while stopped), in config order.
-    pub replicas: Vec<Option<Replica>>,
+    /// The replicas, in config order.
+    pub replicas: Vec<ReplicaHandle>,
+    replica_binary: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for LocalCluster {
@@ -183,7 +219,7 @@ impl LocalStack {
         cdir: PathBuf,
         fleet: Option<FleetMaterial>,
     ) -> anyhow::Result<LocalCluster> {
-        let mut sockets = Vec::new();
+        let processes = opts.replica_binary.is_some();
         let configs = if cdir.join(vfiles::FLEET_PUBLIC).exists() {
             let mut configs = Vec::new();
             for id in 1.. {
@@ -192,12 +228,6 @@ impl LocalStack {
                     break;
                 }
                 configs.push(VaultConfig::load(&p)?);
-            }
-            for c in &configs {
-                sockets.push(BoundSockets {
-                    serve: bind_udp(c.listen).await?,
-                    peer: bind_udp(c.peer_listen).await?,
-                });
             }
             configs
         } else {
@@ -210,19 +240,22 @@ impl LocalStack {
                     };
                     Ok(SocketAddr::from(([127, 0, 0, 1], port)))
                 };
-                let s = BoundSockets {
-                    serve: bind_udp(at(0)?).await?,
-                    peer: bind_udp(at(100)?).await?,
+                // Free ports are found by binding port 0; the replicas bind
+                // them again when they start.
+                let serve = UdpSocket::bind(at(0)?)?.local_addr()?;
+                let peer = UdpSocket::bind(at(100)?)?.local_addr()?;
+                let admin = match processes {
+                    true => Some(std::net::TcpListener::bind(at(200)?)?.local_addr()?),
+                    false => None,
                 };
                 members.push(Member {
                     id,
-                    serve: s.serve.local_addr()?,
-                    peer: s.peer.local_addr()?,
-                    admin: None,
+                    serve,
+                    peer,
+                    admin,
                 });
-                sockets.push(s);
             }
-            replica::init_cluster(
+            let mut configs = replica::init_cluster(
                 &cdir,
                 "bkv-local-fleet",
                 &members,
@@ -230,14 +263,14 @@ impl LocalStack {
                 opts.max_attempts,
                 fleet,
             )?
-            .replicas
+            .replicas;
+            for c in &mut configs {
+                c.raft = opts.raft.clone();
+                c.save()?;
+            }
+            configs
         };
-        let mut replicas = Vec::new();
-        for (mut cfg, s) in configs.iter().cloned().zip(sockets) {
-            cfg.max_attempts = opts.max_attempts;
-            replicas.push(Some(Replica::start_on(&cfg, s).await?));
-        }
-        Ok(LocalCluster {
+        let mut cluster = LocalCluster {
             name,
             dir: cdir,
             configs: configs
@@ -247,8 +280,14 @@ impl LocalStack {
                     c
                 })
                 .collect(),
-            replicas,
-        })
+            replicas: Vec::new(),
+            replica_binary: opts.replica_binary.clone(),
+        };
+        for i in 0..cluster.configs.len() {
+            cluster.replicas.push(ReplicaHandle::Stopped);
+            cluster.start(i).await?;
+        }
+        Ok(cluster)
     }
 
     /// The account service's job: a new device with a credential for `account_id`.
@@ -292,13 +331,36 @@ impl LocalStack {
         crate::vault_client::place(account_id, self.clusters.iter().map(|c| c.name.as_str()))
     }
 
-    /// Index of the replica that leads cluster `k`, as the replicas agree.
-    pub fn leader(&self, k: usize) -> Option<usize> {
+    /// Each running replica's view of cluster `k` (`None`: stopped or not
+    /// answering).
+    pub async fn statuses(&self, k: usize) -> Vec<Option<ClusterStatus>> {
+        let c = &self.clusters[k];
+        let mut out = Vec::new();
+        for (i, r) in c.replicas.iter().enumerate() {
+            out.push(match r {
+                ReplicaHandle::Stopped => None,
+                ReplicaHandle::InProcess(r) => {
+                    Some(admin::status(&r.node.raft, r.vault.ledger().store()))
+                }
+                ReplicaHandle::Process(_) => match c.configs[i].admin_listen {
+                    Some(a) => admin::fetch_status(a).await.ok(),
+                    None => None,
+                },
+            });
+        }
+        out
+    }
+
+    /// Index of the replica that leads cluster `k`, if every running
+    /// replica agrees on it and it runs.
+    pub async fn leader(&self, k: usize) -> Option<usize> {
         let c = &self.clusters[k];
         let mut seen = None;
-        for r in c.replicas.iter().flatten() {
-            let m = r.node.raft.metrics().borrow().clone();
-            let l = m.current_leader?;
+        for (i, st) in self.statuses(k).await.into_iter().enumerate() {
+            if !c.replicas[i].is_running() {
+                continue;
+            }
+            let l = st?.leader?;
             if seen.is_some_and(|s| s != l) {
                 return None;
             }
@@ -306,14 +368,14 @@ impl LocalStack {
         }
         let id = seen?;
         let i = c.configs.iter().position(|cfg| cfg.node_id == id)?;
-        c.replicas[i].as_ref().map(|_| i)
+        c.replicas[i].is_running().then_some(i)
     }
 
     /// Waits until cluster `k`'s running replicas agree on a running leader.
     pub async fn wait_for_leader(&self, k: usize, within: Duration) -> anyhow::Result<usize> {
         let until = Instant::now() + within;
         loop {
-            if let Some(i) = self.leader(k) {
+            if let Some(i) = self.leader(k).await {
                 return Ok(i);
             }
             anyhow::ensure!(
@@ -325,68 +387,61 @@ impl LocalStack {
         }
     }
 
-    /// Waits until every running replica of cluster `k` has applied the
-    /// leader's whole log, then returns each running replica's row for
-    /// `account_id` (`None` entries for stopped replicas are skipped).
+    /// Waits until every running replica of cluster `k` has applied
+    /// everything the leader has logged.
+    pub async fn wait_caught_up(&self, k: usize, within: Duration) -> anyhow::Result<()> {
+        let until = Instant::now() + within;
+        loop {
+            let leader = self.wait_for_leader(k, within).await?;
+            let st = self.statuses(k).await;
+            let target = st[leader].as_ref().and_then(|s| s.last_log_index);
+            let behind = st.iter().enumerate().any(|(i, s)| {
+                self.clusters[k].replicas[i].is_running()
+                    && s.as_ref().map(|s| s.applied_index) != Some(target)
+            });
+            if !behind {
+                return Ok(());
+            }
+            anyhow::ensure!(
+                Instant::now() < until,
+                "replicas did not catch up within {within:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Each running in-process replica's row for `account_id`, once all have
+    /// applied the leader's whole log.
     pub async fn rows(
         &self,
         k: usize,
         account_id: &str,
     ) -> anyhow::Result<Vec<Option<StoredAccount>>> {
-        let leader = self.wait_for_leader(k, Duration::from_secs(20)).await?;
-        let c = &self.clusters[k];
-        let until = Instant::now() + Duration::from_secs(20);
-        let target = c.replicas[leader]
-            .as_ref()
-            .and_then(|r| r.node.raft.metrics().borrow().last_log_index);
-        loop {
-            let behind = c
-                .replicas
-                .iter()
-                .flatten()
-                .any(|r| r.node.raft.metrics().borrow().last_applied.map(|l| l.index) < target);
-            if !behind {
-                break;
-            }
-            anyhow::ensure!(Instant::now() < until, "replicas did not catch up");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        c.replicas
+        self.wait_caught_up(k, Duration::from_secs(20)).await?;
+        self.clusters[k]
+            .replicas
             .iter()
-            .flatten()
+            .filter_map(ReplicaHandle::in_process)
             .map(|r| Ok(r.vault.ledger().store().get(account_id)?))
             .collect()
     }
 
-    /// Stops replica `i` of cluster `k` (its database is closed).
+    /// Stops replica `i` of cluster `k`: a child process is killed with
+    /// SIGKILL (no chance to flush or say goodbye); an in-process replica
+    /// shuts down and closes its database.
     pub async fn stop_replica(&mut self, k: usize, i: usize) {
-        if let Some(r) = self.clusters[k].replicas[i].take() {
-            r.shutdown().await;
+        match std::mem::replace(&mut self.clusters[k].replicas[i], ReplicaHandle::Stopped) {
+            ReplicaHandle::Stopped => {}
+            ReplicaHandle::InProcess(r) => r.shutdown().await,
+            ReplicaHandle::Process(mut child) => {
+                let _ = child.kill().await;
+            }
         }
     }
 
     /// Starts replica `i` of cluster `k` again on its addresses.
     pub async fn start_replica(&mut self, k: usize, i: usize) -> anyhow::Result<()> {
-        let cfg = self.clusters[k].configs[i].clone();
-        let mut last = None;
-        for _ in 0..50 {
-            let sockets = BoundSockets {
-                serve: bind_udp(cfg.listen).await?,
-                peer: bind_udp(cfg.peer_listen).await?,
-            };
-            match Replica::start_on(&cfg, sockets).await {
-                Ok(r) => {
-                    self.clusters[k].replicas[i] = Some(r);
-                    return Ok(());
-                }
-                Err(e) => {
-                    // The database may still be held by the stopping replica.
-                    last = Some(e);
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            }
-        }
-        Err(last.unwrap_or_else(|| anyhow::anyhow!("replica did not restart")))
+        self.clusters[k].start(i).await
     }
 
     /// Stops every vault replica.
@@ -402,7 +457,7 @@ impl LocalStack {
     pub async fn start_vault(&mut self) -> anyhow::Result<()> {
         for k in 0..self.clusters.len() {
             for i in 0..self.clusters[k].replicas.len() {
-                if self.clusters[k].replicas[i].is_none() {
+                if !self.clusters[k].replicas[i].is_running() {
                     self.start_replica(k, i).await?;
                 }
             }
@@ -417,6 +472,52 @@ impl LocalStack {
             g.shutdown().await;
         }
         self.stop_vault().await;
+    }
+}
+
+impl LocalCluster {
+    /// Starts replica `i` (a no-op if it runs).
+    async fn start(&mut self, i: usize) -> anyhow::Result<()> {
+        if self.replicas[i].is_running() {
+            return Ok(());
+        }
+        let cfg = self.configs[i].clone();
+        if let Some(bin) = &self.replica_binary {
+            let log = std::fs::File::create(cfg.state_dir.join("replica.log"))?;
+            let child = tokio::process::Command::new(bin)
+                .arg("run")
+                .arg("--config")
+                .arg(cfg.state_dir.join(vfiles::CONFIG))
+                .arg("--max-attempts")
+                .arg(cfg.max_attempts.to_string())
+                .env("RUST_LOG", "info,openraft=warn")
+                .stdout(log.try_clone()?)
+                .stderr(log)
+                .kill_on_drop(true)
+                .spawn()
+                .map_err(|e| anyhow::anyhow!("cannot start {}: {e}", bin.display()))?;
+            self.replicas[i] = ReplicaHandle::Process(child);
+            return Ok(());
+        }
+        let mut last = None;
+        for _ in 0..50 {
+            let sockets = BoundSockets {
+                serve: bind_udp(cfg.listen).await?,
+                peer: bind_udp(cfg.peer_listen).await?,
+            };
+            match Replica::start_on(&cfg, sockets).await {
+                Ok(r) => {
+                    self.replicas[i] = ReplicaHandle::InProcess(Box::new(r));
+                    return Ok(());
+                }
+                Err(e) => {
+                    // The database may still be held by the stopping replica.
+                    last = Some(e);
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| anyhow::anyhow!("replica did not restart")))
     }
 }
 

@@ -66,8 +66,11 @@ pub fn client_config(
     tls.alpn_protocols = vec![protocol_spec::noise::VAULT_ALPN.to_vec()];
     let mut cfg = quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(tls)?));
     let mut transport = quinn::TransportConfig::default();
-    transport.keep_alive_interval(Some(Duration::from_secs(2)));
-    transport.max_idle_timeout(Some(quinn::IdleTimeout::try_from(Duration::from_secs(6))?));
+    // A replica that dies mid-request (kill -9, power loss) sends nothing;
+    // keep-alives every 500 ms make its link time out after 2 s, which
+    // bounds how long a request in flight to it waits.
+    transport.keep_alive_interval(Some(Duration::from_millis(500)));
+    transport.max_idle_timeout(Some(quinn::IdleTimeout::try_from(Duration::from_secs(2))?));
     cfg.transport_config(Arc::new(transport));
     Ok(cfg)
 }

@@ -138,6 +138,20 @@ impl VaultConfig {
         Ok(cfg)
     }
 
+    /// Writes the config into its state folder as `replica.toml`, with the
+    /// state folder recorded as `.` (the config's own folder) so the folder
+    /// can be moved or copied to the replica's host.
+    pub fn save(&self) -> anyhow::Result<PathBuf> {
+        let path = self.state_dir.join(files::CONFIG);
+        let on_disk = Self {
+            state_dir: PathBuf::from("."),
+            ..self.clone()
+        };
+        std::fs::write(&path, toml::to_string(&on_disk)?)
+            .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
+        Ok(path)
+    }
+
     /// The member table, with this replica alone when none is configured.
     /// Checks that ids are unique and that this replica is listed.
     pub fn cluster(&self) -> anyhow::Result<BTreeMap<NodeId, Member>> {

@@ -168,13 +168,7 @@ pub fn init_cluster(
             members: members.to_vec(),
             raft: Default::default(),
         };
-        // On disk the state folder is the config's own folder, so the
-        // cluster folder can be moved or copied to the replica's host.
-        let on_disk = VaultConfig {
-            state_dir: PathBuf::from("."),
-            ..cfg.clone()
-        };
-        std::fs::write(dir.join(files::CONFIG), toml::to_string(&on_disk)?)?;
+        cfg.save()?;
         replicas.push(cfg);
     }
     issue_gateway_cert(

@@ -68,6 +68,7 @@ async fn main() -> anyhow::Result<()> {
             c.configs.len(),
             stack
                 .leader(k)
+                .await
                 .map(|i| c.configs[i].node_id.to_string())
                 .unwrap_or_else(|| "-".into()),
             addrs.join(" ")

@@ -1,0 +1,424 @@
+#![allow(clippy::unwrap_used)]
+//! Failure tests with every replica a separate `vault-backend run` process,
+//! killed with SIGKILL, behind a real gateway, driven by real clients over
+//! QUIC + Noise + OPAQUE. Each test bounds its own run time.
+
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use client::{BackupKey, ClientError, GatewayConnection, Status, VaultClient};
+use gateway::local_stack::{LocalStack, StackOptions};
+use opaque_ke::ClientLogin;
+use protocol_spec::msg::{self, request::Kind as Req, response::Kind as Resp, ErrorCode};
+use protocol_spec::opaque_profile::{cheap_ksf_for_load_tests, Suite};
+use rand::rngs::OsRng;
+use vault_backend::config::RaftSettings;
+
+const CLUSTER: usize = 0;
+
+async fn stack(max_attempts: u32, raft: RaftSettings) -> LocalStack {
+    LocalStack::start(StackOptions {
+        max_attempts,
+        raft,
+        replica_binary: Some(env!("CARGO_BIN_EXE_vault-backend").into()),
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+}
+
+async fn connect(stack: &LocalStack, account: &str) -> GatewayConnection {
+    let dev = stack.enroll_device(account).unwrap();
+    GatewayConnection::connect(&stack.profile, &dev)
+        .await
+        .unwrap()
+}
+
+fn vault<'c>(conn: &'c GatewayConnection, stack: &LocalStack) -> VaultClient<'c> {
+    VaultClient::new(conn, &stack.profile)
+        .unwrap()
+        .with_ksf(cheap_ksf_for_load_tests())
+}
+
+/// Registers, retrying while the cluster is unavailable; returns whether
+/// the registration was acknowledged.
+async fn register(stack: &LocalStack, account: &str, pw: &[u8], key: &BackupKey) -> bool {
+    let conn = connect(stack, account).await;
+    let out = vault(&conn, stack).register(pw, key, false).await;
+    conn.close().await;
+    match out {
+        Ok(_) => true,
+        Err(ClientError::Unavailable(_)) => false,
+        Err(e) => panic!("registration failed with {e:?}"),
+    }
+}
+
+fn login_start() -> msg::Request {
+    let start = ClientLogin::<Suite>::start(&mut OsRng, b"a wrong guess").unwrap();
+    msg::Request {
+        kind: Some(Req::LoginStart(msg::LoginStartRequest {
+            credential_request: start.message.serialize().to_vec(),
+            purpose: msg::LoginPurpose::Recover as i32,
+        })),
+    }
+}
+
+async fn kill_leader(stack: &mut LocalStack) -> usize {
+    let l = stack
+        .wait_for_leader(CLUSTER, Duration::from_secs(20))
+        .await
+        .unwrap();
+    stack.stop_replica(CLUSTER, l).await;
+    l
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_leader_during_logins_fails_over_and_loses_no_registration() {
+    let mut stack = stack(10, RaftSettings::default()).await;
+    let accounts: Vec<(String, BackupKey)> = (0..4)
+        .map(|i| (format!("runner-{i}"), BackupKey::generate()))
+        .collect();
+    for (a, k) in &accounts {
+        assert!(register(&stack, a, b"right", k).await);
+    }
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let killed_at: Arc<std::sync::Mutex<Option<Instant>>> = Default::default();
+    let recovered = Arc::new(AtomicU32::new(0));
+    // Logins with the right password, one client per account.
+    let mut logins = Vec::new();
+    for (a, k) in accounts.clone() {
+        let conn = connect(&stack, &a).await;
+        let profile = stack.profile.clone();
+        let (stop, killed_at) = (stop.clone(), killed_at.clone());
+        let recovered = recovered.clone();
+        logins.push(tokio::spawn(async move {
+            let v = VaultClient::new(&conn, &profile)
+                .unwrap()
+                .with_ksf(cheap_ksf_for_load_tests());
+            let (mut unavailable, mut first_ok_after_kill) = (0u32, None);
+            while !stop.load(Ordering::Relaxed) {
+                let started = Instant::now();
+                match v.recover(b"right").await {
+                    Ok(got) => {
+                        assert_eq!(got, k);
+                        let kill = *killed_at.lock().unwrap();
+                        if first_ok_after_kill.is_none() && kill.is_some_and(|t| started > t) {
+                            first_ok_after_kill = Some(Instant::now());
+                            recovered.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    // The typed "retry" error, while there is no leader.
+                    Err(ClientError::Unavailable(_)) => {
+                        unavailable += 1;
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    Err(e) => panic!("a right-password login failed with {e:?}"),
+                }
+            }
+            (unavailable, first_ok_after_kill)
+        }));
+    }
+    // Registrations keep arriving through the kill; the acknowledged ones
+    // must all survive it.
+    let registrar = {
+        let stop = stop.clone();
+        let profile = stack.profile.clone();
+        let devices: Vec<_> = (0..400)
+            .map(|i| {
+                let a = format!("newcomer-{i}");
+                (a.clone(), stack.enroll_device(&a).unwrap())
+            })
+            .collect();
+        tokio::spawn(async move {
+            let mut acked = Vec::new();
+            for (a, dev) in devices {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let conn = GatewayConnection::connect(&profile, &dev).await.unwrap();
+                let key = BackupKey::generate();
+                let v = VaultClient::new(&conn, &profile)
+                    .unwrap()
+                    .with_ksf(cheap_ksf_for_load_tests());
+                match v.register(b"pw", &key, false).await {
+                    Ok(_) => acked.push((a, key)),
+                    Err(ClientError::Unavailable(_)) => {}
+                    Err(e) => panic!("registration failed with {e:?}"),
+                }
+                conn.close().await;
+            }
+            acked
+        })
+    };
+
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let dead = stack
+        .wait_for_leader(CLUSTER, Duration::from_secs(20))
+        .await
+        .unwrap();
+    stack.stop_replica(CLUSTER, dead).await;
+    // Measured from the moment the process is dead.
+    let t = Instant::now();
+    *killed_at.lock().unwrap() = Some(t);
+    // Until every client has logged in again after the kill (bounded: a
+    // login in flight at the kill waits out the link's idle timeout).
+    let new_leader = stack
+        .wait_for_leader(CLUSTER, Duration::from_secs(20))
+        .await
+        .unwrap();
+    let elected = t.elapsed();
+    assert_ne!(new_leader, dead);
+    let until = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < until && recovered.load(Ordering::Relaxed) < accounts.len() as u32 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut first_ok = Vec::new();
+    for l in logins {
+        let (unavailable, ok) = l.await.unwrap();
+        let ok = ok.expect("every client logs in again after the fail-over");
+        first_ok.push(ok.duration_since(t));
+        eprintln!("client: {unavailable} unavailable answers during the fail-over");
+    }
+    first_ok.sort();
+    eprintln!(
+        "FAILOVER kill -> new leader agreed: {elected:?}; first successful login: {:?}; last client back after {:?}",
+        first_ok[0],
+        first_ok[first_ok.len() - 1]
+    );
+
+    let acked = registrar.await.unwrap();
+    assert!(!acked.is_empty());
+    stack.start_replica(CLUSTER, dead).await.unwrap();
+    // Every acknowledged registration is still there, old and new.
+    let old = accounts.iter().map(|(a, k)| (a, &b"right"[..], k));
+    let new = acked.iter().map(|(a, k)| (a, &b"pw"[..], k));
+    for (a, pw, k) in old.chain(new) {
+        let conn = connect(&stack, a).await;
+        let got = vault(&conn, &stack).recover(pw).await;
+        assert_eq!(got.as_ref().ok(), Some(k), "{a}: {got:?}");
+        conn.close().await;
+    }
+    stack
+        .wait_caught_up(CLUSTER, Duration::from_secs(30))
+        .await
+        .unwrap();
+    stack.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_of_five_down_serves_three_down_refuses_without_answering_a_login() {
+    let mut stack = stack(10, RaftSettings::default()).await;
+    let key = BackupKey::generate();
+    assert!(register(&stack, "quorum", b"right", &key).await);
+    let conn = connect(&stack, "quorum").await;
+
+    // The leader and one follower die: three of five remain, a majority.
+    let leader = kill_leader(&mut stack).await;
+    let follower = (0..5).find(|&i| i != leader).unwrap();
+    stack.stop_replica(CLUSTER, follower).await;
+    let mut recovered = None;
+    for _ in 0..20 {
+        match vault(&conn, &stack).recover(b"right").await {
+            Ok(k) => {
+                recovered = Some(k);
+                break;
+            }
+            Err(ClientError::Unavailable(_)) => {
+                tokio::time::sleep(Duration::from_millis(200)).await
+            }
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+    assert_eq!(
+        recovered.as_ref(),
+        Some(&key),
+        "two of five down must serve"
+    );
+
+    // A third dies: no majority. Login starts are refused with the typed
+    // "unavailable" error and never answered with an OPRF evaluation.
+    let third = (0..5).find(|&i| i != leader && i != follower).unwrap();
+    stack.stop_replica(CLUSTER, third).await;
+    for _ in 0..3 {
+        let resp = conn.request(&login_start()).await;
+        match resp {
+            Ok(msg::Response {
+                kind: Some(Resp::Error(e)),
+            }) => assert_eq!(e.code(), ErrorCode::Unavailable, "{e:?}"),
+            Err(ClientError::Unavailable(_)) => {}
+            other => panic!("a login start without a majority got {other:?}"),
+        }
+    }
+    assert!(matches!(
+        vault(&conn, &stack).status().await,
+        Err(ClientError::Unavailable(_))
+    ));
+
+    // Back to full strength: the deposit is intact.
+    stack.start_vault().await.unwrap();
+    let mut ok = false;
+    for _ in 0..20 {
+        match vault(&conn, &stack).recover(b"right").await {
+            Ok(k) => {
+                assert_eq!(k, key);
+                ok = true;
+                break;
+            }
+            Err(ClientError::Unavailable(_)) => {
+                tokio::time::sleep(Duration::from_millis(200)).await
+            }
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+    assert!(ok);
+    conn.close().await;
+    stack.shutdown().await;
+}
+
+/// The guess limit under fire: attackers hammer login starts with wrong
+/// guesses on a few accounts while the leader is killed and restarted
+/// repeatedly. Counting every OPRF evaluation any attacker received, no
+/// registration ever yields more than the limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_check_no_registration_yields_more_evaluations_than_the_limit() {
+    const LIMIT: u32 = 60;
+    let mut stack = stack(LIMIT, RaftSettings::default()).await;
+    let accounts: Vec<String> = (0..3).map(|i| format!("target-{i}")).collect();
+    for a in &accounts {
+        assert!(register(&stack, a, b"secret", &BackupKey::generate()).await);
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut attackers = Vec::new();
+    for a in &accounts {
+        for _ in 0..3 {
+            let conn = connect(&stack, a).await;
+            let stop = stop.clone();
+            let a = a.clone();
+            attackers.push(tokio::spawn(async move {
+                let (mut evaluations, mut refused) = (0u32, 0u32);
+                while !stop.load(Ordering::Relaxed) {
+                    match conn.request(&login_start()).await {
+                        Ok(msg::Response {
+                            kind: Some(Resp::LoginStart(_)),
+                        }) => evaluations += 1,
+                        Ok(msg::Response {
+                            kind: Some(Resp::Error(e)),
+                        }) => match e.code() {
+                            ErrorCode::LockedOut => break,
+                            ErrorCode::Unavailable | ErrorCode::Busy => refused += 1,
+                            other => panic!("attacker got {other:?}: {}", e.message),
+                        },
+                        Ok(other) => panic!("attacker got {other:?}"),
+                        Err(ClientError::Unavailable(_)) => refused += 1,
+                        Err(e) => panic!("attacker got {e:?}"),
+                    }
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                conn.close().await;
+                (a, evaluations, refused)
+            }));
+        }
+    }
+    // Kill the leader four times, restarting each victim after a while.
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        let dead = kill_leader(&mut stack).await;
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        stack.start_replica(CLUSTER, dead).await.unwrap();
+    }
+    // Let the attackers use up what is left (bounded).
+    let until = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < until && attackers.iter().any(|t| !t.is_finished()) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut per_account: std::collections::BTreeMap<String, u32> = Default::default();
+    for t in attackers {
+        let (a, evaluations, refused) = t.await.unwrap();
+        eprintln!("attacker on {a}: {evaluations} evaluations, {refused} refusals");
+        *per_account.entry(a).or_default() += evaluations;
+    }
+    for (a, n) in &per_account {
+        assert!(
+            *n <= LIMIT,
+            "{a} yielded {n} OPRF evaluations, limit {LIMIT}"
+        );
+        // And the vault agrees the deposit is used up.
+        let conn = connect(&stack, a).await;
+        let st = vault(&conn, &stack).status().await.unwrap();
+        assert_eq!(st, Status::LockedOut, "{a}");
+        conn.close().await;
+    }
+    stack.shutdown().await;
+}
+
+/// A replica that missed so much that the leader purged the log it needs
+/// catches up by snapshot, and then serves: with two others down, the
+/// majority depends on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_replica_catches_up_by_snapshot_and_serves() {
+    let raft = RaftSettings {
+        snapshot_every: 20,
+        ..Default::default()
+    };
+    let mut stack = stack(10, raft).await;
+    let key = BackupKey::generate();
+    assert!(register(&stack, "laggard", b"right", &key).await);
+    let leader = stack
+        .wait_for_leader(CLUSTER, Duration::from_secs(20))
+        .await
+        .unwrap();
+    let behind = (0..5).find(|&i| i != leader).unwrap();
+    stack.stop_replica(CLUSTER, behind).await;
+
+    // Each login commits two entries; 60 of them outrun several snapshots.
+    let conn = connect(&stack, "laggard").await;
+    for _ in 0..60 {
+        assert_eq!(vault(&conn, &stack).recover(b"right").await.unwrap(), key);
+    }
+    let st = stack.statuses(CLUSTER).await;
+    let purged = st[leader].as_ref().unwrap().purged_index;
+    assert!(
+        purged.unwrap_or(0) > 20,
+        "the leader purged its log: {purged:?}"
+    );
+
+    stack.start_replica(CLUSTER, behind).await.unwrap();
+    stack
+        .wait_caught_up(CLUSTER, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let st = stack.statuses(CLUSTER).await;
+    let caught = st[behind].as_ref().unwrap();
+    assert!(
+        caught.snapshot_index.is_some(),
+        "it was sent a snapshot: {caught:?}"
+    );
+    assert_eq!(caught.records, 1);
+
+    // Now only it, and two others, remain.
+    let others: Vec<usize> = (0..5).filter(|&i| i != behind).take(2).collect();
+    for i in others {
+        stack.stop_replica(CLUSTER, i).await;
+    }
+    let mut ok = false;
+    for _ in 0..25 {
+        match vault(&conn, &stack).recover(b"right").await {
+            Ok(k) => {
+                assert_eq!(k, key);
+                ok = true;
+                break;
+            }
+            Err(ClientError::Unavailable(_)) => {
+                tokio::time::sleep(Duration::from_millis(200)).await
+            }
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+    assert!(ok, "the caught-up replica is part of a serving majority");
+    conn.close().await;
+    stack.shutdown().await;
+}
