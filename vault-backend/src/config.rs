@@ -76,6 +76,10 @@ pub struct RaftSettings {
     /// How long a request waits for its change to commit before answering
     /// "unavailable" (no majority reachable). Default 3000 ms.
     pub commit_timeout_ms: u64,
+    /// Erasures arriving within this share one scrub pass (snapshot, log
+    /// purge, free-page overwrite); an erased record is gone from the
+    /// replica's file within about this plus the pass. Default 1000 ms.
+    pub erasure_delay_ms: u64,
 }
 
 impl Default for RaftSettings {
@@ -86,6 +90,7 @@ impl Default for RaftSettings {
             election_timeout_ms: t.election_timeout.as_millis() as u64,
             snapshot_every: t.snapshot_every,
             commit_timeout_ms: 3000,
+            erasure_delay_ms: t.erasure_delay.as_millis() as u64,
         }
     }
 }
@@ -98,6 +103,7 @@ impl RaftSettings {
             election_timeout: Duration::from_millis(self.election_timeout_ms),
             snapshot_every: self.snapshot_every,
             async_flush: false,
+            erasure_delay: Duration::from_millis(self.erasure_delay_ms),
         }
     }
 

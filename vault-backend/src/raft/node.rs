@@ -14,6 +14,7 @@ use std::time::Duration;
 use openraft::{BasicNode, Config, SnapshotPolicy};
 use redb::Database;
 
+use super::erasure;
 use super::network::{self, Network};
 use super::storage::{self, LogStore, StateMachine};
 use super::{NodeId, Raft};
@@ -31,6 +32,9 @@ pub struct RaftTuning {
     /// Acknowledge appends from a separate flusher thread's fsync instead of
     /// fsyncing each batched append in place (see `storage`); off by default.
     pub async_flush: bool,
+    /// How long the erasure scrubber gathers erasures before one pass of
+    /// snapshot, purge and free-page overwrite (see `erasure`).
+    pub erasure_delay: Duration,
 }
 
 impl Default for RaftTuning {
@@ -40,6 +44,7 @@ impl Default for RaftTuning {
             election_timeout: Duration::from_millis(400),
             snapshot_every: 5000,
             async_flush: false,
+            erasure_delay: Duration::from_secs(1),
         }
     }
 }
@@ -54,6 +59,7 @@ pub struct RaftNode {
     pub db: Arc<Database>,
     endpoint: quinn::Endpoint,
     server: tokio::task::JoinHandle<()>,
+    scrubber: tokio::task::JoinHandle<()>,
 }
 
 impl std::fmt::Debug for RaftNode {
@@ -100,15 +106,17 @@ impl RaftNode {
         tuning: &RaftTuning,
     ) -> anyhow::Result<Self> {
         let db = storage::open_database(db_path)?;
-        Self::start_with_db(id, members, endpoint, db, tuning).await
+        Self::start_with_db(id, members, endpoint, db, db_path, tuning).await
     }
 
-    /// As [`RaftNode::start`] with an opened database.
+    /// As [`RaftNode::start`] with an opened database (whose file is
+    /// `db_path`).
     pub async fn start_with_db(
         id: NodeId,
         members: &BTreeMap<NodeId, SocketAddr>,
         endpoint: quinn::Endpoint,
         db: Arc<Database>,
+        db_path: &Path,
         tuning: &RaftTuning,
     ) -> anyhow::Result<Self> {
         anyhow::ensure!(
@@ -128,7 +136,8 @@ impl RaftNode {
         }
         .validate()?;
         let log = LogStore::new(db.clone(), tuning.async_flush)?;
-        let sm = StateMachine::new(db.clone());
+        let (erased_tx, erased_rx) = tokio::sync::mpsc::unbounded_channel();
+        let sm = StateMachine::new(db.clone()).with_erasure_notices(erased_tx);
         let raft = Raft::new(
             id,
             Arc::new(config),
@@ -138,12 +147,20 @@ impl RaftNode {
         )
         .await?;
         let server = network::serve(endpoint.clone(), raft.clone());
+        let scrubber = erasure::spawn_scrubber(
+            raft.clone(),
+            db.clone(),
+            db_path.to_path_buf(),
+            erased_rx,
+            tuning.erasure_delay,
+        );
         let node = Self {
             id,
             raft,
             db,
             endpoint,
             server,
+            scrubber,
         };
         let first = members.keys().next().copied();
         if first == Some(id) && !node.raft.is_initialized().await? {
@@ -165,6 +182,7 @@ impl RaftNode {
 
     /// Stops Raft and the peer listener.
     pub async fn shutdown(self) {
+        self.scrubber.abort();
         let _ = self.raft.shutdown().await;
         self.endpoint.close(0u32.into(), b"shutting down");
         self.server.abort();

@@ -308,6 +308,7 @@ struct SnapshotBody {
 #[derive(Clone)]
 pub struct StateMachine {
     db: Arc<Database>,
+    erasures: Option<tokio::sync::mpsc::UnboundedSender<u64>>,
 }
 
 impl std::fmt::Debug for StateMachine {
@@ -319,7 +320,14 @@ impl std::fmt::Debug for StateMachine {
 impl StateMachine {
     /// State machine over `db`.
     pub fn new(db: Arc<Database>) -> Self {
-        Self { db }
+        Self { db, erasures: None }
+    }
+
+    /// Reports the log index of every applied batch that erased a sealed
+    /// record (see `erasure`).
+    pub fn with_erasure_notices(mut self, tx: tokio::sync::mpsc::UnboundedSender<u64>) -> Self {
+        self.erasures = Some(tx);
+        self
     }
 }
 
@@ -327,16 +335,21 @@ fn decode_row(b: &[u8]) -> Result<StoredAccount, SErr> {
     StoredAccount::decode(b).map_err(r)
 }
 
-/// Applies one command to the accounts table.
+/// Applies one command to the accounts table; the flag says whether a
+/// sealed record was erased (dropped or replaced).
 fn apply_command(
     t: &mut redb::Table<'_, &'static str, &'static [u8]>,
     cmd: &Command,
-) -> Result<CommandResult, SErr> {
+) -> Result<(CommandResult, bool), SErr> {
     let id = cmd.account_id();
     let row = match t.get(id).map_err(r)? {
         Some(v) => Some(decode_row(v.value())?),
         None => None,
     };
+    let old_record = row
+        .as_ref()
+        .map(|r| r.sealed_record.clone())
+        .filter(|s| !s.is_empty());
     let (write, result) = match cmd {
         Command::LoginStart { max_attempts, .. } => {
             match account::login_start(row, *max_attempts) {
@@ -383,6 +396,11 @@ fn apply_command(
             Err(e) => (Write::Keep, CommandResult::Refused(e)),
         },
     };
+    let erased = match (&write, &old_record) {
+        (_, None) | (Write::Keep, _) => false,
+        (Write::Put(new), Some(old)) => &new.sealed_record != old,
+        (Write::Delete, Some(_)) => true,
+    };
     match write {
         Write::Keep => {}
         Write::Put(row) => {
@@ -392,7 +410,7 @@ fn apply_command(
             t.remove(id).map_err(w)?;
         }
     }
-    Ok(result)
+    Ok((result, erased))
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
@@ -470,6 +488,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let mut out = Vec::new();
         let mut last = None;
         let mut membership = None;
+        let mut erased = false;
         {
             // One table handle for the whole batch, not one per login.
             let mut accounts = txn.open_table(ACCOUNTS).map_err(w)?;
@@ -477,7 +496,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 last = Some(e.log_id);
                 out.push(match &e.payload {
                     EntryPayload::Blank => CommandResult::Nothing,
-                    EntryPayload::Normal(cmd) => apply_command(&mut accounts, cmd)?,
+                    EntryPayload::Normal(cmd) => {
+                        let (result, gone) = apply_command(&mut accounts, cmd)?;
+                        erased |= gone;
+                        result
+                    }
                     EntryPayload::Membership(m) => {
                         membership = Some(StoredMembership::new(Some(e.log_id), m.clone()));
                         CommandResult::Nothing
@@ -496,6 +519,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
         // The log holds these entries durably; after a crash they are re-applied.
         commit_lazy(txn)?;
+        if let (true, Some(tx), Some(l)) = (erased, &self.erasures, last) {
+            let _ = tx.send(l.index);
+        }
         Ok(out)
     }
 
