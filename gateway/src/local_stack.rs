@@ -15,6 +15,7 @@ use client::{ClientProfile, DeviceIdentity};
 use vault_backend::account::StoredAccount;
 use vault_backend::admin::{self, ClusterStatus};
 use vault_backend::config::{files as vfiles, Member, RaftSettings, VaultConfig};
+use vault_backend::keyprotect::KeyProtection;
 use vault_backend::replica::{self, layout, BoundSockets, FleetMaterial, FleetPublic, Replica};
 
 use crate::keys::{self, GatewayKeys};
@@ -44,6 +45,8 @@ pub struct StackOptions {
     /// binary (so failure tests can kill -9 it) instead of in this process.
     /// Process replicas get an admin port each.
     pub replica_binary: Option<PathBuf>,
+    /// What seals each replica's fleet secrets (on first start).
+    pub key_protection: KeyProtection,
 }
 
 impl Default for StackOptions {
@@ -57,6 +60,7 @@ impl Default for StackOptions {
             max_attempts: protocol_spec::limits::DEFAULT_MAX_ATTEMPTS,
             raft: RaftSettings::default(),
             replica_binary: None,
+            key_protection: KeyProtection::default(),
         }
     }
 }
@@ -262,6 +266,7 @@ impl LocalStack {
                 &["localhost", "127.0.0.1"],
                 opts.max_attempts,
                 fleet,
+                &opts.key_protection,
             )?
             .replicas;
             for c in &mut configs {

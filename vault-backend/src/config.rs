@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::keyprotect::KeyProtection;
 use crate::raft::node::RaftTuning;
 use crate::raft::NodeId;
 
@@ -43,6 +44,9 @@ pub struct VaultConfig {
     pub members: Vec<Member>,
     /// Raft timing and compaction.
     pub raft: RaftSettings,
+    /// What seals the fleet secrets at rest. Default: a software key file
+    /// `master.key` in the state folder.
+    pub key_protection: KeyProtection,
 }
 
 /// One replica of a cluster as its peers and gateways reach it.
@@ -124,6 +128,7 @@ impl Default for VaultConfig {
             admin_listen: None,
             members: Vec::new(),
             raft: RaftSettings::default(),
+            key_protection: KeyProtection::default(),
         }
     }
 }

@@ -14,6 +14,7 @@ pub mod account;
 pub mod admin;
 pub mod config;
 pub mod error;
+pub mod keyprotect;
 pub mod ledger;
 pub mod observability;
 pub mod pki;

@@ -8,6 +8,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use vault_backend::admin;
 use vault_backend::config::{files, Member, VaultConfig};
+use vault_backend::keyprotect::KeyProtection;
 use vault_backend::replica::{self, layout, Replica};
 
 #[derive(Parser)]
@@ -42,6 +43,17 @@ enum Cmd {
         /// Password guesses a deposit allows.
         #[arg(long, default_value_t = protocol_spec::limits::DEFAULT_MAX_ATTEMPTS)]
         max_attempts: u32,
+        /// What seals each replica's copy of the fleet secrets: `software`
+        /// (a key file per replica) or `pkcs11` (a key inside a token; the
+        /// PIN comes from $BKV_PKCS11_PIN).
+        #[arg(long, default_value = "software")]
+        key_protection: String,
+        /// PKCS#11 module, for --key-protection pkcs11.
+        #[arg(long, default_value = "/usr/lib/softhsm/libsofthsm2.so")]
+        pkcs11_module: PathBuf,
+        /// Label of the PKCS#11 token, for --key-protection pkcs11.
+        #[arg(long)]
+        pkcs11_token: Option<String>,
         /// An existing cluster folder whose fleet (secrets, CA) to join.
         #[arg(long)]
         fleet_from: Option<PathBuf>,
@@ -96,7 +108,23 @@ async fn main() -> anyhow::Result<()> {
             max_attempts,
             fleet_from,
             name,
+            key_protection,
+            pkcs11_module,
+            pkcs11_token,
         } => {
+            let key_protection = match key_protection.as_str() {
+                "software" => KeyProtection::default(),
+                "pkcs11" => KeyProtection::Pkcs11 {
+                    module: pkcs11_module,
+                    token_label: pkcs11_token
+                        .context("--key-protection pkcs11 needs --pkcs11-token LABEL")?,
+                    key_label: "bkv-fleet-kek".into(),
+                    pin_env: "BKV_PKCS11_PIN".into(),
+                },
+                other => {
+                    anyhow::bail!("--key-protection must be `software` or `pkcs11`, not `{other}`")
+                }
+            };
             let fleet = fleet_from
                 .as_deref()
                 .map(replica::FleetMaterial::from_cluster)
@@ -119,8 +147,15 @@ async fn main() -> anyhow::Result<()> {
                 })
                 .collect::<anyhow::Result<Vec<_>>>()?;
             let names: Vec<&str> = name.iter().map(String::as_str).collect();
-            let init =
-                replica::init_cluster(&out, &fleet_id, &members, &names, max_attempts, fleet)?;
+            let init = replica::init_cluster(
+                &out,
+                &fleet_id,
+                &members,
+                &names,
+                max_attempts,
+                fleet,
+                &key_protection,
+            )?;
             println!("fleet id:         {}", init.public.fleet_id);
             println!("fleet public key: {}", init.public.fleet_public_key);
             for r in &init.replicas {

@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::admin;
 use crate::config::{files, Member, VaultConfig};
+use crate::keyprotect::KeyProtection;
 use crate::ledger::Ledger;
 use crate::pki::{self, CertAndKey, Usage};
 use crate::raft::node::{self, RaftNode};
@@ -99,7 +100,10 @@ impl FleetMaterial {
     pub fn from_cluster(cluster_dir: &Path) -> anyhow::Result<Self> {
         let dir = cluster_dir.join(layout::CA_DIR);
         Ok(Self {
-            secrets: FleetSecrets::load(&dir.join(files::SECRETS))?,
+            secrets: FleetSecrets::load(
+                &dir.join(files::SECRETS),
+                KeyProtection::default().open(&dir, false)?.as_ref(),
+            )?,
             ca: pki::read(&dir, files::CLUSTER_CA)?,
         })
     }
@@ -118,6 +122,7 @@ pub fn init_cluster(
     names: &[&str],
     max_attempts: u32,
     fleet: Option<FleetMaterial>,
+    key_protection: &KeyProtection,
 ) -> anyhow::Result<ClusterInit> {
     anyhow::ensure!(!members.is_empty(), "a cluster needs at least one replica");
     if out.join(files::FLEET_PUBLIC).exists() {
@@ -137,7 +142,11 @@ pub fn init_cluster(
     let ca_dir = out.join(layout::CA_DIR);
     std::fs::create_dir_all(&ca_dir)?;
     pki::write(&ca_dir, files::CLUSTER_CA, &ca)?;
-    secrets.save(&ca_dir.join(files::SECRETS))?;
+    // The fleet folder's copy is sealed by a software key of its own.
+    secrets.save(
+        &ca_dir.join(files::SECRETS),
+        KeyProtection::default().open(&ca_dir, true)?.as_ref(),
+    )?;
     let public = FleetPublic {
         fleet_id: secrets.fleet_id.clone(),
         fleet_public_key: hex::encode(secrets.public_key()),
@@ -148,7 +157,10 @@ pub fn init_cluster(
     for m in members {
         let dir = out.join(layout::replica_dir(m.id));
         std::fs::create_dir_all(&dir)?;
-        secrets.save(&dir.join(files::SECRETS))?;
+        secrets.save(
+            &dir.join(files::SECRETS),
+            key_protection.open(&dir, true)?.as_ref(),
+        )?;
         std::fs::write(dir.join(format!("{}.pem", files::CLUSTER_CA)), &ca.cert_pem)?;
         let cert = pki::issue(
             &ca,
@@ -167,6 +179,7 @@ pub fn init_cluster(
             admin_listen: m.admin,
             members: members.to_vec(),
             raft: Default::default(),
+            key_protection: key_protection.clone(),
         };
         cfg.save()?;
         replicas.push(cfg);
@@ -238,7 +251,13 @@ impl Replica {
             anyhow::bail!("max_attempts must be at least 1");
         }
         let members = cfg.cluster()?;
-        let secrets = Arc::new(FleetSecrets::load(&dir.join(files::SECRETS))?);
+        let protector = cfg.key_protection.open(dir, false).map_err(|e| {
+            anyhow::anyhow!("cannot open the key protecting this replica's secrets: {e}")
+        })?;
+        let secrets = Arc::new(FleetSecrets::load(
+            &dir.join(files::SECRETS),
+            protector.as_ref(),
+        )?);
         let ca_path = dir.join(format!("{}.pem", files::CLUSTER_CA));
         let ca_pem = std::fs::read_to_string(&ca_path)
             .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", ca_path.display()))?;

@@ -1,8 +1,10 @@
 //! The fleet's long-term secrets: the OPAQUE `ServerSetup` (OPRF seed and the
 //! server key pair whose public half clients pin) and the record-sealing key.
 //!
-//! Generated once by `vault-backend init`, stored owner-only (0600). Must
-//! never be logged or sent anywhere; only the public key and fleet id leave.
+//! Generated once by `vault-backend init-cluster`, stored owner-only (0600)
+//! and sealed by a key-protection backend ([`crate::keyprotect`]): the file
+//! on disk is useless without the backend's key. Must never be logged, sent
+//! anywhere, or written unsealed; only the public key and fleet id leave.
 
 use std::io::Write as _;
 use std::path::Path;
@@ -17,10 +19,21 @@ use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 use zeroize::Zeroizing;
 
+use crate::keyprotect::KeyProtector;
 use crate::VaultError;
 
 /// File name of the secrets inside the state folder.
-pub const SECRETS_FILE: &str = "fleet-secrets.toml";
+pub const SECRETS_FILE: &str = "fleet-secrets.sealed";
+
+/// Binds sealed secrets to their purpose.
+const SEAL_AAD: &[u8] = b"bkv fleet secrets v1";
+
+#[derive(Serialize, Deserialize)]
+struct SealedFile {
+    /// Which backend sealed it (for humans; not trusted).
+    sealed_by: String,
+    sealed_hex: String,
+}
 
 #[derive(Serialize, Deserialize)]
 struct SecretsFile {
@@ -82,8 +95,9 @@ impl FleetSecrets {
         &self.ticket_key
     }
 
-    /// Writes the secrets owner-only; refuses to overwrite.
-    pub fn save(&self, path: &Path) -> Result<(), VaultError> {
+    /// Writes the secrets sealed by `protector`, owner-only; refuses to
+    /// overwrite.
+    pub fn save(&self, path: &Path, protector: &dyn KeyProtector) -> Result<(), VaultError> {
         let file = SecretsFile {
             fleet_id: self.fleet_id.clone(),
             server_setup_hex: hex::encode(self.server_setup.serialize()),
@@ -92,17 +106,41 @@ impl FleetSecrets {
         let text = Zeroizing::new(
             toml::to_string(&file).map_err(|e| VaultError::Internal(e.to_string()))?,
         );
-        write_private(path, text.as_bytes())
+        let sealed = protector
+            .seal(text.as_bytes(), SEAL_AAD)
+            .map_err(|e| VaultError::Internal(e.to_string()))?;
+        let out = toml::to_string(&SealedFile {
+            sealed_by: protector.describe(),
+            sealed_hex: hex::encode(sealed),
+        })
+        .map_err(|e| VaultError::Internal(e.to_string()))?;
+        write_private(path, out.as_bytes())
     }
 
-    /// Loads secrets written by [`save`](Self::save).
-    pub fn load(path: &Path) -> Result<Self, VaultError> {
-        let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|e| {
+    /// Loads secrets written by [`save`](Self::save), unsealing them with
+    /// `protector`.
+    pub fn load(path: &Path, protector: &dyn KeyProtector) -> Result<Self, VaultError> {
+        let outer = std::fs::read_to_string(path).map_err(|e| {
             VaultError::Internal(format!(
-                "cannot read fleet secrets {}: {e}; run `vault-backend init` first",
+                "cannot read fleet secrets {}: {e}; run `vault-backend init-cluster` first",
                 path.display()
             ))
-        })?);
+        })?;
+        let sealed: SealedFile = toml::from_str(&outer)
+            .map_err(|e| VaultError::Internal(format!("bad sealed secrets file: {e}")))?;
+        let bytes = hex::decode(&sealed.sealed_hex)
+            .map_err(|e| VaultError::Internal(format!("bad sealed secrets file: {e}")))?;
+        let plain = protector.unseal(&bytes, SEAL_AAD).map_err(|e| {
+            VaultError::Internal(format!(
+                "cannot unseal {} (sealed by {}): {e}",
+                path.display(),
+                sealed.sealed_by
+            ))
+        })?;
+        let text = Zeroizing::new(
+            String::from_utf8(plain.to_vec())
+                .map_err(|_| VaultError::Internal("unsealed secrets are not text".into()))?,
+        );
         let f: SecretsFile = toml::from_str(&text)
             .map_err(|e| VaultError::Internal(format!("bad secrets file: {e}")))?;
         let setup_bytes = Zeroizing::new(
