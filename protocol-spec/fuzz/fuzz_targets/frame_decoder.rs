@@ -1,7 +1,7 @@
 //! Arbitrary bytes through the frame decoder and request validation.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use protocol_spec::{framing, msg};
+use protocol_spec::{framing, internal, msg};
 
 fuzz_target!(|data: &[u8]| {
     let mut d = framing::FrameDecoder::new();
@@ -15,6 +15,8 @@ fuzz_target!(|data: &[u8]| {
             }
             let _ = framing::decode::<msg::HandshakeMessage>(&body);
             let _ = framing::decode::<msg::Response>(&body);
+            let _ = framing::decode::<internal::VaultRequest>(&body);
+            let _ = framing::decode::<internal::VaultResponse>(&body);
         }
     }
     let _ = d.finish();

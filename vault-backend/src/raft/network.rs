@@ -66,6 +66,21 @@ pub enum LinkError {
     TooLarge(usize),
 }
 
+/// Decodes one peer request body, as the peer port does (exposed for the
+/// fuzz target: malformed input must be an error, never a panic or a huge
+/// allocation).
+fn decode_rpc(body: &[u8]) -> Result<Rpc, LinkError> {
+    postcard::from_bytes::<Rpc>(body).map_err(|e| LinkError::Malformed(e.to_string()))
+}
+
+/// Decodes a request body and a reply body of the peer protocol and
+/// discards them; for fuzzing.
+pub fn fuzz_decode(body: &[u8]) -> bool {
+    let rpc = decode_rpc(body).is_ok();
+    let reply = postcard::from_bytes::<Reply>(body).is_ok();
+    rpc || reply
+}
+
 async fn write_frame(send: &mut quinn::SendStream, body: &[u8]) -> Result<(), LinkError> {
     if body.len() > MAX_RPC_LEN {
         return Err(LinkError::TooLarge(body.len()));
@@ -165,10 +180,7 @@ pub fn serve(endpoint: quinn::Endpoint, raft: Raft) -> tokio::task::JoinHandle<(
                 while let Ok((mut send, mut recv)) = conn.accept_bi().await {
                     let raft = raft.clone();
                     tokio::spawn(async move {
-                        let reply = match read_frame(&mut recv).await.and_then(|b| {
-                            postcard::from_bytes::<Rpc>(&b)
-                                .map_err(|e| LinkError::Malformed(e.to_string()))
-                        }) {
+                        let reply = match read_frame(&mut recv).await.and_then(|b| decode_rpc(&b)) {
                             Ok(Rpc::Append(req)) => Reply::Append(raft.append_entries(req).await),
                             Ok(Rpc::Vote(req)) => Reply::Vote(raft.vote(req).await),
                             Ok(Rpc::Snapshot(req)) => {
