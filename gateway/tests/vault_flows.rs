@@ -11,6 +11,7 @@ use opaque_ke::ClientLogin;
 use protocol_spec::msg::{self, request::Kind as Req, response::Kind as Resp, LoginPurpose};
 use protocol_spec::opaque_profile::Suite;
 use rand::rngs::OsRng;
+use vault_backend::replica::FleetPublic;
 
 async fn stack() -> LocalStack {
     LocalStack::start(StackOptions::default())
@@ -293,5 +294,56 @@ async fn change_password_and_disable_need_the_current_password() {
         Err(ClientError::NotRegistered)
     ));
     conn.close().await;
+    stack.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accounts_are_sharded_across_two_clusters_by_rendezvous_hashing() {
+    let stack = LocalStack::start(StackOptions {
+        clusters: 2,
+        replicas: 3,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let accounts: Vec<String> = (0..10).map(|i| format!("shard-{i}")).collect();
+    let mut keys = Vec::new();
+    for a in &accounts {
+        let conn = connect(&stack, a).await;
+        let key = BackupKey::generate();
+        VaultClient::new(&conn, &stack.profile)
+            .unwrap()
+            .register(b"pw", &key, false)
+            .await
+            .unwrap();
+        keys.push(key);
+        conn.close().await;
+    }
+    let mut per_cluster = [0; 2];
+    for (a, key) in accounts.iter().zip(&keys) {
+        let home = stack.cluster_of(a);
+        per_cluster[home] += 1;
+        // The deposit lives on its cluster's replicas only.
+        let here = stack.rows(home, a).await.unwrap();
+        assert!(here.iter().all(|r| r.is_some()), "{a} on cluster {home}");
+        let there = stack.rows(1 - home, a).await.unwrap();
+        assert!(
+            there.iter().all(|r| r.is_none()),
+            "{a} leaked to the other cluster"
+        );
+        let conn = connect(&stack, a).await;
+        let got = VaultClient::new(&conn, &stack.profile)
+            .unwrap()
+            .recover(b"pw")
+            .await
+            .unwrap();
+        assert_eq!(&got, key);
+        conn.close().await;
+    }
+    assert!(per_cluster.iter().all(|&n| n > 0), "{per_cluster:?}");
+    // Both clusters serve the one fleet key clients pin.
+    let a = FleetPublic::read(&stack.clusters[0].dir).unwrap();
+    let b = FleetPublic::read(&stack.clusters[1].dir).unwrap();
+    assert_eq!(a, b);
     stack.shutdown().await;
 }

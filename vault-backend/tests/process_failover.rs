@@ -213,6 +213,16 @@ async fn two_of_five_down_serves_three_down_refuses_without_answering_a_login() 
     let mut stack = stack(10, RaftSettings::default()).await;
     let key = BackupKey::generate();
     assert!(register(&stack, "quorum", b"right", &key).await);
+    // The admin port of each process: health, readiness, metrics.
+    let admin = stack.clusters[CLUSTER].configs[0].admin_listen.unwrap();
+    let get = |path: &str| reqwest::get(format!("http://{admin}{path}"));
+    assert!(get("/health").await.unwrap().status().is_success());
+    let ready = get("/ready").await.unwrap();
+    assert!(ready.status().is_success());
+    let metrics = get("/metrics").await.unwrap().text().await.unwrap();
+    for name in ["vault_raft_term", "vault_raft_log_entries", "vault_records"] {
+        assert!(metrics.contains(name), "{name} missing from /metrics");
+    }
     let conn = connect(&stack, "quorum").await;
 
     // The leader and one follower die: three of five remain, a majority.

@@ -38,7 +38,7 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    vault_backend::observability::init_tracing("warn,openraft=error");
+    vault_backend::observability::init_tracing("warn,openraft=off");
     let args = Args::parse();
     let stack = LocalStack::start(StackOptions {
         state_dir: Some(args.state_dir.clone()),
