@@ -54,6 +54,25 @@ async fn register(stack: &LocalStack, account: &str, pw: &[u8], key: &BackupKey)
     }
 }
 
+/// Recovers with the right password, retrying (bounded) while the cluster
+/// answers the typed "unavailable, retry"; any other error fails the test.
+async fn recover_eventually(
+    conn: &GatewayConnection,
+    stack: &LocalStack,
+    pw: &[u8],
+) -> Option<BackupKey> {
+    for _ in 0..25 {
+        match vault(conn, stack).recover(pw).await {
+            Ok(k) => return Some(k),
+            Err(ClientError::Unavailable(_)) => {
+                tokio::time::sleep(Duration::from_millis(200)).await
+            }
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+    None
+}
+
 fn login_start() -> msg::Request {
     let start = ClientLogin::<Suite>::start(&mut OsRng, b"a wrong guess").unwrap();
     msg::Request {
@@ -229,21 +248,8 @@ async fn two_of_five_down_serves_three_down_refuses_without_answering_a_login() 
     let leader = kill_leader(&mut stack).await;
     let follower = (0..5).find(|&i| i != leader).unwrap();
     stack.stop_replica(CLUSTER, follower).await;
-    let mut recovered = None;
-    for _ in 0..20 {
-        match vault(&conn, &stack).recover(b"right").await {
-            Ok(k) => {
-                recovered = Some(k);
-                break;
-            }
-            Err(ClientError::Unavailable(_)) => {
-                tokio::time::sleep(Duration::from_millis(200)).await
-            }
-            Err(e) => panic!("{e:?}"),
-        }
-    }
     assert_eq!(
-        recovered.as_ref(),
+        recover_eventually(&conn, &stack, b"right").await.as_ref(),
         Some(&key),
         "two of five down must serve"
     );
@@ -269,21 +275,10 @@ async fn two_of_five_down_serves_three_down_refuses_without_answering_a_login() 
 
     // Back to full strength: the deposit is intact.
     stack.start_vault().await.unwrap();
-    let mut ok = false;
-    for _ in 0..20 {
-        match vault(&conn, &stack).recover(b"right").await {
-            Ok(k) => {
-                assert_eq!(k, key);
-                ok = true;
-                break;
-            }
-            Err(ClientError::Unavailable(_)) => {
-                tokio::time::sleep(Duration::from_millis(200)).await
-            }
-            Err(e) => panic!("{e:?}"),
-        }
-    }
-    assert!(ok);
+    assert_eq!(
+        recover_eventually(&conn, &stack, b"right").await.as_ref(),
+        Some(&key)
+    );
     conn.close().await;
     stack.shutdown().await;
 }
@@ -414,21 +409,11 @@ async fn a_restarted_replica_catches_up_by_snapshot_and_serves() {
     for i in others {
         stack.stop_replica(CLUSTER, i).await;
     }
-    let mut ok = false;
-    for _ in 0..25 {
-        match vault(&conn, &stack).recover(b"right").await {
-            Ok(k) => {
-                assert_eq!(k, key);
-                ok = true;
-                break;
-            }
-            Err(ClientError::Unavailable(_)) => {
-                tokio::time::sleep(Duration::from_millis(200)).await
-            }
-            Err(e) => panic!("{e:?}"),
-        }
-    }
-    assert!(ok, "the caught-up replica is part of a serving majority");
+    assert_eq!(
+        recover_eventually(&conn, &stack, b"right").await.as_ref(),
+        Some(&key),
+        "the caught-up replica is part of a serving majority"
+    );
     conn.close().await;
     stack.shutdown().await;
 }
