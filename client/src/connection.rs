@@ -5,6 +5,7 @@
 //! Must never: send a request before the handshake has completed.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use protocol_spec::handshake::{Initiator, InitiatorStep};
 use protocol_spec::msg;
@@ -14,23 +15,62 @@ use quinn::crypto::rustls::QuicClientConfig;
 
 use crate::{ClientError, ClientProfile, DeviceIdentity};
 
+/// Called with each request's kind (`status`, `login_start`, ...) and how
+/// long its exchange took; load generators use it.
+pub type RequestObserver = Arc<dyn Fn(&'static str, Duration) + Send + Sync>;
+
 /// Options for [`GatewayConnection::connect_with`].
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct ConnectOptions {
     /// Use XX even when the gateway key is pinned (the pin is still checked).
     pub force_xx: bool,
+    /// Connect from this endpoint (one UDP socket shared by many
+    /// connections, as a load generator does) instead of a new one. Its
+    /// default client config must come from [`tls_config`].
+    pub endpoint: Option<quinn::Endpoint>,
+    /// Told about every request on the connection.
+    pub observer: Option<RequestObserver>,
+}
+
+impl std::fmt::Debug for ConnectOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectOptions")
+            .field("force_xx", &self.force_xx)
+            .field("shared_endpoint", &self.endpoint.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// How long the two steps of connecting took.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HandshakeTiming {
+    /// QUIC + TLS 1.3 handshake.
+    pub quic: Duration,
+    /// Noise handshake and credential check, up to the gateway's verdict.
+    pub auth: Duration,
 }
 
 /// An authenticated connection.
-#[derive(Debug)]
 pub struct GatewayConnection {
     conn: quinn::Connection,
     endpoint: quinn::Endpoint,
+    owns_endpoint: bool,
     account_id: String,
+    timing: HandshakeTiming,
+    observer: Option<RequestObserver>,
 }
 
-/// rustls client config trusting only the profile's CA.
-pub fn tls_config(profile: &ClientProfile) -> Result<quinn::ClientConfig, ClientError> {
+impl std::fmt::Debug for GatewayConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GatewayConnection")
+            .field("remote", &self.conn.remote_address())
+            .finish_non_exhaustive()
+    }
+}
+
+/// rustls client config trusting only the profile's CA (TLS 1.3, ALPN
+/// `bkv/1`).
+pub fn rustls_config(profile: &ClientProfile) -> Result<rustls::ClientConfig, ClientError> {
     use rustls_pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
     for c in rustls_pki_types::CertificateDer::pem_slice_iter(profile.gateway_ca_pem.as_bytes()) {
@@ -46,6 +86,16 @@ pub fn tls_config(profile: &ClientProfile) -> Result<quinn::ClientConfig, Client
         .with_root_certificates(roots)
         .with_no_client_auth();
     tls.alpn_protocols = vec![noise::ALPN.to_vec()];
+    Ok(tls)
+}
+
+/// QUIC client config over the profile's TLS config.
+pub fn tls_config(profile: &ClientProfile) -> Result<quinn::ClientConfig, ClientError> {
+    quinn_config(rustls_config(profile)?)
+}
+
+/// QUIC client config (keep-alives every 15 s) over a rustls config.
+pub fn quinn_config(tls: rustls::ClientConfig) -> Result<quinn::ClientConfig, ClientError> {
     let qc = QuicClientConfig::try_from(tls).map_err(|e| ClientError::Config(e.to_string()))?;
     let mut cfg = quinn::ClientConfig::new(Arc::new(qc));
     let mut transport = quinn::TransportConfig::default();
@@ -79,19 +129,28 @@ impl GatewayConnection {
             addr: addr.to_string(),
             reason,
         };
-        let bind = if addr.is_ipv6() {
-            "[::]:0"
-        } else {
-            "0.0.0.0:0"
+        let (endpoint, owns_endpoint) = match &opts.endpoint {
+            Some(ep) => (ep.clone(), false),
+            None => {
+                let bind = if addr.is_ipv6() {
+                    "[::]:0"
+                } else {
+                    "0.0.0.0:0"
+                };
+                let mut ep =
+                    quinn::Endpoint::client(bind.parse().map_err(|_| cerr("bind".into()))?)
+                        .map_err(|e| cerr(e.to_string()))?;
+                ep.set_default_client_config(tls_config(profile)?);
+                (ep, true)
+            }
         };
-        let mut endpoint = quinn::Endpoint::client(bind.parse().map_err(|_| cerr("bind".into()))?)
-            .map_err(|e| cerr(e.to_string()))?;
-        endpoint.set_default_client_config(tls_config(profile)?);
+        let started = Instant::now();
         let conn = endpoint
             .connect(addr, &profile.gateway_server_name)
             .map_err(|e| cerr(e.to_string()))?
             .await
             .map_err(|e| cerr(e.to_string()))?;
+        let quic = started.elapsed();
         let mut exporter = [0u8; EXPORTER_LEN];
         conn.export_keying_material(
             &mut exporter,
@@ -138,8 +197,19 @@ impl GatewayConnection {
         Ok(Self {
             conn,
             endpoint,
+            owns_endpoint,
             account_id,
+            timing: HandshakeTiming {
+                quic,
+                auth: started.elapsed().saturating_sub(quic),
+            },
+            observer: opts.observer.clone(),
         })
+    }
+
+    /// How long connecting took.
+    pub fn handshake_timing(&self) -> HandshakeTiming {
+        self.timing
     }
 
     /// The account this connection is authenticated as.
@@ -149,6 +219,15 @@ impl GatewayConnection {
 
     /// Sends one request on its own stream and waits for the response.
     pub async fn request(&self, req: &msg::Request) -> Result<msg::Response, ClientError> {
+        let started = Instant::now();
+        let out = self.exchange(req).await;
+        if let Some(o) = &self.observer {
+            o(request_kind(req), started.elapsed());
+        }
+        out
+    }
+
+    async fn exchange(&self, req: &msg::Request) -> Result<msg::Response, ClientError> {
         let (mut send, mut recv) = self
             .conn
             .open_bi()
@@ -178,6 +257,20 @@ impl GatewayConnection {
     /// Closes the connection politely.
     pub async fn close(self) {
         self.conn.close(0u32.into(), b"bye");
-        self.endpoint.wait_idle().await;
+        if self.owns_endpoint {
+            self.endpoint.wait_idle().await;
+        }
+    }
+}
+
+fn request_kind(req: &msg::Request) -> &'static str {
+    use msg::request::Kind;
+    match req.kind {
+        Some(Kind::Status(_)) => "status",
+        Some(Kind::RegisterStart(_)) => "register_start",
+        Some(Kind::RegisterFinish(_)) => "register_finish",
+        Some(Kind::LoginStart(_)) => "login_start",
+        Some(Kind::LoginFinish(_)) => "login_finish",
+        None => "empty",
     }
 }

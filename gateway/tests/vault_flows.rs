@@ -40,10 +40,16 @@ async fn register_then_recover_returns_the_same_key_with_ik_and_xx() {
 
     // A second device of the same account, using XX (gateway key learned in the handshake).
     let dev = stack.enroll_device("alice").unwrap();
-    let conn2 =
-        GatewayConnection::connect_with(&stack.profile, &dev, &ConnectOptions { force_xx: true })
-            .await
-            .unwrap();
+    let conn2 = GatewayConnection::connect_with(
+        &stack.profile,
+        &dev,
+        &ConnectOptions {
+            force_xx: true,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
     let vault2 = VaultClient::new(&conn2, &stack.profile).unwrap();
     assert_eq!(vault2.recover(b"hunter2 but longer").await.unwrap(), key);
     assert_eq!(

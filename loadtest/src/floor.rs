@@ -1,0 +1,355 @@
+//! The crypto floor: CPU time of the cryptography one session cannot avoid,
+//! measured on this machine with the same libraries and parameters the
+//! system uses, each side timed separately and in one thread (in memory, no
+//! I/O, so wall time is CPU time).
+//!
+//! Per recover session the server side does: a TLS 1.3 full handshake (ring,
+//! ECDSA P-256 certificate), the Noise IK responder (snow) with the device
+//! credential's Ed25519 signature check, and the OPAQUE server login (start
+//! and finish). The simulated client does the other halves, with the cheap
+//! load-test KSF. Must never: include I/O, scheduling or our own code paths
+//! beyond what the libraries need, or the floor would flatter the system.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use opaque_ke::{
+    ClientLogin, ClientLoginFinishParameters, ClientRegistration,
+    ClientRegistrationFinishParameters, CredentialFinalization, CredentialRequest,
+    CredentialResponse, RegistrationRequest, RegistrationResponse, RegistrationUpload, ServerLogin,
+    ServerLoginParameters, ServerRegistration, ServerSetup,
+};
+use protocol_spec::credential::{self, CredentialVerifier};
+use protocol_spec::handshake::{Initiator, InitiatorStep, Responder, ResponderStep};
+use protocol_spec::opaque_profile::{self as op, Suite};
+use rand::rngs::OsRng;
+use serde::Serialize;
+
+/// One operation's cost on each side, in microseconds per run (median of
+/// batches).
+#[derive(Debug, Clone, Serialize)]
+pub struct OpCost {
+    /// Server side.
+    pub server_us: f64,
+    /// Client side.
+    pub client_us: f64,
+}
+
+/// The floor report (`loadtest floor --report-json`).
+#[derive(Debug, Clone, Serialize)]
+pub struct Floor {
+    /// Server CPU per full recover session (TLS + Noise IK + OPAQUE login).
+    pub server_us_per_session: f64,
+    /// Simulated-client CPU per full recover session.
+    pub client_us_per_session: f64,
+    /// Per-operation figures.
+    pub operations: std::collections::BTreeMap<String, OpCost>,
+    /// Cores on this machine.
+    pub cores: usize,
+}
+
+/// Times `f` `n` times per batch over 5 batches; returns the median of the
+/// per-run means of (server, client).
+fn measure(n: u32, mut f: impl FnMut() -> (Duration, Duration)) -> OpCost {
+    // Warm-up.
+    for _ in 0..n.min(20) {
+        f();
+    }
+    let mut s = Vec::new();
+    let mut c = Vec::new();
+    for _ in 0..5 {
+        let (mut ss, mut cc) = (Duration::ZERO, Duration::ZERO);
+        for _ in 0..n {
+            let (a, b) = f();
+            ss += a;
+            cc += b;
+        }
+        s.push(ss.as_secs_f64() * 1e6 / f64::from(n));
+        c.push(cc.as_secs_f64() * 1e6 / f64::from(n));
+    }
+    s.sort_by(f64::total_cmp);
+    c.sort_by(f64::total_cmp);
+    OpCost {
+        server_us: s[2],
+        client_us: c[2],
+    }
+}
+
+fn timed<T>(acc: &mut Duration, f: impl FnOnce() -> T) -> T {
+    let t = Instant::now();
+    let out = f();
+    *acc += t.elapsed();
+    out
+}
+
+/// TLS 1.3 full handshake, in memory, as quinn configures it (ring, P-256).
+fn tls_handshake() -> anyhow::Result<OpCost> {
+    let ca = vault_backend::pki::new_ca("floor CA")?;
+    let leaf = vault_backend::pki::issue(
+        &ca,
+        "floor",
+        &["localhost"],
+        vault_backend::pki::Usage::Server,
+    )?;
+    let provider = vault_backend::pki::crypto_provider();
+    let server = Arc::new(
+        rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .with_no_client_auth()
+            .with_single_cert(
+                vault_backend::pki::certs(&leaf.cert_pem)?,
+                vault_backend::pki::key(&leaf.key_pem)?,
+            )?,
+    );
+    let mut client = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_root_certificates(vault_backend::pki::root_store(&ca.cert_pem)?)
+        .with_no_client_auth();
+    // A new phone has no session to resume; neither do the load generator's.
+    client.resumption = rustls::client::Resumption::disabled();
+    let client = Arc::new(client);
+    let name: rustls_pki_types::ServerName<'static> = "localhost".try_into()?;
+    let mut failure = None;
+    let cost = measure(200, || {
+        let (mut st, mut ct) = (Duration::ZERO, Duration::ZERO);
+        let mut run = || -> anyhow::Result<(Duration, Duration)> {
+            let mut c = timed(&mut ct, || {
+                rustls::ClientConnection::new(client.clone(), name.clone())
+            })?;
+            let mut s = timed(&mut st, || rustls::ServerConnection::new(server.clone()))?;
+            let mut buf = Vec::new();
+            while c.is_handshaking() || s.is_handshaking() {
+                buf.clear();
+                timed(&mut ct, || c.write_tls(&mut buf))?;
+                if !buf.is_empty() {
+                    timed(&mut st, || -> anyhow::Result<()> {
+                        s.read_tls(&mut buf.as_slice())?;
+                        s.process_new_packets()?;
+                        Ok(())
+                    })?;
+                }
+                buf.clear();
+                timed(&mut st, || s.write_tls(&mut buf))?;
+                if !buf.is_empty() {
+                    timed(&mut ct, || -> anyhow::Result<()> {
+                        c.read_tls(&mut buf.as_slice())?;
+                        c.process_new_packets()?;
+                        Ok(())
+                    })?;
+                }
+            }
+            Ok((st, ct))
+        };
+        match run() {
+            Ok(x) => x,
+            Err(e) => {
+                failure = Some(e);
+                (Duration::ZERO, Duration::ZERO)
+            }
+        }
+    });
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(cost),
+    }
+}
+
+/// The Noise device handshake (IK or XX) including the credential check.
+fn noise(force_xx: bool) -> anyhow::Result<OpCost> {
+    let (sk, pk) = credential::generate_signing_key()?;
+    let verifier = CredentialVerifier::new(&pk)?;
+    let (gw_private, gw_public) = protocol_spec::noise::generate_static_keypair()?;
+    let device = client::DeviceIdentity::generate()?;
+    let token = credential::mint(
+        &sk,
+        "floor-account",
+        &device.static_public,
+        Duration::from_secs(3600),
+    )?;
+    let mut failure = None;
+    let cost = measure(200, || {
+        let (mut st, mut ct) = (Duration::ZERO, Duration::ZERO);
+        let mut run = || -> anyhow::Result<()> {
+            let exporter = [7u8; protocol_spec::noise::EXPORTER_LEN];
+            let mut i = Initiator::new(
+                *device.static_private,
+                Some(gw_public),
+                force_xx,
+                exporter,
+                &token,
+                "floor",
+            );
+            let mut r = Responder::new(gw_private, exporter, &verifier);
+            // Frames come with their length header; handlers take bodies.
+            let body = |f: Vec<u8>| f[protocol_spec::framing::HEADER_LEN..].to_vec();
+            let mut to_server = vec![body(timed(&mut ct, || i.start())?)];
+            loop {
+                let mut to_client = Vec::new();
+                let mut done = false;
+                for f in to_server.drain(..) {
+                    match timed(&mut st, || r.on_frame(&f))? {
+                        ResponderStep::Send(x) => to_client.push(body(x)),
+                        ResponderStep::Finished(xs, outcome) => {
+                            outcome?;
+                            to_client.extend(xs.into_iter().map(body));
+                            done = true;
+                        }
+                    }
+                }
+                for f in to_client {
+                    match timed(&mut ct, || i.on_frame(&f))? {
+                        InitiatorStep::Send(x) => to_server.push(body(x)),
+                        InitiatorStep::Wait => {}
+                        InitiatorStep::Done { .. } => return Ok(()),
+                    }
+                }
+                anyhow::ensure!(!(done && to_server.is_empty()), "handshake stalled");
+            }
+        };
+        if let Err(e) = run() {
+            failure = Some(e);
+        }
+        (st, ct)
+    });
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(cost),
+    }
+}
+
+/// OPAQUE registration and login, with the load generator's cheap KSF.
+fn opaque() -> anyhow::Result<(OpCost, OpCost)> {
+    let setup = ServerSetup::<Suite>::new(&mut OsRng);
+    let ksf = op::cheap_ksf_for_load_tests();
+    let (account, fleet) = ("floor-account", "floor-fleet");
+    let cred_id = op::credential_identifier(fleet, account, &[1; 16]);
+    let pw = b"correct horse battery staple";
+    let mut file = None;
+    let mut failure: Option<anyhow::Error> = None;
+    let register = measure(50, || {
+        let (mut st, mut ct) = (Duration::ZERO, Duration::ZERO);
+        let mut run = || -> anyhow::Result<()> {
+            let start = timed(&mut ct, || {
+                ClientRegistration::<Suite>::start(&mut OsRng, pw)
+            })
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+            let req = RegistrationRequest::<Suite>::deserialize(&start.message.serialize())
+                .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+            let resp = timed(&mut st, || {
+                ServerRegistration::<Suite>::start(&setup, req, &cred_id)
+            })
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+            let resp = RegistrationResponse::<Suite>::deserialize(&resp.message.serialize())
+                .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+            let fin = timed(&mut ct, || {
+                start.state.finish(
+                    &mut OsRng,
+                    pw,
+                    resp,
+                    ClientRegistrationFinishParameters::new(
+                        op::identifiers(account, fleet),
+                        Some(&ksf),
+                    ),
+                )
+            })
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+            let upload = RegistrationUpload::<Suite>::deserialize(&fin.message.serialize())
+                .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+            file = Some(timed(&mut st, || {
+                ServerRegistration::<Suite>::finish(upload)
+            }));
+            Ok(())
+        };
+        if let Err(e) = run() {
+            failure = Some(e);
+        }
+        (st, ct)
+    });
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    let file = file.ok_or_else(|| anyhow::anyhow!("no registration"))?;
+    let mut failure: Option<anyhow::Error> = None;
+    let login = measure(50, || {
+        let (mut st, mut ct) = (Duration::ZERO, Duration::ZERO);
+        let mut run = || -> anyhow::Result<()> {
+            let start = timed(&mut ct, || ClientLogin::<Suite>::start(&mut OsRng, pw))
+                .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+            let req = CredentialRequest::<Suite>::deserialize(&start.message.serialize())
+                .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+            let sl = timed(&mut st, || {
+                ServerLogin::start(
+                    &mut OsRng,
+                    &setup,
+                    Some(file.clone()),
+                    req,
+                    &cred_id,
+                    ServerLoginParameters {
+                        context: None,
+                        identifiers: op::identifiers(account, fleet),
+                    },
+                )
+            })
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+            let resp = CredentialResponse::<Suite>::deserialize(&sl.message.serialize())
+                .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+            let fin = timed(&mut ct, || {
+                start.state.finish(
+                    &mut OsRng,
+                    pw,
+                    resp,
+                    ClientLoginFinishParameters::new(
+                        None,
+                        op::identifiers(account, fleet),
+                        Some(&ksf),
+                    ),
+                )
+            })
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+            let finalization =
+                CredentialFinalization::<Suite>::deserialize(&fin.message.serialize())
+                    .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+            timed(&mut st, || {
+                sl.state.finish(
+                    finalization,
+                    ServerLoginParameters {
+                        context: None,
+                        identifiers: op::identifiers(account, fleet),
+                    },
+                )
+            })
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+            Ok(())
+        };
+        if let Err(e) = run() {
+            failure = Some(e);
+        }
+        (st, ct)
+    });
+    match failure {
+        Some(e) => Err(e),
+        None => Ok((register, login)),
+    }
+}
+
+/// Measures every operation and sums a recover session.
+pub fn measure_floor() -> anyhow::Result<Floor> {
+    let tls = tls_handshake()?;
+    let ik = noise(false)?;
+    let xx = noise(true)?;
+    let (register, login) = opaque()?;
+    let server = tls.server_us + ik.server_us + login.server_us;
+    let client = tls.client_us + ik.client_us + login.client_us;
+    let mut operations = std::collections::BTreeMap::new();
+    operations.insert("tls13_handshake".into(), tls);
+    operations.insert("noise_ik".into(), ik);
+    operations.insert("noise_xx".into(), xx);
+    operations.insert("opaque_register".into(), register);
+    operations.insert("opaque_login".into(), login);
+    Ok(Floor {
+        server_us_per_session: server,
+        client_us_per_session: client,
+        operations,
+        cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+    })
+}

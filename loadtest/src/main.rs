@@ -1,0 +1,224 @@
+//! `loadtest`: drive a gateway with simulated phones, or measure the crypto
+//! floor. `loadtest recover --embedded --rate 200 --duration 20` sizes the
+//! whole system on this machine with one command.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use loadtest::floor;
+use loadtest::run::{self, Plan, Scenario, World};
+use loadtest::target::{self, Target};
+
+#[derive(Parser)]
+#[command(name = "loadtest", version, about = "Backup Key Vault load generator")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// New QUIC connection + Noise authentication per session.
+    Connect(Common),
+    /// Connect and deposit a key per session.
+    Register(Common),
+    /// Connect and recover the key (OPAQUE login) per session.
+    Recover(Common),
+    /// Connect, then recover / wrong password / status / re-register.
+    Mixed(Common),
+    /// Open and hold authenticated connections.
+    Idle(Common),
+    /// Measure the CPU cost of the cryptography a session cannot avoid.
+    Floor {
+        /// Write the figures as JSON here.
+        #[arg(long)]
+        report_json: Option<PathBuf>,
+    },
+}
+
+#[derive(Args, Clone)]
+struct Common {
+    /// Start the whole local stack in this process (loopback, temporary
+    /// folder) and drive it.
+    #[arg(long)]
+    embedded: bool,
+    /// Replicas of the embedded vault cluster.
+    #[arg(long, default_value_t = 5)]
+    replicas: u64,
+    /// Client profile of a stack started elsewhere (gateway address and pins).
+    #[arg(long, conflicts_with = "embedded")]
+    profile: Option<PathBuf>,
+    /// Override the profile's gateway address.
+    #[arg(long)]
+    target: Option<SocketAddr>,
+    /// The account-service key that mints credentials for the phones
+    /// (`account-service.key` in the gateway's state folder).
+    #[arg(long)]
+    credential_key: Option<PathBuf>,
+    /// The gateway's `/metrics` URL, to cross-check its counters.
+    #[arg(long)]
+    metrics: Option<String>,
+    /// Open loop: sessions started per second.
+    #[arg(long, conflicts_with = "concurrency")]
+    rate: Option<f64>,
+    /// Closed loop: sessions in flight.
+    #[arg(long)]
+    concurrency: Option<usize>,
+    /// Seconds of load (idle: seconds to hold the connections).
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Simulated phones (distinct accounts).
+    #[arg(long, default_value_t = 200)]
+    phones: usize,
+    /// UDP sockets the phones share.
+    #[arg(long, default_value_t = 4)]
+    sockets: usize,
+    /// Idle: connections to open.
+    #[arg(long, default_value_t = 1000)]
+    connections: usize,
+    /// Idle: the gateway's process id, to read its memory (embedded: this
+    /// process).
+    #[arg(long)]
+    gateway_pid: Option<u32>,
+    /// Write the report as JSON here.
+    #[arg(long)]
+    report_json: Option<PathBuf>,
+    /// No live progress line.
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let (scenario, c) = match cli.cmd {
+        Cmd::Floor { report_json } => {
+            let f = tokio::task::spawn_blocking(floor::measure_floor).await??;
+            println!(
+                "crypto floor on this machine ({} cores), µs of CPU:",
+                f.cores
+            );
+            println!("{:<18} {:>10} {:>10}", "operation", "server", "client");
+            for (k, v) in &f.operations {
+                println!("{:<18} {:>10.1} {:>10.1}", k, v.server_us, v.client_us);
+            }
+            println!(
+                "per recover session (TLS + Noise IK + OPAQUE login): server {:.1} µs, client {:.1} µs",
+                f.server_us_per_session, f.client_us_per_session
+            );
+            if let Some(p) = report_json {
+                std::fs::write(&p, serde_json::to_string_pretty(&f)?)?;
+            }
+            return Ok(());
+        }
+        Cmd::Connect(c) => (Scenario::Connect, c),
+        Cmd::Register(c) => (Scenario::Register, c),
+        Cmd::Recover(c) => (Scenario::Recover, c),
+        Cmd::Mixed(c) => (Scenario::Mixed, c),
+        Cmd::Idle(c) => (Scenario::Idle, c),
+    };
+    let target = if c.embedded {
+        Target::embedded(c.replicas, protocol_spec::limits::DEFAULT_MAX_ATTEMPTS).await?
+    } else {
+        let profile = c
+            .profile
+            .clone()
+            .context("pass --embedded, or --profile FILE --credential-key FILE for a stack started elsewhere")?;
+        let key = c
+            .credential_key
+            .clone()
+            .context("--profile needs --credential-key (the gateway's account-service.key)")?;
+        Target::remote(profile, key, c.target, c.metrics.clone())?
+    };
+    let plan = Plan {
+        scenario,
+        rate: c.rate,
+        concurrency: c.concurrency.unwrap_or(16),
+        duration: Duration::from_secs_f64(c.duration),
+        phones: c.phones.max(1),
+        sockets: c.sockets,
+        connections: c.connections,
+        progress: !c.quiet,
+    };
+    let world = World::prepare(target, &plan).await?;
+    // After the (unmeasured) registrations of the set-up.
+    let before = world.target.scrape().await;
+    let auth_before = before
+        .as_deref()
+        .map(|t| target::counter_sum(t, "gateway_authenticated_total"));
+    let report = if scenario == Scenario::Idle {
+        let pid = c
+            .gateway_pid
+            .map(|p| p.to_string())
+            .unwrap_or_else(|| "self".into());
+        let rss0 = target::rss_bytes(&pid);
+        let started = std::time::Instant::now();
+        let (conns, up) = world.idle(plan.connections, plan.duration).await;
+        let rss1 = target::rss_bytes(&pid);
+        let r = world.rec.report("idle", started.elapsed());
+        println!(
+            "idle: {} of {} connections opened, {} still up after {:.0} s",
+            conns.len(),
+            plan.connections,
+            up,
+            plan.duration.as_secs_f64()
+        );
+        if let (Some(a), Some(b)) = (rss0, rss1) {
+            let per = b.saturating_sub(a) as f64 / conns.len().max(1) as f64;
+            println!(
+                "memory of {}: {:.1} MiB -> {:.1} MiB, {:.0} bytes per connection{}",
+                if c.gateway_pid.is_some() {
+                    "the gateway"
+                } else {
+                    "this process (gateway, vault and phones together)"
+                },
+                a as f64 / 1048576.0,
+                b as f64 / 1048576.0,
+                per,
+                if c.gateway_pid.is_some() {
+                    ""
+                } else {
+                    " (an upper bound for the gateway's share)"
+                }
+            );
+        }
+        for conn in conns {
+            conn.close().await;
+            world.rec.closed();
+        }
+        r
+    } else {
+        let elapsed = run::drive(&world, &plan).await;
+        world.rec.report(scenario.name(), elapsed)
+    };
+    println!("{}", report.table());
+    if let (Some(b), Some(after)) = (auth_before, world.target.scrape().await) {
+        let delta = target::counter_sum(&after, "gateway_authenticated_total") - b;
+        let ours = report
+            .latency_us
+            .get("auth")
+            .map(|p| p.count)
+            .unwrap_or_default();
+        println!(
+            "cross-check: the gateway counted {delta:.0} authentications during the run; the generator completed {ours}{}",
+            if (delta - ours as f64).abs() < 0.5 {
+                " (match)"
+            } else {
+                " (MISMATCH)"
+            }
+        );
+    }
+    if let Some(p) = &c.report_json {
+        std::fs::write(p, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("cannot write {}", p.display()))?;
+    }
+    if let Ok(w) = std::sync::Arc::try_unwrap(world) {
+        if let Ok(t) = std::sync::Arc::try_unwrap(w.target) {
+            t.shutdown().await;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,382 @@
+//! Driving a gateway with simulated phones: the scenarios, the open- and
+//! closed-loop schedulers, and the live progress line.
+//!
+//! Every phone is a real client: its own X25519 device key and credential,
+//! a real QUIC connection (from one of a few shared UDP sockets) and a real
+//! Noise handshake, then real OPAQUE. Phones use the cheap client KSF
+//! (`opaque_profile::cheap_ksf_for_load_tests`): the KSF runs only on the
+//! phone, so this changes nothing the gateway or vault computes, and lets one
+//! machine play thousands of phones.
+//!
+//! Open loop: sessions start at `--rate` per second whatever happens, and
+//! latency counts from each session's *intended* start, so a stalled server
+//! cannot hide its queue (no coordinated omission). Closed loop: `--concurrency`
+//! workers each run one session after another.
+//!
+//! Must never: reuse one phone's credential for another account, or retry a
+//! failed session (a failure is counted, not hidden).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use client::connection::{ConnectOptions, RequestObserver};
+use client::{
+    BackupKey, ClientError, ClientProfile, DeviceIdentity, GatewayConnection, VaultClient,
+};
+use protocol_spec::opaque_profile::cheap_ksf_for_load_tests;
+use rand::Rng;
+
+use crate::report::Recorder;
+use crate::target::Target;
+
+/// The workloads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Scenario {
+    /// New QUIC connection + Noise authentication, then close.
+    Connect,
+    /// Connect, deposit a key (replacing the phone's previous one), close.
+    Register,
+    /// Connect, recover the key with the right password (OPAQUE login), close.
+    Recover,
+    /// Connect, then one of: recover (60%), wrong password (10%), status
+    /// (20%), re-register (10%); close.
+    Mixed,
+    /// Open N authenticated connections and hold them (keep-alives), then
+    /// report how many stayed up and the gateway's memory.
+    Idle,
+}
+
+impl Scenario {
+    /// Name in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::Connect => "connect",
+            Scenario::Register => "register",
+            Scenario::Recover => "recover",
+            Scenario::Mixed => "mixed",
+            Scenario::Idle => "idle",
+        }
+    }
+}
+
+/// A simulated phone.
+pub struct Phone {
+    device: DeviceIdentity,
+    password: Vec<u8>,
+}
+
+/// Run parameters.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// Workload.
+    pub scenario: Scenario,
+    /// Open loop: sessions per second.
+    pub rate: Option<f64>,
+    /// Closed loop: sessions in flight.
+    pub concurrency: usize,
+    /// How long to generate load (idle: how long to hold).
+    pub duration: Duration,
+    /// Distinct phones (accounts).
+    pub phones: usize,
+    /// Client UDP sockets shared by all phones.
+    pub sockets: usize,
+    /// Idle: connections to open.
+    pub connections: usize,
+    /// Show the live progress line.
+    pub progress: bool,
+}
+
+/// Error code of a failed session, for the report.
+pub fn code(e: &ClientError) -> &'static str {
+    match e {
+        ClientError::Connect { .. } => "connect",
+        ClientError::Authentication(_) => "auth",
+        ClientError::WrongPassword { .. } => "wrong_password",
+        ClientError::LockedOut => "locked_out",
+        ClientError::NotRegistered => "not_registered",
+        ClientError::AlreadyRegistered => "already_registered",
+        ClientError::Unavailable(_) => "unavailable",
+        ClientError::Protocol(_) => "protocol",
+        ClientError::VaultKeyMismatch { .. } => "vault_key_mismatch",
+        _ => "other",
+    }
+}
+
+/// Shared client endpoints (few UDP sockets for many connections), with
+/// large socket buffers so bursts of handshakes are not dropped.
+pub fn endpoints(profile: &ClientProfile, n: usize) -> anyhow::Result<Vec<quinn::Endpoint>> {
+    let mut tls = client::connection::rustls_config(profile)?;
+    // Each simulated phone is a new phone: no session to resume.
+    tls.resumption = rustls::client::Resumption::disabled();
+    let cfg = client::connection::quinn_config(tls)?;
+    (0..n.max(1))
+        .map(|_| {
+            let sock = socket2::Socket::new(
+                socket2::Domain::for_address(profile.gateway_addr),
+                socket2::Type::DGRAM,
+                Some(socket2::Protocol::UDP),
+            )?;
+            let _ = sock.set_recv_buffer_size(8 << 20);
+            let _ = sock.set_send_buffer_size(8 << 20);
+            let bind: std::net::SocketAddr = if profile.gateway_addr.is_ipv6() {
+                "[::]:0".parse()?
+            } else {
+                "0.0.0.0:0".parse()?
+            };
+            sock.bind(&bind.into())?;
+            let mut ep = quinn::Endpoint::new(
+                quinn::EndpointConfig::default(),
+                None,
+                sock.into(),
+                Arc::new(quinn::TokioRuntime),
+            )?;
+            ep.set_default_client_config(cfg.clone());
+            Ok(ep)
+        })
+        .collect()
+}
+
+/// Everything a session needs.
+pub struct World {
+    /// The target.
+    pub target: Arc<Target>,
+    /// Phones.
+    pub phones: Arc<Vec<Phone>>,
+    /// Shared endpoints.
+    pub endpoints: Vec<quinn::Endpoint>,
+    /// Recorder.
+    pub rec: Arc<Recorder>,
+}
+
+impl World {
+    /// Enrolls `plan.phones` phones; for scenarios that log in, registers
+    /// each first (not measured).
+    pub async fn prepare(target: Target, plan: &Plan) -> anyhow::Result<Arc<Self>> {
+        let run_id: u32 = rand::thread_rng().gen();
+        let phones = (0..plan.phones)
+            .map(|i| {
+                Ok(Phone {
+                    device: target.enroll(&format!("load-{run_id:08x}-{i}"))?,
+                    password: format!("password-{i}").into_bytes(),
+                })
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let endpoints = endpoints(&target.profile, plan.sockets)?;
+        let world = Arc::new(Self {
+            target: Arc::new(target),
+            phones: Arc::new(phones),
+            endpoints,
+            rec: Arc::new(Recorder::default()),
+        });
+        if matches!(plan.scenario, Scenario::Recover | Scenario::Mixed) {
+            let mut tasks = tokio::task::JoinSet::new();
+            let step = 32.min(world.phones.len().max(1));
+            for w in 0..step {
+                let world = world.clone();
+                tasks.spawn(async move {
+                    let mut i = w;
+                    while i < world.phones.len() {
+                        world.register_unmeasured(i).await?;
+                        i += step;
+                    }
+                    anyhow::Ok(())
+                });
+            }
+            while let Some(r) = tasks.join_next().await {
+                r??;
+            }
+        }
+        Ok(world)
+    }
+
+    /// The same target, phones and sockets with a new, empty recorder (to
+    /// run several measurements on one prepared world).
+    pub fn fresh_recorder(other: &World) -> World {
+        World {
+            target: other.target.clone(),
+            phones: other.phones.clone(),
+            endpoints: other.endpoints.clone(),
+            rec: Arc::new(Recorder::default()),
+        }
+    }
+
+    async fn register_unmeasured(&self, i: usize) -> anyhow::Result<()> {
+        let p = &self.phones[i];
+        let opts = ConnectOptions {
+            endpoint: Some(self.endpoints[i % self.endpoints.len()].clone()),
+            ..Default::default()
+        };
+        let conn = GatewayConnection::connect_with(&self.target.profile, &p.device, &opts).await?;
+        VaultClient::new(&conn, &self.target.profile)?
+            .with_ksf(cheap_ksf_for_load_tests())
+            .register(&p.password, &BackupKey::generate(), true)
+            .await?;
+        conn.close().await;
+        Ok(())
+    }
+
+    /// Connects phone `i`, recording the connect and auth phases and every
+    /// later request's latency.
+    async fn connect(&self, i: usize) -> Result<GatewayConnection, ClientError> {
+        let rec = self.rec.clone();
+        let observer: RequestObserver = Arc::new(move |kind, d| rec.record(kind, d));
+        let opts = ConnectOptions {
+            endpoint: Some(self.endpoints[i % self.endpoints.len()].clone()),
+            observer: Some(observer),
+            ..Default::default()
+        };
+        let conn =
+            GatewayConnection::connect_with(&self.target.profile, &self.phones[i].device, &opts)
+                .await?;
+        let t = conn.handshake_timing();
+        self.rec.record("connect", t.quic);
+        self.rec.record("auth", t.auth);
+        self.rec.opened();
+        Ok(conn)
+    }
+
+    /// One session of `scenario` by phone `i`, timed from `intended`.
+    pub async fn session(&self, scenario: Scenario, i: usize, intended: Instant) {
+        let out = self.session_inner(scenario, i).await;
+        match out {
+            Ok(()) => {
+                self.rec.record("session", intended.elapsed());
+                self.rec.ok();
+            }
+            Err(e) => self.rec.fail(code(&e)),
+        }
+    }
+
+    async fn session_inner(&self, scenario: Scenario, i: usize) -> Result<(), ClientError> {
+        let conn = self.connect(i).await?;
+        let p = &self.phones[i];
+        let v = VaultClient::new(&conn, &self.target.profile)?.with_ksf(cheap_ksf_for_load_tests());
+        let result = match scenario {
+            Scenario::Connect | Scenario::Idle => Ok(()),
+            Scenario::Register => v.register(&p.password, &BackupKey::generate(), true).await,
+            Scenario::Recover => v.recover(&p.password).await.map(|_| ()),
+            Scenario::Mixed => {
+                let roll: u32 = rand::thread_rng().gen_range(0..100);
+                match roll {
+                    0..=59 => v.recover(&p.password).await.map(|_| ()),
+                    60..=69 => match v.recover(b"a wrong guess").await {
+                        // The expected answer to a wrong guess.
+                        Err(ClientError::WrongPassword { .. }) => Ok(()),
+                        Ok(_) => Err(ClientError::Protocol("a wrong password worked".into())),
+                        Err(e) => Err(e),
+                    },
+                    70..=89 => v.status().await.map(|_| ()),
+                    _ => v.register(&p.password, &BackupKey::generate(), true).await,
+                }
+            }
+        };
+        conn.close().await;
+        self.rec.closed();
+        result
+    }
+
+    /// Idle: opens `n` connections (at most 256 handshakes at once), holds
+    /// them for `hold`, returns how many were still up at the end.
+    pub async fn idle(
+        self: &Arc<Self>,
+        n: usize,
+        hold: Duration,
+    ) -> (Vec<GatewayConnection>, usize) {
+        let sem = Arc::new(tokio::sync::Semaphore::new(256));
+        let mut tasks = tokio::task::JoinSet::new();
+        for c in 0..n {
+            let (world, sem) = (self.clone(), sem.clone());
+            tasks.spawn(async move {
+                let _permit = sem.acquire_owned().await.ok()?;
+                match world.connect(c % world.phones.len()).await {
+                    Ok(conn) => Some(conn),
+                    Err(e) => {
+                        world.rec.fail(code(&e));
+                        None
+                    }
+                }
+            });
+        }
+        let mut conns = Vec::new();
+        while let Some(r) = tasks.join_next().await {
+            if let Ok(Some(c)) = r {
+                conns.push(c);
+            }
+        }
+        tokio::time::sleep(hold).await;
+        let up = conns
+            .iter()
+            .filter(|c| c.quic().close_reason().is_none())
+            .count();
+        (conns, up)
+    }
+}
+
+/// Runs the plan's load (not `idle`) and returns the measured duration.
+pub async fn drive(world: &Arc<World>, plan: &Plan) -> Duration {
+    let started = Instant::now();
+    let until = started + plan.duration;
+    let bar = progress(plan.progress, world.rec.clone(), started);
+    let mut tasks = tokio::task::JoinSet::new();
+    let n = world.phones.len().max(1);
+    match plan.rate {
+        Some(rate) => {
+            let gap = Duration::from_secs_f64(1.0 / rate.max(0.001));
+            let mut next = started;
+            let mut i = 0usize;
+            while next < until {
+                tokio::time::sleep_until(next.into()).await;
+                let (world, intended, scenario) = (world.clone(), next, plan.scenario);
+                tasks.spawn(async move { world.session(scenario, i % n, intended).await });
+                // Reap finished sessions so the set does not grow.
+                while tasks.try_join_next().is_some() {}
+                i += 1;
+                next += gap;
+            }
+        }
+        None => {
+            for w in 0..plan.concurrency.max(1) {
+                let (world, scenario, step) = (world.clone(), plan.scenario, plan.concurrency);
+                tasks.spawn(async move {
+                    let mut i = w;
+                    while Instant::now() < until {
+                        world.session(scenario, i % n, Instant::now()).await;
+                        i += step;
+                    }
+                });
+            }
+        }
+    }
+    while tasks.join_next().await.is_some() {}
+    if let Some(b) = bar {
+        b.abort();
+    }
+    started.elapsed()
+}
+
+/// The live progress line: rate, errors, session p99.
+fn progress(on: bool, rec: Arc<Recorder>, started: Instant) -> Option<tokio::task::JoinHandle<()>> {
+    if !on {
+        return None;
+    }
+    let pb = indicatif::ProgressBar::new_spinner();
+    Some(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            tick.tick().await;
+            let secs = started.elapsed().as_secs_f64().max(1e-3);
+            pb.set_message(format!(
+                "{:>6.0} s  {:>8.1}/s  done {:>8}  errors {:>6}  open {:>6}  p99 {}",
+                secs,
+                rec.completed() as f64 / secs,
+                rec.completed(),
+                rec.failed(),
+                rec.open_now(),
+                rec.p99_ms("session")
+                    .map(|v| format!("{v:.1} ms"))
+                    .unwrap_or_else(|| "-".into())
+            ));
+            pb.tick();
+        }
+    }))
+}
