@@ -7,7 +7,8 @@
 //! ECDSA P-256 certificate), the Noise IK responder (snow) with the device
 //! credential's Ed25519 signature check, and the OPAQUE server login (start
 //! and finish). The simulated client does the other halves, with the cheap
-//! load-test KSF. Must never: include I/O, scheduling or our own code paths
+//! load-test KSF. Noise is measured with both X25519 backends (aws-lc-rs,
+//! the default, and snow's curve25519-dalek). Must never: include I/O, scheduling or our own code paths
 //! beyond what the libraries need, or the floor would flatter the system.
 
 use std::sync::Arc;
@@ -21,6 +22,7 @@ use opaque_ke::{
 };
 use protocol_spec::credential::{self, CredentialVerifier};
 use protocol_spec::handshake::{Initiator, InitiatorStep, Responder, ResponderStep};
+use protocol_spec::noise_resolver::{set_dh_backend, DhBackend};
 use protocol_spec::opaque_profile::{self as op, Suite};
 use rand::rngs::OsRng;
 use serde::Serialize;
@@ -42,6 +44,9 @@ pub struct Floor {
     pub server_us_per_session: f64,
     /// Simulated-client CPU per full recover session.
     pub client_us_per_session: f64,
+    /// The same session with snow's default X25519 (curve25519-dalek)
+    /// instead of aws-lc-rs.
+    pub session_with_snow_default_dh: OpCost,
     /// Per-operation figures.
     pub operations: std::collections::BTreeMap<String, OpCost>,
     /// Cores on this machine.
@@ -154,8 +159,16 @@ fn tls_handshake() -> anyhow::Result<OpCost> {
     }
 }
 
-/// The Noise device handshake (IK or XX) including the credential check.
-fn noise(force_xx: bool) -> anyhow::Result<OpCost> {
+/// The Noise device handshake (IK or XX) including the credential check,
+/// with X25519 from `backend`.
+fn noise(force_xx: bool, backend: DhBackend) -> anyhow::Result<OpCost> {
+    set_dh_backend(backend);
+    let out = noise_inner(force_xx);
+    set_dh_backend(DhBackend::AwsLc);
+    out
+}
+
+fn noise_inner(force_xx: bool) -> anyhow::Result<OpCost> {
     let (sk, pk) = credential::generate_signing_key()?;
     let verifier = CredentialVerifier::new(&pk)?;
     let (gw_private, gw_public) = protocol_spec::noise::generate_static_keypair()?;
@@ -335,20 +348,29 @@ fn opaque() -> anyhow::Result<(OpCost, OpCost)> {
 /// Measures every operation and sums a recover session.
 pub fn measure_floor() -> anyhow::Result<Floor> {
     let tls = tls_handshake()?;
-    let ik = noise(false)?;
-    let xx = noise(true)?;
+    let ik = noise(false, DhBackend::AwsLc)?;
+    let xx = noise(true, DhBackend::AwsLc)?;
+    let ik_snow = noise(false, DhBackend::SnowDefault)?;
+    let xx_snow = noise(true, DhBackend::SnowDefault)?;
     let (register, login) = opaque()?;
     let server = tls.server_us + ik.server_us + login.server_us;
     let client = tls.client_us + ik.client_us + login.client_us;
+    let with_snow_default_dh = OpCost {
+        server_us: tls.server_us + ik_snow.server_us + login.server_us,
+        client_us: tls.client_us + ik_snow.client_us + login.client_us,
+    };
     let mut operations = std::collections::BTreeMap::new();
     operations.insert("tls13_handshake".into(), tls);
     operations.insert("noise_ik".into(), ik);
     operations.insert("noise_xx".into(), xx);
+    operations.insert("noise_ik_snow_default_dh".into(), ik_snow);
+    operations.insert("noise_xx_snow_default_dh".into(), xx_snow);
     operations.insert("opaque_register".into(), register);
     operations.insert("opaque_login".into(), login);
     Ok(Floor {
         server_us_per_session: server,
         client_us_per_session: client,
+        session_with_snow_default_dh: with_snow_default_dh,
         operations,
         cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
     })

@@ -69,7 +69,7 @@ fn build(
         .ok_or_else(|| HandshakeError::Protocol("unknown noise pattern".into()))?;
     let params: snow::params::NoiseParams = name.parse()?;
     let prologue = noise::prologue(pattern, exporter);
-    let mut b = snow::Builder::new(params)
+    let mut b = snow::Builder::with_resolver(params, crate::noise_resolver::resolver())
         .local_private_key(local_private)?
         .prologue(&prologue)?;
     if let Some(r) = remote_public {

@@ -15,6 +15,7 @@ pub mod framing;
 pub mod handshake;
 pub mod limits;
 pub mod noise;
+pub mod noise_resolver;
 pub mod opaque_profile;
 #[cfg(feature = "tokio-io")]
 pub mod stream_io;
