@@ -315,6 +315,11 @@ impl LocalStack {
         )?)
     }
 
+    /// The clusters as the gateway is configured with them.
+    pub fn cluster_configs(&self) -> Vec<ClusterConfig> {
+        cluster_configs(&self.clusters)
+    }
+
     /// Gateway state folder.
     pub fn gateway_dir(&self) -> PathBuf {
         self.dir.join("gateway")

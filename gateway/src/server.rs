@@ -43,7 +43,9 @@ impl std::fmt::Debug for Gateway {
     }
 }
 
-fn server_config(keys: &GatewayKeys) -> anyhow::Result<quinn::ServerConfig> {
+/// The gateway's QUIC server config (TLS 1.3 with its certificate, ALPN `bkv/1`,
+/// stream limits, idle timeout); also the load generator's bare-quinn baseline.
+pub fn server_config(keys: &GatewayKeys) -> anyhow::Result<quinn::ServerConfig> {
     let mut tls = rustls::ServerConfig::builder_with_provider(pki::crypto_provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_no_client_auth()
@@ -127,7 +129,13 @@ impl Gateway {
         );
         self.task.abort();
         self.shared.vault.close();
-        self.endpoint.wait_idle().await;
+        // Close frames are sent; waiting out every peer's draining period
+        // (up to 3 PTOs each) only delays the caller.
+        let _ = tokio::time::timeout(
+            std::time::Duration::from_millis(300),
+            self.endpoint.wait_idle(),
+        )
+        .await;
     }
 }
 

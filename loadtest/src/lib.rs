@@ -3,6 +3,7 @@
 //! reports ([`report`]), what it drives ([`target`]), and the CPU cost of the
 //! cryptography a session cannot avoid ([`floor`]).
 
+pub mod baseline;
 pub mod floor;
 pub mod report;
 pub mod run;

@@ -31,6 +31,9 @@ enum Cmd {
     Mixed(Common),
     /// Open and hold authenticated connections.
     Idle(Common),
+    /// Gateway relay overhead: `status` through the gateway against the
+    /// same request sent straight to the vault (embedded only).
+    Relay(Common),
     /// Measure the CPU cost of the cryptography a session cannot avoid.
     Floor {
         /// Write the figures as JSON here.
@@ -89,12 +92,16 @@ struct Common {
     /// No live progress line.
     #[arg(long)]
     quiet: bool,
+    /// connect: first measure a bare quinn accept loop with the gateway's
+    /// QUIC/TLS settings for the same time, and report the ratio (embedded).
+    #[arg(long)]
+    compare_bare_quinn: bool,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let (scenario, c) = match cli.cmd {
+    let (scenario, c, relay) = match cli.cmd {
         Cmd::Floor { report_json } => {
             let f = tokio::task::spawn_blocking(floor::measure_floor).await??;
             println!(
@@ -118,11 +125,13 @@ async fn main() -> anyhow::Result<()> {
             }
             return Ok(());
         }
-        Cmd::Connect(c) => (Scenario::Connect, c),
-        Cmd::Register(c) => (Scenario::Register, c),
-        Cmd::Recover(c) => (Scenario::Recover, c),
-        Cmd::Mixed(c) => (Scenario::Mixed, c),
-        Cmd::Idle(c) => (Scenario::Idle, c),
+        Cmd::Connect(c) => (Scenario::Connect, c, false),
+        Cmd::Register(c) => (Scenario::Register, c, false),
+        Cmd::Recover(c) => (Scenario::Recover, c, false),
+        Cmd::Mixed(c) => (Scenario::Mixed, c, false),
+        Cmd::Idle(c) => (Scenario::Idle, c, false),
+        // Relay keeps persistent connections; the phones need no deposit.
+        Cmd::Relay(c) => (Scenario::Connect, c, true),
     };
     let target = if c.embedded {
         Target::embedded(c.replicas, protocol_spec::limits::DEFAULT_MAX_ATTEMPTS).await?
@@ -153,6 +162,50 @@ async fn main() -> anyhow::Result<()> {
     let auth_before = before
         .as_deref()
         .map(|t| target::counter_sum(t, "gateway_authenticated_total"));
+    let keys = match &world.target.stack {
+        Some(s) => Some(gateway::keys::GatewayKeys::load(&s.gateway_dir())?),
+        None => None,
+    };
+    if relay {
+        let (keys, stack) = keys
+            .as_ref()
+            .zip(world.target.stack.as_ref())
+            .context("relay needs --embedded")?;
+        let (via, direct) = loadtest::baseline::relay(
+            &world,
+            keys,
+            stack.cluster_configs(),
+            plan.concurrency,
+            plan.duration,
+        )
+        .await?;
+        let via = via.report("status via gateway", plan.duration);
+        let direct = direct.report("status direct to vault", plan.duration);
+        println!("{}{}", via.table(), direct.table());
+        let (a, b) = (&via.latency_us["status"], &direct.latency_us["status"]);
+        println!(
+            "relay overhead: p50 {:.2} ms vs {:.2} ms ({:.2}x), throughput {:.0}/s vs {:.0}/s ({:.2}x)",
+            a.p50 as f64 / 1000.0,
+            b.p50 as f64 / 1000.0,
+            a.p50 as f64 / b.p50.max(1) as f64,
+            via.throughput_per_s,
+            direct.throughput_per_s,
+            via.throughput_per_s / direct.throughput_per_s.max(1e-9)
+        );
+        return Ok(());
+    }
+    let bare = if c.compare_bare_quinn && scenario == Scenario::Connect {
+        let keys = keys
+            .as_ref()
+            .context("--compare-bare-quinn needs --embedded")?;
+        Some(
+            loadtest::baseline::bare_quinn(&world, keys, plan.concurrency, plan.duration)
+                .await?
+                .0,
+        )
+    } else {
+        None
+    };
     let report = if scenario == Scenario::Idle {
         let pid = c
             .gateway_pid
@@ -199,6 +252,13 @@ async fn main() -> anyhow::Result<()> {
         world.rec.report(scenario.name(), elapsed)
     };
     println!("{}", report.table());
+    if let Some(bare) = bare {
+        println!(
+            "bare quinn accept loop (same TLS/QUIC settings, same run): {bare:.0} connections/s; connect + Noise through the gateway: {:.0}/s ({:.2} of bare)",
+            report.throughput_per_s,
+            report.throughput_per_s / bare.max(1e-9)
+        );
+    }
     if let (Some(b), Some(after)) = (auth_before, world.target.scrape().await) {
         let delta = target::counter_sum(&after, "gateway_authenticated_total") - b;
         let ours = report

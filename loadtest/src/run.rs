@@ -61,6 +61,7 @@ impl Scenario {
 
 /// A simulated phone.
 pub struct Phone {
+    account: String,
     device: DeviceIdentity,
     password: Vec<u8>,
 }
@@ -155,8 +156,10 @@ impl World {
         let run_id: u32 = rand::thread_rng().gen();
         let phones = (0..plan.phones)
             .map(|i| {
+                let account = format!("load-{run_id:08x}-{i}");
                 Ok(Phone {
-                    device: target.enroll(&format!("load-{run_id:08x}-{i}"))?,
+                    device: target.enroll(&account)?,
+                    account,
                     password: format!("password-{i}").into_bytes(),
                 })
             })
@@ -187,6 +190,16 @@ impl World {
             }
         }
         Ok(world)
+    }
+
+    /// Phone `i`'s device (modulo the number of phones).
+    pub fn device(&self, i: usize) -> &DeviceIdentity {
+        &self.phones[i % self.phones.len()].device
+    }
+
+    /// Phone `i`'s account (modulo the number of phones).
+    pub fn account(&self, i: usize) -> String {
+        self.phones[i % self.phones.len()].account.clone()
     }
 
     /// The same target, phones and sockets with a new, empty recorder (to

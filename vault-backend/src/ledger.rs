@@ -14,6 +14,8 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use openraft::error::{CheckIsLeaderError, ClientWriteError, ForwardToLeader, RaftError};
@@ -31,6 +33,23 @@ pub struct Ledger {
     store: Store,
     serve_addrs: BTreeMap<NodeId, SocketAddr>,
     commit_timeout: Duration,
+    barrier: Arc<ReadBarrier>,
+}
+
+/// Shares one leadership check among the reads that arrive while another
+/// is running (group commit, for reads): a check that *started* after a
+/// read arrived proves leadership at a moment after the read began, and
+/// `ensure_linearizable` has applied everything committed before it, so the
+/// read may use it. Without this, openraft runs one heartbeat round per read
+/// and status reads queue behind each other.
+#[derive(Default)]
+struct ReadBarrier {
+    /// Held while a check runs.
+    lock: tokio::sync::Mutex<()>,
+    /// Checks started so far.
+    started: AtomicU64,
+    /// The start number of the latest check that succeeded.
+    succeeded: AtomicU64,
 }
 
 impl std::fmt::Debug for Ledger {
@@ -54,6 +73,7 @@ impl Ledger {
             store,
             serve_addrs,
             commit_timeout,
+            barrier: Arc::new(ReadBarrier::default()),
         }
     }
 
@@ -92,24 +112,48 @@ impl Ledger {
     /// still the leader and has applied everything committed before the read.
     pub async fn read(&self, account_id: &str) -> Result<Option<StoredAccount>, VaultError> {
         let started = Instant::now();
-        let check =
-            tokio::time::timeout(self.commit_timeout, self.raft.ensure_linearizable()).await;
-        metrics::histogram!("vault_read_seconds").record(started.elapsed().as_secs_f64());
-        match check {
-            Err(_) => return Err(self.no_quorum()),
-            Ok(Ok(_)) => {}
-            Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
-                return Err(self.not_leader(&f))
+        let deadline = started + self.commit_timeout;
+        let arrived = self.barrier.started.load(Ordering::Acquire);
+        let turn = tokio::time::timeout(self.commit_timeout, self.barrier.lock.lock())
+            .await
+            .map_err(|_| self.no_quorum())?;
+        // A read changes nothing, so a leadership check that missed its
+        // quorum (a heartbeat answered late on a busy machine) is simply
+        // asked again, within the same time budget.
+        loop {
+            if self.barrier.succeeded.load(Ordering::Acquire) > arrived {
+                // A check that started after this read arrived succeeded.
+                metrics::counter!("vault_reads_coalesced_total").increment(1);
+                break;
             }
-            Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_)))) => {
-                return Err(self.no_quorum())
-            }
-            Ok(Err(RaftError::Fatal(e))) => {
-                return Err(VaultError::Unavailable(format!(
-                    "this replica's consensus engine stopped ({e}); retry on another replica"
-                )))
+            let number = self.barrier.started.fetch_add(1, Ordering::AcqRel) + 1;
+            let left = deadline.saturating_duration_since(Instant::now());
+            let check = tokio::time::timeout(left, self.raft.ensure_linearizable()).await;
+            match check {
+                Err(_) => return Err(self.no_quorum()),
+                Ok(Ok(_)) => {
+                    self.barrier.succeeded.fetch_max(number, Ordering::AcqRel);
+                    break;
+                }
+                Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
+                    return Err(self.not_leader(&f))
+                }
+                Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_)))) => {
+                    if Instant::now() + Duration::from_millis(20) >= deadline {
+                        return Err(self.no_quorum());
+                    }
+                    metrics::counter!("vault_read_retries_total").increment(1);
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Ok(Err(RaftError::Fatal(e))) => {
+                    return Err(VaultError::Unavailable(format!(
+                        "this replica's consensus engine stopped ({e}); retry on another replica"
+                    )))
+                }
             }
         }
+        drop(turn);
+        metrics::histogram!("vault_read_seconds").record(started.elapsed().as_secs_f64());
         let store = self.store.clone();
         let id = account_id.to_owned();
         tokio::task::spawn_blocking(move || store.get(&id))
