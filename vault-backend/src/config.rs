@@ -80,9 +80,11 @@ pub struct RaftSettings {
     /// How long a request waits for its change to commit before answering
     /// "unavailable" (no majority reachable). Default 3000 ms.
     pub commit_timeout_ms: u64,
-    /// Erasures arriving within this share one scrub pass (snapshot, log
-    /// purge, free-page overwrite); an erased record is gone from the
-    /// replica's file within about this plus the pass. Default 1000 ms.
+    /// Lockouts and deletes arriving within this share one scrub pass
+    /// (snapshot, log purge, free-page overwrite); an erased record is gone
+    /// from the replica's file within about this plus the pass. Each pass
+    /// costs a snapshot and a rewrite of the file's free pages, so keep it
+    /// long where lockouts are frequent. Default 30000 ms.
     pub erasure_delay_ms: u64,
 }
 

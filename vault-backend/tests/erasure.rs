@@ -61,6 +61,10 @@ async fn wait_until_gone(stack: &LocalStack, needle: &[u8]) {
 async fn lockout_and_delete_leave_no_sealed_record_bytes_in_any_replica_file() {
     let stack = LocalStack::start(StackOptions {
         max_attempts: 3,
+        raft: vault_backend::config::RaftSettings {
+            erasure_delay_ms: 500,
+            ..Default::default()
+        },
         ..Default::default()
     })
     .await

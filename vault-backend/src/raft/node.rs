@@ -44,7 +44,7 @@ impl Default for RaftTuning {
             election_timeout: Duration::from_millis(400),
             snapshot_every: 5000,
             async_flush: false,
-            erasure_delay: Duration::from_secs(1),
+            erasure_delay: Duration::from_secs(30),
         }
     }
 }

@@ -396,9 +396,13 @@ fn apply_command(
             Err(e) => (Write::Keep, CommandResult::Refused(e)),
         },
     };
+    // Lockouts and deletes; a replaced deposit's old record goes with the
+    // next snapshot and log purge, but does not trigger a scrub pass (a
+    // password change is the user's own act, and re-registration is common
+    // enough that a pass for each would cost too much).
     let erased = match (&write, &old_record) {
         (_, None) | (Write::Keep, _) => false,
-        (Write::Put(new), Some(old)) => &new.sealed_record != old,
+        (Write::Put(new), Some(_)) => new.sealed_record.is_empty(),
         (Write::Delete, Some(_)) => true,
     };
     match write {
