@@ -92,6 +92,10 @@ struct Common {
     /// No live progress line.
     #[arg(long)]
     quiet: bool,
+    /// Print the gateway's (embedded: the whole stack's) metrics whose names
+    /// start with this, after the run (e.g. `vault_commit_seconds`).
+    #[arg(long)]
+    show_metrics: Vec<String>,
     /// connect: first measure a bare quinn accept loop with the gateway's
     /// QUIC/TLS settings for the same time, and report the ratio (embedded).
     #[arg(long)]
@@ -274,6 +278,16 @@ async fn main() -> anyhow::Result<()> {
                 " (MISMATCH)"
             }
         );
+    }
+    if !c.show_metrics.is_empty() {
+        if let Some(text) = world.target.scrape().await {
+            for line in text
+                .lines()
+                .filter(|l| c.show_metrics.iter().any(|p| l.starts_with(p.as_str())))
+            {
+                println!("{line}");
+            }
+        }
     }
     if let Some(p) = &c.report_json {
         std::fs::write(p, serde_json::to_string_pretty(&report)?)
