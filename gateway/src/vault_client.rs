@@ -56,14 +56,7 @@ pub fn client_config(
     identity: &CertAndKey,
     vault_ca_pem: &str,
 ) -> anyhow::Result<quinn::ClientConfig> {
-    let mut tls = rustls::ClientConfig::builder_with_provider(pki::crypto_provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_root_certificates(pki::root_store(vault_ca_pem)?)
-        .with_client_auth_cert(
-            pki::certs(&identity.cert_pem)?,
-            pki::key(&identity.key_pem)?,
-        )?;
-    tls.alpn_protocols = vec![protocol_spec::noise::VAULT_ALPN.to_vec()];
+    let tls = pki::mtls_client_config(identity, vault_ca_pem, protocol_spec::noise::VAULT_ALPN)?;
     let mut cfg = quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(tls)?));
     let mut transport = quinn::TransportConfig::default();
     // A replica that dies mid-request (kill -9, power loss) sends nothing;

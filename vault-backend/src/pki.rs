@@ -94,6 +94,22 @@ pub fn mtls_server_config(
     Ok(tls)
 }
 
+/// TLS 1.3 client config that trusts only the cluster CA and presents
+/// `identity`, offering `alpn`. Shared by the gateway's vault links and the
+/// replicas' peer links.
+pub fn mtls_client_config(
+    identity: &CertAndKey,
+    cluster_ca_pem: &str,
+    alpn: &[u8],
+) -> anyhow::Result<rustls::ClientConfig> {
+    let mut tls = rustls::ClientConfig::builder_with_provider(crypto_provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_root_certificates(root_store(cluster_ca_pem)?)
+        .with_client_auth_cert(certs(&identity.cert_pem)?, key(&identity.key_pem)?)?;
+    tls.alpn_protocols = vec![alpn.to_vec()];
+    Ok(tls)
+}
+
 /// DNS name every replica certificate carries; replica-to-replica links
 /// accept only peers whose certificate has it (gateway certificates do not).
 pub const REPLICA_ROLE_NAME: &str = "replica.bkv.internal";

@@ -138,14 +138,7 @@ pub fn client_config(
     identity: &CertAndKey,
     cluster_ca_pem: &str,
 ) -> anyhow::Result<quinn::ClientConfig> {
-    let mut tls = rustls::ClientConfig::builder_with_provider(pki::crypto_provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_root_certificates(pki::root_store(cluster_ca_pem)?)
-        .with_client_auth_cert(
-            pki::certs(&identity.cert_pem)?,
-            pki::key(&identity.key_pem)?,
-        )?;
-    tls.alpn_protocols = vec![RAFT_ALPN.to_vec()];
+    let tls = pki::mtls_client_config(identity, cluster_ca_pem, RAFT_ALPN)?;
     let mut cfg = quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(tls)?));
     cfg.transport_config(transport());
     Ok(cfg)
