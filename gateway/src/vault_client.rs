@@ -202,11 +202,6 @@ impl ClusterLink {
         }
     }
 
-    /// The cluster's name.
-    pub fn name(&self) -> &str {
-        &self.config.name
-    }
-
     /// The leader this link last saw, if any.
     pub fn cached_leader(&self) -> Option<SocketAddr> {
         self.leader.lock().ok().and_then(|g| *g)

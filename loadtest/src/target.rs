@@ -8,7 +8,6 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use client::{ClientProfile, DeviceIdentity};
@@ -129,9 +128,6 @@ pub fn rss_bytes(pid: &str) -> Option<u64> {
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
 }
-
-/// Shared handle.
-pub type SharedTarget = Arc<Target>;
 
 #[cfg(test)]
 mod tests {

@@ -77,11 +77,6 @@ impl Ledger {
         }
     }
 
-    /// The Raft handle.
-    pub fn raft(&self) -> &Raft {
-        &self.raft
-    }
-
     /// The local store (its rows are the applied state; reading them without
     /// [`Ledger::read`]'s leadership check is for tests and metrics only).
     pub fn store(&self) -> &Store {

@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, UdpSocket};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -222,7 +222,6 @@ pub struct Replica {
     pub server: VaultServer,
     /// The Raft node.
     pub node: RaftNode,
-    state_dir: PathBuf,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -306,14 +305,8 @@ impl Replica {
             vault,
             server,
             node,
-            state_dir: dir.clone(),
             tasks,
         })
-    }
-
-    /// The state folder.
-    pub fn state_dir(&self) -> &Path {
-        &self.state_dir
     }
 
     /// Stops the listener and Raft and releases the database.

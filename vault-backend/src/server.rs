@@ -50,17 +50,6 @@ impl std::fmt::Debug for VaultServer {
 }
 
 impl VaultServer {
-    /// Binds `listen` and serves `vault` until shut down.
-    pub fn start(
-        vault: Arc<Vault>,
-        listen: SocketAddr,
-        identity: &CertAndKey,
-        cluster_ca_pem: &str,
-    ) -> anyhow::Result<Self> {
-        let socket = std::net::UdpSocket::bind(listen)?;
-        Self::start_on(vault, socket, identity, cluster_ca_pem)
-    }
-
     /// Serves `vault` on an already bound socket until shut down.
     pub fn start_on(
         vault: Arc<Vault>,

@@ -105,24 +105,11 @@ impl RaftNode {
         db_path: &Path,
         tuning: &RaftTuning,
     ) -> anyhow::Result<Self> {
-        let db = storage::open_database(db_path)?;
-        Self::start_with_db(id, members, endpoint, db, db_path, tuning).await
-    }
-
-    /// As [`RaftNode::start`] with an opened database (whose file is
-    /// `db_path`).
-    pub async fn start_with_db(
-        id: NodeId,
-        members: &BTreeMap<NodeId, SocketAddr>,
-        endpoint: quinn::Endpoint,
-        db: Arc<Database>,
-        db_path: &Path,
-        tuning: &RaftTuning,
-    ) -> anyhow::Result<Self> {
         anyhow::ensure!(
             members.contains_key(&id),
             "replica {id} is not in the member list"
         );
+        let db = storage::open_database(db_path)?;
         let election = tuning.election_timeout.as_millis() as u64;
         let config = Config {
             cluster_name: "bkv-vault".into(),
