@@ -346,10 +346,7 @@ fn apply_command(
         Some(v) => Some(decode_row(v.value())?),
         None => None,
     };
-    let old_record = row
-        .as_ref()
-        .map(|r| r.sealed_record.clone())
-        .filter(|s| !s.is_empty());
+    let had_record = row.as_ref().is_some_and(|r| !r.sealed_record.is_empty());
     let (write, result) = match cmd {
         Command::LoginStart { max_attempts, .. } => {
             match account::login_start(row, *max_attempts) {
@@ -400,11 +397,12 @@ fn apply_command(
     // next snapshot and log purge, but does not trigger a scrub pass (a
     // password change is the user's own act, and re-registration is common
     // enough that a pass for each would cost too much).
-    let erased = match (&write, &old_record) {
-        (_, None) | (Write::Keep, _) => false,
-        (Write::Put(new), Some(_)) => new.sealed_record.is_empty(),
-        (Write::Delete, Some(_)) => true,
-    };
+    let erased = had_record
+        && match &write {
+            Write::Keep => false,
+            Write::Put(new) => new.sealed_record.is_empty(),
+            Write::Delete => true,
+        };
     match write {
         Write::Keep => {}
         Write::Put(row) => {
