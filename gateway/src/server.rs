@@ -94,7 +94,7 @@ impl Gateway {
             verifier: CredentialVerifier::new(&keys.account_service_public)?,
             vault: VaultClusters::new(vault_clusters, &keys.vault_client, &keys.vault_ca_pem)?,
         });
-        let endpoint = quinn::Endpoint::server(server_config(keys)?, listen)?;
+        let endpoint = crate::udp::public_endpoint(listen, server_config(keys)?)?;
         let ep = endpoint.clone();
         let sh = shared.clone();
         let task = tokio::spawn(async move {
@@ -145,7 +145,10 @@ enum HandshakeOutcome {
 }
 
 async fn serve_connection(shared: Arc<Shared>, conn: quinn::Connection) {
-    let device = match authenticate(&shared, &conn).await {
+    // Boxed so the handshake's state (Noise responder, frame buffers) is
+    // freed once it ends instead of sizing this task's future, which an idle
+    // authenticated connection holds for as long as it stays open.
+    let device = match Box::pin(authenticate(&shared, &conn)).await {
         HandshakeOutcome::Authenticated(d) => d,
         HandshakeOutcome::Closed(code) => {
             close(&conn, code);
