@@ -12,6 +12,11 @@ use loadtest::floor;
 use loadtest::run::{self, Plan, Scenario, World};
 use loadtest::target::{self, Target};
 
+// The same allocator as the gateway and vault binaries, so an embedded run
+// measures what they run with (BENCHMARKS.md, "Allocator").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "loadtest", version, about = "Backup Key Vault load generator")]
 struct Cli {

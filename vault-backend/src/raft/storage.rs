@@ -103,6 +103,20 @@ fn commit_durable(txn: redb::WriteTransaction) -> Result<(), SErr> {
     txn.commit().map_err(w)
 }
 
+/// Runs a write transaction on the blocking pool, never on an async worker:
+/// redb admits one writer at a time, so `begin_write` waits out any other
+/// writer's fsync, and a durable commit waits for the disk. On a worker
+/// thread either would stall every task scheduled there (the replica's Raft
+/// RPCs, the gateway link, and in one-process stacks the other replicas):
+/// measured in BENCHMARKS.md ("Storage writes off the async workers").
+async fn off_worker<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, SErr> + Send + 'static,
+) -> Result<T, SErr> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| w(format!("storage task ended abnormally: {e}")))?
+}
+
 /// Commits without an fsync (made durable by the next durable commit).
 fn commit_lazy(txn: redb::WriteTransaction) -> Result<(), SErr> {
     let mut txn = txn;
@@ -216,12 +230,16 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), SErr> {
-        let txn = self.db.begin_write().map_err(w)?;
-        {
-            let mut t = txn.open_table(META).map_err(w)?;
-            t.insert(K_VOTE, enc(vote)?.as_slice()).map_err(w)?;
-        }
-        commit_durable(txn)
+        let (db, vote) = (self.db.clone(), enc(vote)?);
+        off_worker(move || {
+            let txn = db.begin_write().map_err(w)?;
+            {
+                let mut t = txn.open_table(META).map_err(w)?;
+                t.insert(K_VOTE, vote.as_slice()).map_err(w)?;
+            }
+            commit_durable(txn)
+        })
+        .await
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, SErr> {
@@ -229,13 +247,16 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> Result<(), SErr> {
-        let txn = self.db.begin_write().map_err(w)?;
-        {
-            let mut t = txn.open_table(META).map_err(w)?;
-            t.insert(K_COMMITTED, enc(&committed)?.as_slice())
-                .map_err(w)?;
-        }
-        commit_lazy(txn)
+        let (db, committed) = (self.db.clone(), enc(&committed)?);
+        off_worker(move || {
+            let txn = db.begin_write().map_err(w)?;
+            {
+                let mut t = txn.open_table(META).map_err(w)?;
+                t.insert(K_COMMITTED, committed.as_slice()).map_err(w)?;
+            }
+            commit_lazy(txn)
+        })
+        .await
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, SErr> {
@@ -247,23 +268,36 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let txn = self.db.begin_write().map_err(w)?;
-        {
-            let mut t = txn.open_table(LOG).map_err(w)?;
-            for e in entries {
-                t.insert(e.log_id.index, enc(&e)?.as_slice()).map_err(w)?;
+        let rows = entries
+            .into_iter()
+            .map(|e| Ok((e.log_id.index, enc(&e)?)))
+            .collect::<Result<Vec<_>, SErr>>()?;
+        let db = self.db.clone();
+        let durable = self.flusher.is_none();
+        let res = off_worker(move || {
+            let txn = db.begin_write().map_err(w)?;
+            {
+                let mut t = txn.open_table(LOG).map_err(w)?;
+                for (index, row) in &rows {
+                    t.insert(*index, row.as_slice()).map_err(w)?;
+                }
             }
-        }
+            if !durable {
+                return commit_lazy(txn);
+            }
+            let started = std::time::Instant::now();
+            let res = commit_durable(txn);
+            metrics::histogram!("vault_raft_log_fsync_seconds")
+                .record(started.elapsed().as_secs_f64());
+            res
+        })
+        .await;
         match &self.flusher {
             Some(f) => {
-                commit_lazy(txn)?;
+                res?;
                 f.send(callback).map_err(|_| w("the log flusher stopped"))
             }
             None => {
-                let started = std::time::Instant::now();
-                let res = commit_durable(txn);
-                metrics::histogram!("vault_raft_log_fsync_seconds")
-                    .record(started.elapsed().as_secs_f64());
                 callback.log_io_completed(
                     res.as_ref()
                         .map(|_| ())
@@ -275,24 +309,31 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), SErr> {
-        let txn = self.db.begin_write().map_err(w)?;
-        {
-            let mut t = txn.open_table(LOG).map_err(w)?;
-            t.retain_in(log_id.index.., |_, _| false).map_err(w)?;
-        }
-        commit_durable(txn)
+        let db = self.db.clone();
+        off_worker(move || {
+            let txn = db.begin_write().map_err(w)?;
+            {
+                let mut t = txn.open_table(LOG).map_err(w)?;
+                t.retain_in(log_id.index.., |_, _| false).map_err(w)?;
+            }
+            commit_durable(txn)
+        })
+        .await
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), SErr> {
-        let txn = self.db.begin_write().map_err(w)?;
-        {
-            let mut m = txn.open_table(META).map_err(w)?;
-            m.insert(K_PURGED, enc(&Some(log_id))?.as_slice())
-                .map_err(w)?;
-            let mut t = txn.open_table(LOG).map_err(w)?;
-            t.retain_in(..=log_id.index, |_, _| false).map_err(w)?;
-        }
-        commit_durable(txn)
+        let (db, purged) = (self.db.clone(), enc(&Some(log_id))?);
+        off_worker(move || {
+            let txn = db.begin_write().map_err(w)?;
+            {
+                let mut m = txn.open_table(META).map_err(w)?;
+                m.insert(K_PURGED, purged.as_slice()).map_err(w)?;
+                let mut t = txn.open_table(LOG).map_err(w)?;
+                t.retain_in(..=log_id.index, |_, _| false).map_err(w)?;
+            }
+            commit_durable(txn)
+        })
+        .await
     }
 }
 
@@ -418,31 +459,37 @@ fn apply_command(
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, SErr> {
         let (last_applied, membership) = self.applied_state().await?;
-        let txn = self.db.begin_read().map_err(r)?;
-        let t = txn.open_table(ACCOUNTS).map_err(r)?;
-        let mut accounts = Vec::new();
-        for item in t.iter().map_err(r)? {
-            let (k, v) = item.map_err(r)?;
-            accounts.push((k.value().to_owned(), v.value().to_vec()));
-        }
-        drop(t);
-        drop(txn);
-        let body = SnapshotBody {
-            last_applied,
-            membership: membership.clone(),
-            accounts,
-        };
-        let data = enc(&body)?;
-        let snapshot_id = match last_applied {
-            Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, rand::random::<u32>()),
-            None => format!("empty-{}", rand::random::<u32>()),
-        };
-        let meta = SnapshotMeta {
-            last_log_id: last_applied,
-            last_membership: membership,
-            snapshot_id,
-        };
-        store_snapshot(&self.db, &meta, &data)?;
+        let db = self.db.clone();
+        // Reading every account, encoding and an fsync: not on a worker.
+        let (meta, data) = off_worker(move || {
+            let txn = db.begin_read().map_err(r)?;
+            let t = txn.open_table(ACCOUNTS).map_err(r)?;
+            let mut accounts = Vec::new();
+            for item in t.iter().map_err(r)? {
+                let (k, v) = item.map_err(r)?;
+                accounts.push((k.value().to_owned(), v.value().to_vec()));
+            }
+            drop(t);
+            drop(txn);
+            let body = SnapshotBody {
+                last_applied,
+                membership: membership.clone(),
+                accounts,
+            };
+            let data = enc(&body)?;
+            let snapshot_id = match last_applied {
+                Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, rand::random::<u32>()),
+                None => format!("empty-{}", rand::random::<u32>()),
+            };
+            let meta = SnapshotMeta {
+                last_log_id: last_applied,
+                last_membership: membership,
+                snapshot_id,
+            };
+            store_snapshot(&db, &meta, &data)?;
+            Ok((meta, data))
+        })
+        .await?;
         Ok(Snapshot {
             meta,
             snapshot: Box::new(Cursor::new(data)),
@@ -486,41 +533,47 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let txn = self.db.begin_write().map_err(w)?;
-        let mut out = Vec::new();
-        let mut last = None;
-        let mut membership = None;
-        let mut erased = false;
-        {
-            // One table handle for the whole batch, not one per login.
-            let mut accounts = txn.open_table(ACCOUNTS).map_err(w)?;
-            for e in entries {
-                last = Some(e.log_id);
-                out.push(match &e.payload {
-                    EntryPayload::Blank => CommandResult::Nothing,
-                    EntryPayload::Normal(cmd) => {
-                        let (result, gone) = apply_command(&mut accounts, cmd)?;
-                        erased |= gone;
-                        result
-                    }
-                    EntryPayload::Membership(m) => {
-                        membership = Some(StoredMembership::new(Some(e.log_id), m.clone()));
-                        CommandResult::Nothing
-                    }
-                });
+        let entries: Vec<Entry<TypeConfig>> = entries.into_iter().collect();
+        let db = self.db.clone();
+        let (out, erased, last) = off_worker(move || {
+            let txn = db.begin_write().map_err(w)?;
+            let mut out = Vec::new();
+            let mut last = None;
+            let mut membership = None;
+            let mut erased = false;
+            {
+                // One table handle for the whole batch, not one per login.
+                let mut accounts = txn.open_table(ACCOUNTS).map_err(w)?;
+                for e in entries {
+                    last = Some(e.log_id);
+                    out.push(match e.payload {
+                        EntryPayload::Blank => CommandResult::Nothing,
+                        EntryPayload::Normal(cmd) => {
+                            let (result, gone) = apply_command(&mut accounts, &cmd)?;
+                            erased |= gone;
+                            result
+                        }
+                        EntryPayload::Membership(m) => {
+                            membership = Some(StoredMembership::new(Some(e.log_id), m));
+                            CommandResult::Nothing
+                        }
+                    });
+                }
             }
-        }
-        {
-            let mut m = txn.open_table(SM_META).map_err(w)?;
-            if let Some(l) = last {
-                m.insert(K_APPLIED, enc(&Some(l))?.as_slice()).map_err(w)?;
+            {
+                let mut m = txn.open_table(SM_META).map_err(w)?;
+                if let Some(l) = last {
+                    m.insert(K_APPLIED, enc(&Some(l))?.as_slice()).map_err(w)?;
+                }
+                if let Some(mem) = membership {
+                    m.insert(K_MEMBERSHIP, enc(&mem)?.as_slice()).map_err(w)?;
+                }
             }
-            if let Some(mem) = membership {
-                m.insert(K_MEMBERSHIP, enc(&mem)?.as_slice()).map_err(w)?;
-            }
-        }
-        // The log holds these entries durably; after a crash they are re-applied.
-        commit_lazy(txn)?;
+            // The log holds these entries durably; after a crash they are re-applied.
+            commit_lazy(txn)?;
+            Ok((out, erased, last))
+        })
+        .await?;
         if let (true, Some(tx), Some(l)) = (erased, &self.erasures, last) {
             let _ = tx.send(l.index);
         }
@@ -540,23 +593,27 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         meta: &SnapshotMeta<NodeId, openraft::BasicNode>,
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), SErr> {
-        let data = snapshot.into_inner();
-        let body: SnapshotBody = dec(&data)?;
-        let txn = self.db.begin_write().map_err(w)?;
-        {
-            let mut t = txn.open_table(ACCOUNTS).map_err(w)?;
-            t.retain(|_, _| false).map_err(w)?;
-            for (k, v) in &body.accounts {
-                t.insert(k.as_str(), v.as_slice()).map_err(w)?;
+        let (db, meta) = (self.db.clone(), meta.clone());
+        off_worker(move || {
+            let data = snapshot.into_inner();
+            let body: SnapshotBody = dec(&data)?;
+            let txn = db.begin_write().map_err(w)?;
+            {
+                let mut t = txn.open_table(ACCOUNTS).map_err(w)?;
+                t.retain(|_, _| false).map_err(w)?;
+                for (k, v) in &body.accounts {
+                    t.insert(k.as_str(), v.as_slice()).map_err(w)?;
+                }
+                let mut m = txn.open_table(SM_META).map_err(w)?;
+                m.insert(K_APPLIED, enc(&meta.last_log_id)?.as_slice())
+                    .map_err(w)?;
+                m.insert(K_MEMBERSHIP, enc(&meta.last_membership)?.as_slice())
+                    .map_err(w)?;
             }
-            let mut m = txn.open_table(SM_META).map_err(w)?;
-            m.insert(K_APPLIED, enc(&meta.last_log_id)?.as_slice())
-                .map_err(w)?;
-            m.insert(K_MEMBERSHIP, enc(&meta.last_membership)?.as_slice())
-                .map_err(w)?;
-        }
-        commit_durable(txn)?;
-        store_snapshot(&self.db, meta, &data)
+            commit_durable(txn)?;
+            store_snapshot(&db, &meta, &data)
+        })
+        .await
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, SErr> {
