@@ -6,7 +6,8 @@
 //! throughput is not bounded by one fsync per login (BENCHMARKS.md: ~360/s
 //! with one write in flight, ~2,500/s with 64). An optional flusher thread
 //! (`async_flush`) acknowledges appends from a separate fsync instead; it
-//! measured slower here and is off by default. The vote is fsync'd before
+//! measured slower here, and no faster for latency at half load, so it is
+//! off by default. The vote is fsync'd before
 //! `save_vote` returns. The state machine is applied in the same
 //! database with the applied log id in the same transaction, so after a crash
 //! it is consistent with some applied prefix and openraft re-applies the rest
@@ -107,8 +108,10 @@ fn commit_durable(txn: redb::WriteTransaction) -> Result<(), SErr> {
 /// redb admits one writer at a time, so `begin_write` waits out any other
 /// writer's fsync, and a durable commit waits for the disk. On a worker
 /// thread either would stall every task scheduled there (the replica's Raft
-/// RPCs, the gateway link, and in one-process stacks the other replicas):
-/// measured in BENCHMARKS.md ("Storage writes off the async workers").
+/// RPCs, the gateway link, and in one-process stacks the other replicas).
+/// On this machine it changed neither throughput nor latency measurably
+/// (BENCHMARKS.md, "Recover: where the CPU and the latency go"); it is here
+/// for disks slower than this one.
 async fn off_worker<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, SErr> + Send + 'static,
 ) -> Result<T, SErr> {
