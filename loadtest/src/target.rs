@@ -97,7 +97,13 @@ impl Target {
     pub async fn scrape(&self) -> Option<String> {
         match self.metrics.as_ref()? {
             MetricsSource::InProcess(h) => Some(h.render()),
-            MetricsSource::Url(u) => reqwest::get(u).await.ok()?.text().await.ok(),
+            MetricsSource::Url(u) => {
+                let resp = reqwest::get(u).await.ok()?;
+                let body = vault_backend::admin::read_body(resp, MAX_METRICS_BODY)
+                    .await
+                    .ok()?;
+                String::from_utf8(body).ok()
+            }
         }
     }
 
@@ -108,6 +114,9 @@ impl Target {
         }
     }
 }
+
+/// Largest `/metrics` page read; a gateway's is tens of KiB.
+const MAX_METRICS_BODY: usize = 16 << 20;
 
 /// Sum of a counter's samples (all label sets) in Prometheus text.
 pub fn counter_sum(text: &str, name: &str) -> f64 {

@@ -200,5 +200,65 @@ pub async fn fetch_status(admin: SocketAddr) -> anyhow::Result<ClusterStatus> {
         "{url} answered {}",
         resp.status()
     );
-    Ok(resp.json().await?)
+    let body = read_body(resp, MAX_STATUS_BODY).await?;
+    serde_json::from_slice(&body)
+        .map_err(|e| anyhow::anyhow!("{url} answered something that is not a replica status: {e}"))
+}
+
+/// Largest `/status` body accepted; a 7-replica status is a few KiB.
+const MAX_STATUS_BODY: usize = 1 << 20;
+
+/// Reads an HTTP body of at most `limit` bytes: whatever answers on an admin
+/// or metrics address is not trusted to keep its answer small.
+pub async fn read_body(mut resp: reqwest::Response, limit: usize) -> anyhow::Result<Vec<u8>> {
+    let url = resp.url().clone();
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await? {
+        anyhow::ensure!(
+            body.len() + chunk.len() <= limit,
+            "{url} sent more than {limit} bytes; is this address the right service?"
+        );
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A server on loopback that answers every request with `body_len` bytes.
+    async fn serve(body_len: usize) -> std::net::SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                let mut buf = [0u8; 1024];
+                let _ = s.read(&mut buf).await;
+                let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {body_len}\r\n\r\n");
+                let _ = s.write_all(head.as_bytes()).await;
+                let _ = s.write_all(&vec![b'x'; body_len]).await;
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn bodies_over_the_limit_are_refused() {
+        let addr = serve(64 * 1024).await;
+        let url = format!("http://{addr}/");
+        let small = super::read_body(reqwest::get(&url).await.unwrap(), 64 * 1024).await;
+        assert_eq!(small.unwrap().len(), 64 * 1024);
+        let err = super::read_body(reqwest::get(&url).await.unwrap(), 1000)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("more than 1000 bytes"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_status_that_is_not_json_is_an_error_not_a_panic() {
+        let addr = serve(10).await;
+        let err = super::fetch_status(addr).await.unwrap_err();
+        assert!(err.to_string().contains("not a replica status"), "{err}");
+    }
 }
