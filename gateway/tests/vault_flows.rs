@@ -7,9 +7,9 @@ use std::time::Duration;
 use client::connection::ConnectOptions;
 use client::{BackupKey, ClientError, GatewayConnection, Status, VaultClient};
 use gateway::local_stack::{LocalStack, StackOptions};
-use opaque_ke::ClientLogin;
+use opaque_ke::{ClientLogin, ClientLoginFinishParameters, CredentialResponse};
 use protocol_spec::msg::{self, request::Kind as Req, response::Kind as Resp, LoginPurpose};
-use protocol_spec::opaque_profile::Suite;
+use protocol_spec::opaque_profile::{self as op, Suite};
 use rand::rngs::OsRng;
 use vault_backend::replica::FleetPublic;
 
@@ -188,6 +188,79 @@ async fn fifty_concurrent_login_starts_yield_at_most_the_guesses_left() {
         c.close().await;
     }
     conn.close().await;
+    stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_guess_counted_during_the_owners_login_is_not_forgiven_by_its_success() {
+    let stack = stack().await;
+    let owner = connect(&stack, "olga").await;
+    let vault = VaultClient::new(&owner, &stack.profile).unwrap();
+    vault
+        .register(b"right", &BackupKey::generate(), false)
+        .await
+        .unwrap();
+
+    // The owner's login, step by step, so that a guess lands in between.
+    let ksf = op::client_ksf();
+    let start = ClientLogin::<Suite>::start(&mut OsRng, b"right").unwrap();
+    let resp = owner
+        .request(&msg::Request {
+            kind: Some(Req::LoginStart(msg::LoginStartRequest {
+                credential_request: start.message.serialize().to_vec(),
+                purpose: LoginPurpose::Recover as i32,
+            })),
+        })
+        .await
+        .unwrap();
+    let Some(Resp::LoginStart(ls)) = resp.kind else {
+        panic!("{resp:?}")
+    };
+    assert_eq!(ls.attempts_left, 9);
+
+    // An attacker holding a device credential of the same account (a new
+    // phone after a SIM swap) guesses while the owner's login is open.
+    let attacker = connect(&stack, "olga").await;
+    let resp = attacker.request(&login_start_request()).await.unwrap();
+    let Some(Resp::LoginStart(guess)) = resp.kind else {
+        panic!("{resp:?}")
+    };
+    assert_eq!(guess.attempts_left, 8);
+
+    let finish = start
+        .state
+        .finish(
+            &mut OsRng,
+            b"right",
+            CredentialResponse::<Suite>::deserialize(&ls.credential_response).unwrap(),
+            ClientLoginFinishParameters::new(
+                None,
+                op::identifiers("olga", &stack.profile.fleet_id),
+                Some(&ksf),
+            ),
+        )
+        .unwrap();
+    let resp = owner
+        .request(&msg::Request {
+            kind: Some(Req::LoginFinish(msg::LoginFinishRequest {
+                login_session: ls.login_session,
+                credential_finalization: finish.message.serialize().to_vec(),
+            })),
+        })
+        .await
+        .unwrap();
+    assert!(matches!(resp.kind, Some(Resp::LoginFinish(_))), "{resp:?}");
+
+    // The owner's success forgave the owner's guess, not the attacker's.
+    assert_eq!(
+        vault.status().await.unwrap(),
+        Status::Active {
+            attempts_left: 9,
+            max_attempts: 10
+        }
+    );
+    attacker.close().await;
+    owner.close().await;
     stack.shutdown().await;
 }
 

@@ -20,6 +20,11 @@ pub struct StoredAccount {
     /// Sealed [`SealedRecord`]; empty once locked out.
     #[prost(bytes = "vec", tag = "4")]
     pub sealed_record: Vec<u8>,
+    /// Guesses ever counted on this registration (never reset): each counted
+    /// guess gets the next number, so a verified login can forgive exactly
+    /// the guesses counted up to its own and no later one.
+    #[prost(uint64, tag = "5")]
+    pub guesses_counted: u64,
 }
 
 /// The secret part of a deposit, sealed under the record-sealing key.
@@ -97,6 +102,9 @@ pub struct Guess {
     /// This was the last guess: the record has been erased from storage and
     /// lives only in the caller's memory until a verified finish restores it.
     pub last: bool,
+    /// This guess's number on the registration (see
+    /// [`StoredAccount::guesses_counted`]); a verified finish passes it back.
+    pub seq: u64,
 }
 
 /// Login start: count the guess *before* anything is evaluated.
@@ -116,11 +124,14 @@ pub fn login_start(
     let used = row.guesses_used + 1;
     let attempts_left = max_attempts - used;
     let last = attempts_left == 0;
+    // A row never has fewer guesses counted than outstanding.
+    let seq = row.guesses_counted.max(u64::from(row.guesses_used)) + 1;
     let write = if last {
         Write::Put(tombstone(&row))
     } else {
         Write::Put(StoredAccount {
             guesses_used: used,
+            guesses_counted: seq,
             ..row.clone()
         })
     };
@@ -130,6 +141,7 @@ pub fn login_start(
             record: row,
             attempts_left,
             last,
+            seq,
         },
     ))
 }
@@ -140,28 +152,41 @@ fn tombstone(row: &StoredAccount) -> StoredAccount {
         registration_id: row.registration_id.clone(),
         guesses_used: 0,
         sealed_record: Vec::new(),
+        guesses_counted: 0,
     }
 }
 
-/// A verified login: reset the counter. `held` is the record kept in memory
-/// when the verified guess was the last one.
+/// A verified login: forgive the guesses counted up to and including this
+/// login's own (`seq`), never one counted after it. A guess an attacker got
+/// counted while the owner's login was in flight stays counted, and a reset
+/// applied late (after a newer verified login, or after more guesses) takes
+/// nothing back that it should not. `held` is the record kept in memory when
+/// the verified guess was the last one.
 pub fn login_verified(
     row: Option<StoredAccount>,
     registration_id: &[u8],
     held: Option<&StoredAccount>,
+    seq: u64,
 ) -> Result<Write, Refusal> {
     match (row, held) {
         (Some(r), None) if r.state == STATE_ACTIVE && r.registration_id == registration_id => {
+            let counted_since = r.guesses_counted.saturating_sub(seq);
+            let outstanding = u64::from(r.guesses_used).min(counted_since);
+            if outstanding == u64::from(r.guesses_used) {
+                return Ok(Write::Keep);
+            }
             Ok(Write::Put(StoredAccount {
-                guesses_used: 0,
+                guesses_used: u32::try_from(outstanding).unwrap_or(r.guesses_used),
                 ..r
             }))
         }
         (Some(r), Some(h))
             if r.state == STATE_LOCKED_OUT && r.registration_id == registration_id =>
         {
+            // The last guess erased the record, so none was counted after it.
             Ok(Write::Put(StoredAccount {
                 guesses_used: 0,
+                guesses_counted: seq,
                 ..h.clone()
             }))
         }
@@ -206,6 +231,7 @@ pub fn register(
         registration_id: new_registration_id,
         guesses_used: 0,
         sealed_record,
+        guesses_counted: 0,
     }))
 }
 
@@ -228,7 +254,76 @@ mod tests {
             registration_id: vec![7; 16],
             guesses_used: used,
             sealed_record: vec![1, 2, 3],
+            guesses_counted: u64::from(used),
         }
+    }
+
+    fn put(w: Write) -> StoredAccount {
+        match w {
+            Write::Put(r) => r,
+            other => panic!("expected a write, got {other:?}"),
+        }
+    }
+
+    fn apply(row: &mut StoredAccount, w: Write) {
+        if let Write::Put(r) = w {
+            *row = r;
+        }
+    }
+
+    #[test]
+    fn a_verified_login_forgives_its_own_and_earlier_guesses() {
+        let mut row = active(0);
+        let (w, wrong) = login_start(Some(row.clone()), 10).unwrap();
+        apply(&mut row, w);
+        let (w, owner) = login_start(Some(row.clone()), 10).unwrap();
+        apply(&mut row, w);
+        assert_eq!((wrong.seq, owner.seq, row.guesses_used), (1, 2, 2));
+        let w = login_verified(Some(row.clone()), &[7; 16], None, owner.seq).unwrap();
+        apply(&mut row, w);
+        assert_eq!(row.guesses_used, 0);
+    }
+
+    #[test]
+    fn a_guess_counted_during_the_owners_login_is_not_forgiven() {
+        let mut row = active(0);
+        let (w, owner) = login_start(Some(row.clone()), 10).unwrap();
+        apply(&mut row, w);
+        // An attacker's guess is counted between the owner's start and finish.
+        let (w, _attacker) = login_start(Some(row.clone()), 10).unwrap();
+        apply(&mut row, w);
+        let w = login_verified(Some(row.clone()), &[7; 16], None, owner.seq).unwrap();
+        apply(&mut row, w);
+        assert_eq!(row.guesses_used, 1, "the attacker's guess stays counted");
+    }
+
+    #[test]
+    fn a_late_reset_takes_nothing_back() {
+        let mut row = active(0);
+        let (w, a) = login_start(Some(row.clone()), 10).unwrap();
+        apply(&mut row, w);
+        let (w, b) = login_start(Some(row.clone()), 10).unwrap();
+        apply(&mut row, w);
+        let w = login_verified(Some(row.clone()), &[7; 16], None, b.seq).unwrap();
+        apply(&mut row, w);
+        let (w, _attacker) = login_start(Some(row.clone()), 10).unwrap();
+        apply(&mut row, w);
+        // A's reset arrives after B's and after the attacker's guess.
+        let w = login_verified(Some(row.clone()), &[7; 16], None, a.seq).unwrap();
+        assert_eq!(w, Write::Keep);
+        assert_eq!(row.guesses_used, 1);
+    }
+
+    #[test]
+    fn rows_without_a_guess_number_count_on_from_their_outstanding_guesses() {
+        let mut row = active(3);
+        row.guesses_counted = 0;
+        let (w, g) = login_start(Some(row.clone()), 10).unwrap();
+        assert_eq!(g.seq, 4);
+        let row = put(w);
+        assert_eq!((row.guesses_used, row.guesses_counted), (4, 4));
+        let row = put(login_verified(Some(row.clone()), &[7; 16], None, g.seq).unwrap());
+        assert_eq!(row.guesses_used, 0);
     }
 
     #[test]
@@ -253,11 +348,13 @@ mod tests {
         let (w, g) = login_start(Some(active(9)), 10).unwrap();
         assert!(g.last);
         let Write::Put(tomb) = w else { unreachable!() };
-        let Write::Put(restored) = login_verified(Some(tomb), &[7; 16], Some(&g.record)).unwrap()
+        let Write::Put(restored) =
+            login_verified(Some(tomb), &[7; 16], Some(&g.record), g.seq).unwrap()
         else {
             unreachable!()
         };
         assert_eq!(restored.guesses_used, 0);
+        assert_eq!(restored.guesses_counted, 10);
         assert_eq!(restored.sealed_record, vec![1, 2, 3]);
     }
 

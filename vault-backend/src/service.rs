@@ -53,6 +53,8 @@ enum PendingState {
         wrapped_key: Vec<u8>,
         /// Guesses left when this login's guess was counted.
         attempts_left: u32,
+        /// This login's guess number: a verified finish forgives up to it.
+        seq: u64,
     },
     /// A verified change-password login, waiting for its RegisterFinish.
     ChangeAuthorized,
@@ -338,11 +340,13 @@ impl Vault {
                 record,
                 attempts_left,
                 last,
+                seq,
             } => account::Guess {
                 record: StoredAccount::decode(record.as_slice())
                     .map_err(|e| VaultError::Internal(format!("counted row: {e}")))?,
                 attempts_left,
                 last,
+                seq,
             },
             other => {
                 return Err(VaultError::Internal(format!(
@@ -397,6 +401,7 @@ impl Vault {
                 held: guess.last.then(|| guess.record.clone()),
                 wrapped_key: record.wrapped_key,
                 attempts_left: guess.attempts_left,
+                seq: guess.seq,
             },
         };
         self.sessions
@@ -459,6 +464,7 @@ impl Vault {
             held,
             wrapped_key,
             attempts_left: attempts_at_start,
+            seq,
         } = pending.state
         else {
             return Err(VaultError::SessionExpired);
@@ -507,6 +513,7 @@ impl Vault {
                     account_id: account_id.to_owned(),
                     registration_id: pending.registration_id.clone(),
                     held: held.as_ref().map(|h| h.encode_to_vec()),
+                    seq,
                 })
                 .await?;
                 let sealed_key = op::seal_release(&session_key, &key, &wrapped_key)

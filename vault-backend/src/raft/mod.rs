@@ -51,8 +51,8 @@ pub enum Command {
         /// Guess limit in force.
         max_attempts: u32,
     },
-    /// A login finished verified: reset the counter (and restore a record
-    /// held after the last guess).
+    /// A login finished verified: forgive the guesses counted up to its own
+    /// (and restore a record held after the last guess).
     LoginVerified {
         /// Account.
         account_id: String,
@@ -60,6 +60,8 @@ pub enum Command {
         registration_id: Vec<u8>,
         /// prost-encoded `StoredAccount` held in memory since the last guess.
         held: Option<Vec<u8>>,
+        /// The verified login's guess number (`CommandResult::Guess::seq`).
+        seq: u64,
     },
     /// Deposit (or replace) a record.
     Register {
@@ -129,6 +131,8 @@ pub enum CommandResult {
         attempts_left: u32,
         /// This was the last guess: the record is erased.
         last: bool,
+        /// This guess's number on the registration.
+        seq: u64,
     },
     /// The transition was applied.
     Done,

@@ -400,6 +400,7 @@ fn apply_command(
                         record: g.record.encode_to_vec(),
                         attempts_left: g.attempts_left,
                         last: g.last,
+                        seq: g.seq,
                     },
                 ),
                 Err(e) => (Write::Keep, CommandResult::Refused(e)),
@@ -408,10 +409,11 @@ fn apply_command(
         Command::LoginVerified {
             registration_id,
             held,
+            seq,
             ..
         } => {
             let held = held.as_deref().map(decode_row).transpose()?;
-            match account::login_verified(row, registration_id, held.as_ref()) {
+            match account::login_verified(row, registration_id, held.as_ref(), *seq) {
                 Ok(write) => (write, CommandResult::Done),
                 Err(e) => (Write::Keep, CommandResult::Refused(e)),
             }
