@@ -5,6 +5,7 @@
 
 pub mod baseline;
 pub mod floor;
+pub mod plot;
 pub mod report;
 pub mod run;
 pub mod target;

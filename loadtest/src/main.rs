@@ -94,6 +94,10 @@ struct Common {
     /// Write the report as JSON here.
     #[arg(long)]
     report_json: Option<PathBuf>,
+    /// Draw the run into this SVG file: latency second by second (p50,
+    /// p99), sessions per second, and the latency distribution.
+    #[arg(long, value_name = "FILE.svg")]
+    plot: Option<PathBuf>,
     /// No live progress line.
     #[arg(long)]
     quiet: bool,
@@ -297,6 +301,22 @@ async fn main() -> anyhow::Result<()> {
     if let Some(p) = &c.report_json {
         std::fs::write(p, serde_json::to_string_pretty(&report)?)
             .with_context(|| format!("cannot write {}", p.display()))?;
+    }
+    if let Some(p) = &c.plot {
+        // Idle opens connections and holds them: its latency is the handshake.
+        let phase = if scenario == Scenario::Idle {
+            "auth"
+        } else {
+            "session"
+        };
+        loadtest::plot::write_svg(
+            p,
+            scenario.name(),
+            phase,
+            &world.rec.timeline(phase),
+            world.rec.histogram(phase).as_ref(),
+        )?;
+        println!("plot written to {}", p.display());
     }
     if let Ok(w) = std::sync::Arc::try_unwrap(world) {
         if let Ok(t) = std::sync::Arc::try_unwrap(w.target) {

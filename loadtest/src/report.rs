@@ -11,8 +11,8 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
-use std::time::Duration;
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use serde::Serialize;
@@ -58,8 +58,35 @@ pub struct Report {
     pub peak_connections: u64,
 }
 
-/// Thread-safe recorder shared by every simulated phone.
+/// Longest run the timeline keeps apart second by second; later samples
+/// go to its last second.
+const MAX_TIMELINE_S: usize = 24 * 3600;
+
+/// One second of the run: latency per phase and sessions ended in it.
 #[derive(Debug, Default)]
+struct Second {
+    phases: BTreeMap<&'static str, Histogram<u64>>,
+    completed: u64,
+    failed: u64,
+}
+
+/// One second of the run, summarized (for `--plot`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SecondStats {
+    /// Seconds since the first sample.
+    pub second: u64,
+    /// Median of the phase in this second, µs (`None`: no sample).
+    pub p50_us: Option<u64>,
+    /// 99th percentile of the phase in this second, µs.
+    pub p99_us: Option<u64>,
+    /// Sessions completed in this second.
+    pub completed: u64,
+    /// Sessions failed in this second.
+    pub failed: u64,
+}
+
+/// Thread-safe recorder shared by every simulated phone.
+#[derive(Debug)]
 pub struct Recorder {
     phases: Mutex<BTreeMap<&'static str, Histogram<u64>>>,
     errors: Mutex<BTreeMap<String, u64>>,
@@ -67,6 +94,30 @@ pub struct Recorder {
     failed: AtomicU64,
     open: AtomicU64,
     peak: AtomicU64,
+    /// The timeline's second 0: the first sample (set-up before the load
+    /// records nothing).
+    origin: OnceLock<Instant>,
+    timeline: Mutex<Vec<Second>>,
+}
+
+impl Default for Recorder {
+    fn default() -> Self {
+        Self {
+            phases: Mutex::default(),
+            errors: Mutex::default(),
+            completed: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            open: AtomicU64::new(0),
+            peak: AtomicU64::new(0),
+            origin: OnceLock::new(),
+            timeline: Mutex::default(),
+        }
+    }
+}
+
+fn histogram(sigfig: u8) -> Histogram<u64> {
+    Histogram::new_with_bounds(1, MAX_US, sigfig)
+        .unwrap_or_else(|_| unreachable!("valid histogram bounds"))
 }
 
 impl Recorder {
@@ -74,17 +125,33 @@ impl Recorder {
     pub fn record(&self, phase: &'static str, d: Duration) {
         let us = (d.as_micros() as u64).clamp(1, MAX_US);
         if let Ok(mut m) = self.phases.lock() {
-            let h = m.entry(phase).or_insert_with(|| {
-                Histogram::new_with_bounds(1, MAX_US, 3)
-                    .unwrap_or_else(|_| unreachable!("valid histogram bounds"))
-            });
-            let _ = h.record(us);
+            let _ = m.entry(phase).or_insert_with(|| histogram(3)).record(us);
+        }
+        // Two significant digits are enough for a plot and keep a second small.
+        self.in_this_second(|s| {
+            let _ = s
+                .phases
+                .entry(phase)
+                .or_insert_with(|| histogram(2))
+                .record(us);
+        });
+    }
+
+    fn in_this_second(&self, f: impl FnOnce(&mut Second)) {
+        let origin = *self.origin.get_or_init(Instant::now);
+        let i = (origin.elapsed().as_secs() as usize).min(MAX_TIMELINE_S - 1);
+        if let Ok(mut t) = self.timeline.lock() {
+            if t.len() <= i {
+                t.resize_with(i + 1, Second::default);
+            }
+            f(&mut t[i]);
         }
     }
 
     /// A session completed.
     pub fn ok(&self) {
         self.completed.fetch_add(1, Ordering::Relaxed);
+        self.in_this_second(|s| s.completed += 1);
     }
 
     /// A session failed with `code`.
@@ -93,6 +160,32 @@ impl Recorder {
         if let Ok(mut e) = self.errors.lock() {
             *e.entry(code.to_owned()).or_default() += 1;
         }
+        self.in_this_second(|s| s.failed += 1);
+    }
+
+    /// `phase` second by second since the first sample.
+    pub fn timeline(&self, phase: &str) -> Vec<SecondStats> {
+        let Ok(t) = self.timeline.lock() else {
+            return Vec::new();
+        };
+        t.iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let h = s.phases.get(phase).filter(|h| !h.is_empty());
+                SecondStats {
+                    second: i as u64,
+                    p50_us: h.map(|h| h.value_at_quantile(0.5)),
+                    p99_us: h.map(|h| h.value_at_quantile(0.99)),
+                    completed: s.completed,
+                    failed: s.failed,
+                }
+            })
+            .collect()
+    }
+
+    /// A copy of `phase`'s whole-run histogram.
+    pub fn histogram(&self, phase: &str) -> Option<Histogram<u64>> {
+        self.phases.lock().ok()?.get(phase).cloned()
     }
 
     /// A connection opened.
@@ -239,5 +332,20 @@ mod tests {
         }
         assert_eq!(json["errors"]["unavailable"], 1);
         assert_eq!(json["peak_connections"], 1);
+    }
+
+    #[test]
+    fn the_timeline_keeps_each_second_apart() {
+        let r = Recorder::default();
+        r.record("session", Duration::from_millis(3));
+        r.record("session", Duration::from_millis(5));
+        r.ok();
+        r.fail("unavailable");
+        let t = r.timeline("session");
+        assert_eq!(t.len(), 1);
+        assert_eq!((t[0].completed, t[0].failed), (1, 1));
+        let p99 = t[0].p99_us.unwrap_or_default();
+        assert!((4_900..=5_100).contains(&p99), "{p99}");
+        assert_eq!(r.timeline("connect")[0].p50_us, None);
     }
 }
