@@ -56,87 +56,34 @@ fn draw(
     let root = SVGBackend::new(path, (1000, 960)).into_drawing_area();
     root.fill(&WHITE)?;
     let panels = root.split_evenly((3, 1));
-    let ms = |us: u64| us as f64 / 1000.0;
     let seconds = (timeline.len() as u64).max(1);
 
-    // Latency second by second.
-    let top = timeline
-        .iter()
-        .filter_map(|s| s.p99_us)
-        .max()
-        .map_or(1.0, |us| ms(us) * 1.1);
-    let mut chart = ChartBuilder::on(&panels[0])
-        .caption(
-            format!("{title}: {phase} latency, second by second"),
-            ("sans-serif", 18),
-        )
-        .margin(12)
-        .x_label_area_size(32)
-        .y_label_area_size(56)
-        .build_cartesian_2d(0u64..seconds, 0f64..top)?;
-    chart
-        .configure_mesh()
-        .x_desc("seconds into the run")
-        .y_desc("ms")
-        .draw()?;
-    let line = |pick: fn(&SecondStats) -> Option<u64>| {
+    let line = |pick: fn(&SecondStats) -> Option<f64>| {
         timeline
             .iter()
-            .filter_map(move |s| pick(s).map(|us| (s.second, ms(us))))
+            .filter_map(move |s| pick(s).map(|v| (s.second, v)))
             .collect::<Vec<_>>()
     };
-    chart
-        .draw_series(LineSeries::new(line(|s| s.p50_us), BLUE.stroke_width(2)))?
-        .label("p50")
-        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLUE));
-    chart
-        .draw_series(LineSeries::new(line(|s| s.p99_us), RED.stroke_width(2)))?
-        .label("p99")
-        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RED));
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()?;
-
-    // Sessions per second.
-    let most = timeline
-        .iter()
-        .map(|s| s.completed.max(s.failed))
-        .max()
-        .unwrap_or(0)
-        .max(1) as f64
-        * 1.1;
-    let mut chart = ChartBuilder::on(&panels[1])
-        .caption("sessions per second", ("sans-serif", 18))
-        .margin(12)
-        .x_label_area_size(32)
-        .y_label_area_size(56)
-        .build_cartesian_2d(0u64..seconds, 0f64..most)?;
-    chart
-        .configure_mesh()
-        .x_desc("seconds into the run")
-        .y_desc("sessions")
-        .draw()?;
-    chart
-        .draw_series(LineSeries::new(
-            timeline.iter().map(|s| (s.second, s.completed as f64)),
-            GREEN.stroke_width(2),
-        ))?
-        .label("completed")
-        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], GREEN));
-    chart
-        .draw_series(LineSeries::new(
-            timeline.iter().map(|s| (s.second, s.failed as f64)),
-            RED.stroke_width(2),
-        ))?
-        .label("failed")
-        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RED));
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()?;
+    time_panel(
+        &panels[0],
+        &format!("{title}: {phase} latency, second by second"),
+        "ms",
+        seconds,
+        [
+            ("p50", BLUE, line(|s| s.p50_us.map(ms))),
+            ("p99", RED, line(|s| s.p99_us.map(ms))),
+        ],
+    )?;
+    time_panel(
+        &panels[1],
+        "sessions per second",
+        "sessions",
+        seconds,
+        [
+            ("completed", GREEN, line(|s| Some(s.completed as f64))),
+            ("failed", RED, line(|s| Some(s.failed as f64))),
+        ],
+    )?;
 
     // Distribution over the whole run, up to its 99.9th percentile.
     let bins = whole_run.map(distribution).unwrap_or_default();
@@ -165,6 +112,52 @@ fn draw(
             .map(|&(lo, hi, n)| Rectangle::new([(lo, 0.0), (hi, n as f64)], BLUE.filled())),
     )?;
     root.present()?;
+    Ok(())
+}
+
+fn ms(us: u64) -> f64 {
+    us as f64 / 1000.0
+}
+
+/// A named, coloured line of (second, value) points.
+type Line<'a> = (&'a str, RGBColor, Vec<(u64, f64)>);
+
+/// A panel with seconds across and two named lines.
+fn time_panel(
+    area: &DrawingArea<SVGBackend<'_>, plotters::coord::Shift>,
+    caption: &str,
+    y_desc: &str,
+    seconds: u64,
+    lines: [Line<'_>; 2],
+) -> anyhow::Result<()> {
+    let top = lines
+        .iter()
+        .flat_map(|l| l.2.iter().map(|p| p.1))
+        .fold(0.0f64, f64::max)
+        .max(1.0)
+        * 1.1;
+    let mut chart = ChartBuilder::on(area)
+        .caption(caption, ("sans-serif", 18))
+        .margin(12)
+        .x_label_area_size(32)
+        .y_label_area_size(56)
+        .build_cartesian_2d(0u64..seconds, 0f64..top)?;
+    chart
+        .configure_mesh()
+        .x_desc("seconds into the run")
+        .y_desc(y_desc)
+        .draw()?;
+    for (name, color, points) in lines {
+        chart
+            .draw_series(LineSeries::new(points, color.stroke_width(2)))?
+            .label(name)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()?;
     Ok(())
 }
 
