@@ -307,12 +307,22 @@ impl ClusterLink {
                     self.set_leader(Some(target));
                     break r;
                 }
-                Attempt::NotLeader(Some(leader)) if leader != target => {
-                    self.set_leader(Some(leader));
-                    target = leader;
-                    continue;
-                }
-                Attempt::NotLeader(_) => {
+                Attempt::NotLeader(named) => {
+                    if let Some(leader) = redirect(&self.config, target, named) {
+                        self.set_leader(Some(leader));
+                        target = leader;
+                        continue;
+                    }
+                    if named.is_some_and(|n| n != target) {
+                        metrics::counter!("gateway_vault_redirects_ignored_total").increment(1);
+                        tracing::warn!(
+                            cluster = %self.config.name,
+                            replica = %target,
+                            named = ?named,
+                            "a replica named a leader that is not in this cluster's configured replicas; \
+                             ignored (check the replicas' `serve` addresses against the gateway's `vault_clusters`)"
+                        );
+                    }
                     // Election under way: wait a little, then ask another.
                     last_error = "the vault cluster is electing a leader".into();
                     self.set_leader(None);
@@ -354,6 +364,19 @@ impl ClusterLink {
     }
 }
 
+/// Where a "not the leader" answer from `from` may send the next attempt:
+/// only to another replica of this cluster's configuration. A replica
+/// naming any other address (misconfigured, or of another cluster, whose
+/// replicas hold certificates of the same fleet) would otherwise have this
+/// cluster's accounts served by a cluster that does not hold them.
+fn redirect(
+    config: &ClusterConfig,
+    from: SocketAddr,
+    named: Option<SocketAddr>,
+) -> Option<SocketAddr> {
+    named.filter(|n| *n != from && config.replicas.contains(n))
+}
+
 /// Whether a failed handshake was a TLS refusal (a crypto alert).
 fn is_tls_refusal(e: &quinn::ConnectionError) -> bool {
     let crypto = |code: quinn::TransportErrorCode| (0x100..0x200).contains(&u64::from(code));
@@ -377,7 +400,25 @@ fn unavailable(why: &str) -> msg::Response {
 
 #[cfg(test)]
 mod tests {
-    use super::place;
+    use super::{place, redirect, ClusterConfig};
+
+    #[test]
+    fn redirects_go_only_to_another_configured_replica_of_the_cluster() {
+        let addr = |p: u16| std::net::SocketAddr::from(([127, 0, 0, 1], p));
+        let cluster = ClusterConfig {
+            name: "east".into(),
+            replicas: vec![addr(7801), addr(7802), addr(7803)],
+            server_name: "replica.bkv.internal".into(),
+        };
+        assert_eq!(
+            redirect(&cluster, addr(7801), Some(addr(7802))),
+            Some(addr(7802))
+        );
+        assert_eq!(redirect(&cluster, addr(7801), Some(addr(7801))), None);
+        assert_eq!(redirect(&cluster, addr(7801), None), None);
+        // A replica of another cluster, or any other address.
+        assert_eq!(redirect(&cluster, addr(7801), Some(addr(9801))), None);
+    }
 
     #[test]
     fn rendezvous_moves_only_accounts_that_land_on_a_new_cluster() {
