@@ -120,6 +120,25 @@ async fn off_worker<T: Send + 'static>(
         .map_err(|e| w(format!("storage task ended abnormally: {e}")))?
 }
 
+/// Writes one Raft metadata value, committed by `commit`.
+async fn put_meta(
+    db: &Arc<Database>,
+    key: &'static str,
+    value: Vec<u8>,
+    commit: fn(redb::WriteTransaction) -> Result<(), SErr>,
+) -> Result<(), SErr> {
+    let db = db.clone();
+    off_worker(move || {
+        let txn = db.begin_write().map_err(w)?;
+        {
+            let mut t = txn.open_table(META).map_err(w)?;
+            t.insert(key, value.as_slice()).map_err(w)?;
+        }
+        commit(txn)
+    })
+    .await
+}
+
 /// Commits without an fsync (made durable by the next durable commit).
 fn commit_lazy(txn: redb::WriteTransaction) -> Result<(), SErr> {
     let mut txn = txn;
@@ -233,16 +252,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), SErr> {
-        let (db, vote) = (self.db.clone(), enc(vote)?);
-        off_worker(move || {
-            let txn = db.begin_write().map_err(w)?;
-            {
-                let mut t = txn.open_table(META).map_err(w)?;
-                t.insert(K_VOTE, vote.as_slice()).map_err(w)?;
-            }
-            commit_durable(txn)
-        })
-        .await
+        put_meta(&self.db, K_VOTE, enc(vote)?, commit_durable).await
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, SErr> {
@@ -250,16 +260,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> Result<(), SErr> {
-        let (db, committed) = (self.db.clone(), enc(&committed)?);
-        off_worker(move || {
-            let txn = db.begin_write().map_err(w)?;
-            {
-                let mut t = txn.open_table(META).map_err(w)?;
-                t.insert(K_COMMITTED, committed.as_slice()).map_err(w)?;
-            }
-            commit_lazy(txn)
-        })
-        .await
+        put_meta(&self.db, K_COMMITTED, enc(&committed)?, commit_lazy).await
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, SErr> {
