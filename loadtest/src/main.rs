@@ -146,6 +146,9 @@ async fn main() -> anyhow::Result<()> {
         // Relay keeps persistent connections; the phones need no deposit.
         Cmd::Relay(c) => (Scenario::Connect, c, true),
     };
+    if let Some(p) = &c.plot {
+        loadtest::plot::check_path(p)?;
+    }
     let target = if c.embedded {
         Target::embedded(c.replicas, protocol_spec::limits::DEFAULT_MAX_ATTEMPTS).await?
     } else {
@@ -315,7 +318,8 @@ async fn main() -> anyhow::Result<()> {
             phase,
             &world.rec.timeline(phase),
             world.rec.histogram(phase).as_ref(),
-        )?;
+        )
+        .with_context(|| format!("cannot draw the plot into {}", p.display()))?;
         println!("plot written to {}", p.display());
     }
     if let Ok(w) = std::sync::Arc::try_unwrap(world) {

@@ -12,7 +12,7 @@
 
 use std::path::Path;
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use hdrhistogram::Histogram;
 use plotters::prelude::*;
 
@@ -42,17 +42,6 @@ pub fn write_svg(
     whole_run: Option<&Histogram<u64>>,
 ) -> anyhow::Result<()> {
     check_path(path)?;
-    draw(path, title, phase, timeline, whole_run)
-        .with_context(|| format!("cannot draw the plot into {}", path.display()))
-}
-
-fn draw(
-    path: &Path,
-    title: &str,
-    phase: &str,
-    timeline: &[SecondStats],
-    whole_run: Option<&Histogram<u64>>,
-) -> anyhow::Result<()> {
     let root = SVGBackend::new(path, (1000, 960)).into_drawing_area();
     root.fill(&WHITE)?;
     let panels = root.split_evenly((3, 1));
