@@ -80,6 +80,27 @@ fn measure(n: u32, mut f: impl FnMut() -> (Duration, Duration)) -> OpCost {
     }
 }
 
+/// Moves what `from` has to send into `to`, charging each side's CPU time
+/// to its own clock.
+fn flight<A, B>(
+    from: &mut rustls::ConnectionCommon<A>,
+    from_time: &mut Duration,
+    to: &mut rustls::ConnectionCommon<B>,
+    to_time: &mut Duration,
+    buf: &mut Vec<u8>,
+) -> anyhow::Result<()> {
+    buf.clear();
+    timed(from_time, || from.write_tls(buf))?;
+    if !buf.is_empty() {
+        timed(to_time, || -> anyhow::Result<()> {
+            to.read_tls(&mut buf.as_slice())?;
+            to.process_new_packets()?;
+            Ok(())
+        })?;
+    }
+    Ok(())
+}
+
 fn timed<T>(acc: &mut Duration, f: impl FnOnce() -> T) -> T {
     let t = Instant::now();
     let out = f();
@@ -124,24 +145,8 @@ fn tls_handshake() -> anyhow::Result<OpCost> {
             let mut s = timed(&mut st, || rustls::ServerConnection::new(server.clone()))?;
             let mut buf = Vec::new();
             while c.is_handshaking() || s.is_handshaking() {
-                buf.clear();
-                timed(&mut ct, || c.write_tls(&mut buf))?;
-                if !buf.is_empty() {
-                    timed(&mut st, || -> anyhow::Result<()> {
-                        s.read_tls(&mut buf.as_slice())?;
-                        s.process_new_packets()?;
-                        Ok(())
-                    })?;
-                }
-                buf.clear();
-                timed(&mut st, || s.write_tls(&mut buf))?;
-                if !buf.is_empty() {
-                    timed(&mut ct, || -> anyhow::Result<()> {
-                        c.read_tls(&mut buf.as_slice())?;
-                        c.process_new_packets()?;
-                        Ok(())
-                    })?;
-                }
+                flight(&mut c, &mut ct, &mut s, &mut st, &mut buf)?;
+                flight(&mut s, &mut st, &mut c, &mut ct, &mut buf)?;
             }
             Ok((st, ct))
         };
