@@ -171,12 +171,14 @@ pub fn login_verified(
     match (row, held) {
         (Some(r), None) if r.state == STATE_ACTIVE && r.registration_id == registration_id => {
             let counted_since = r.guesses_counted.saturating_sub(seq);
-            let outstanding = u64::from(r.guesses_used).min(counted_since);
-            if outstanding == u64::from(r.guesses_used) {
+            let outstanding = r
+                .guesses_used
+                .min(u32::try_from(counted_since).unwrap_or(u32::MAX));
+            if outstanding == r.guesses_used {
                 return Ok(Write::Keep);
             }
             Ok(Write::Put(StoredAccount {
-                guesses_used: u32::try_from(outstanding).unwrap_or(r.guesses_used),
+                guesses_used: outstanding,
                 ..r
             }))
         }
