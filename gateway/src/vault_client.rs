@@ -15,7 +15,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -167,6 +167,9 @@ pub struct ClusterLink {
     leader: std::sync::Mutex<Option<SocketAddr>>,
     next: AtomicUsize,
     conns: Mutex<HashMap<SocketAddr, quinn::Connection>>,
+    /// An ignored redirect was logged at warn level already: a misconfigured
+    /// replica would otherwise log one warning per relayed request.
+    warned_redirect: AtomicBool,
 }
 
 impl std::fmt::Debug for ClusterLink {
@@ -199,6 +202,7 @@ impl ClusterLink {
             leader: std::sync::Mutex::new(None),
             next: AtomicUsize::new(0),
             conns: Mutex::new(HashMap::new()),
+            warned_redirect: AtomicBool::new(false),
         }
     }
 
@@ -315,13 +319,16 @@ impl ClusterLink {
                     }
                     if named.is_some_and(|n| n != target) {
                         metrics::counter!("gateway_vault_redirects_ignored_total").increment(1);
-                        tracing::warn!(
-                            cluster = %self.config.name,
-                            replica = %target,
-                            named = ?named,
-                            "a replica named a leader that is not in this cluster's configured replicas; \
-                             ignored (check the replicas' `serve` addresses against the gateway's `vault_clusters`)"
-                        );
+                        if !self.warned_redirect.swap(true, Ordering::Relaxed) {
+                            tracing::warn!(
+                                cluster = %self.config.name,
+                                replica = %target,
+                                named = ?named,
+                                "a replica named a leader that is not in this cluster's configured replicas; \
+                                 ignored (check the replicas' `serve` addresses against the gateway's `vault_clusters`; \
+                                 further ones are counted in gateway_vault_redirects_ignored_total)"
+                            );
+                        }
                     }
                     // Election under way: wait a little, then ask another.
                     last_error = "the vault cluster is electing a leader".into();
