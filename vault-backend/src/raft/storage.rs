@@ -204,6 +204,38 @@ fn flusher(db: Arc<Database>, rx: mpsc::Receiver<LogFlushed<TypeConfig>>) {
     }
 }
 
+impl LogStore {
+    /// Writes `entries` to the log in one transaction: fsync'd before it
+    /// returns, or (with `async_flush`) left for the flusher's next fsync.
+    /// What `append` does before acknowledging.
+    pub async fn write_entries(&self, entries: Vec<Entry<TypeConfig>>) -> Result<(), SErr> {
+        let rows = entries
+            .iter()
+            .map(|e| Ok((e.log_id.index, enc(e)?)))
+            .collect::<Result<Vec<_>, SErr>>()?;
+        let db = self.db.clone();
+        let durable = self.flusher.is_none();
+        off_worker(move || {
+            let txn = db.begin_write().map_err(w)?;
+            {
+                let mut t = txn.open_table(LOG).map_err(w)?;
+                for (index, row) in &rows {
+                    t.insert(*index, row.as_slice()).map_err(w)?;
+                }
+            }
+            if !durable {
+                return commit_lazy(txn);
+            }
+            let started = std::time::Instant::now();
+            let res = commit_durable(txn);
+            metrics::histogram!("vault_raft_log_fsync_seconds")
+                .record(started.elapsed().as_secs_f64());
+            res
+        })
+        .await
+    }
+}
+
 impl RaftLogReader<TypeConfig> for LogStore {
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + std::fmt::Debug + OptionalSend>(
         &mut self,
@@ -272,30 +304,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let rows = entries
-            .into_iter()
-            .map(|e| Ok((e.log_id.index, enc(&e)?)))
-            .collect::<Result<Vec<_>, SErr>>()?;
-        let db = self.db.clone();
-        let durable = self.flusher.is_none();
-        let res = off_worker(move || {
-            let txn = db.begin_write().map_err(w)?;
-            {
-                let mut t = txn.open_table(LOG).map_err(w)?;
-                for (index, row) in &rows {
-                    t.insert(*index, row.as_slice()).map_err(w)?;
-                }
-            }
-            if !durable {
-                return commit_lazy(txn);
-            }
-            let started = std::time::Instant::now();
-            let res = commit_durable(txn);
-            metrics::histogram!("vault_raft_log_fsync_seconds")
-                .record(started.elapsed().as_secs_f64());
-            res
-        })
-        .await;
+        let res = self.write_entries(entries.into_iter().collect()).await;
         match &self.flusher {
             Some(f) => {
                 res?;
