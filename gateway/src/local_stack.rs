@@ -449,6 +449,56 @@ impl LocalStack {
         }
     }
 
+    /// Stops replica `i` of cluster `k` as an operator's service manager
+    /// does: SIGTERM, then waits (bounded by `within`) for the process to
+    /// exit and returns how it exited. An in-process replica shuts down.
+    pub async fn terminate_replica(
+        &mut self,
+        k: usize,
+        i: usize,
+        within: Duration,
+    ) -> anyhow::Result<Option<std::process::ExitStatus>> {
+        match std::mem::replace(&mut self.clusters[k].replicas[i], ReplicaHandle::Stopped) {
+            ReplicaHandle::Stopped => Ok(None),
+            ReplicaHandle::InProcess(r) => {
+                r.shutdown().await;
+                Ok(None)
+            }
+            ReplicaHandle::Process(mut child) => {
+                let pid = child
+                    .id()
+                    .ok_or_else(|| anyhow::anyhow!("replica process already reaped"))?;
+                let sent = tokio::process::Command::new("kill")
+                    .args(["-TERM", &pid.to_string()])
+                    .status()
+                    .await?;
+                anyhow::ensure!(sent.success(), "kill -TERM {pid} failed");
+                match tokio::time::timeout(within, child.wait()).await {
+                    Ok(status) => Ok(Some(status?)),
+                    Err(_) => {
+                        let _ = child.kill().await;
+                        anyhow::bail!("replica {i} did not exit within {within:?} of SIGTERM")
+                    }
+                }
+            }
+        }
+    }
+
+    /// How replica `i` of cluster `k` exited, if it is a child process that
+    /// exited on its own (a replica that refuses to start, or crashed).
+    pub fn replica_exit(&mut self, k: usize, i: usize) -> Option<std::process::ExitStatus> {
+        match &mut self.clusters[k].replicas[i] {
+            ReplicaHandle::Process(child) => child.try_wait().ok().flatten(),
+            _ => None,
+        }
+    }
+
+    /// The log file of process replica `i` of cluster `k`.
+    pub fn replica_log(&self, k: usize, i: usize) -> String {
+        std::fs::read_to_string(self.clusters[k].configs[i].state_dir.join("replica.log"))
+            .unwrap_or_default()
+    }
+
     /// Starts replica `i` of cluster `k` again on its addresses.
     pub async fn start_replica(&mut self, k: usize, i: usize) -> anyhow::Result<()> {
         self.clusters[k].start(i).await
@@ -493,7 +543,11 @@ impl LocalCluster {
         }
         let cfg = self.configs[i].clone();
         if let Some(bin) = &self.replica_binary {
-            let log = std::fs::File::create(cfg.state_dir.join("replica.log"))?;
+            // Appended to, so a restart keeps the log of the run before it.
+            let log = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(cfg.state_dir.join("replica.log"))?;
             let child = tokio::process::Command::new(bin)
                 .arg("run")
                 .arg("--config")

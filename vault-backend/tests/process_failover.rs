@@ -417,3 +417,321 @@ async fn a_restarted_replica_catches_up_by_snapshot_and_serves() {
     conn.close().await;
     stack.shutdown().await;
 }
+
+/// Right-password logins on one account in a loop until stopped, counting
+/// successes; any answer but success or the typed "unavailable, retry"
+/// fails the test.
+struct LoginLoop {
+    ok: Arc<AtomicU32>,
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl LoginLoop {
+    async fn start(stack: &LocalStack, account: &str, pw: &'static [u8], key: BackupKey) -> Self {
+        let conn = connect(stack, account).await;
+        let profile = stack.profile.clone();
+        let (ok, stop) = (
+            Arc::new(AtomicU32::new(0)),
+            Arc::new(AtomicBool::new(false)),
+        );
+        let (ok2, stop2) = (ok.clone(), stop.clone());
+        let task = tokio::spawn(async move {
+            let v = VaultClient::new(&conn, &profile)
+                .unwrap()
+                .with_ksf(cheap_ksf_for_load_tests());
+            while !stop2.load(Ordering::Relaxed) {
+                match v.recover(pw).await {
+                    Ok(got) => {
+                        assert_eq!(got, key);
+                        ok2.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(ClientError::Unavailable(_)) => {
+                        tokio::time::sleep(Duration::from_millis(50)).await
+                    }
+                    Err(e) => panic!("a right-password login failed with {e:?}"),
+                }
+            }
+            conn.close().await;
+        });
+        Self { ok, stop, task }
+    }
+
+    fn served(&self) -> u32 {
+        self.ok.load(Ordering::Relaxed)
+    }
+
+    /// Waits (bounded) until more than `than` logins have succeeded.
+    async fn wait_served(&self, than: u32, within: Duration) {
+        let until = Instant::now() + within;
+        while self.served() <= than {
+            assert!(
+                Instant::now() < until,
+                "no login succeeded within {within:?}"
+            );
+            assert!(!self.task.is_finished(), "the login loop ended");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn stop(self) -> u32 {
+        self.stop.store(true, Ordering::Relaxed);
+        self.task.await.unwrap();
+        self.ok.load(Ordering::Relaxed)
+    }
+}
+
+/// Registers, retrying (bounded) while the cluster is unavailable.
+async fn register_eventually(stack: &LocalStack, account: &str, pw: &[u8], key: &BackupKey) {
+    for _ in 0..50 {
+        if register(stack, account, pw, key).await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("{account}: registration never acknowledged");
+}
+
+/// Waits until replica `i` runs, has compacted (a snapshot, a purged log),
+/// and has applied the leader's whole log; fails with its log if the
+/// process exited instead.
+async fn wait_rejoined(stack: &mut LocalStack, i: usize, within: Duration) -> Duration {
+    let started = Instant::now();
+    let until = started + within;
+    // The leader's last entry when the replica came back: it has rejoined
+    // once it has applied that far (the log keeps growing under load).
+    let mut target = None;
+    loop {
+        if let Some(exit) = stack.replica_exit(CLUSTER, i) {
+            panic!(
+                "replica {i} exited ({exit}) instead of rejoining; its log:\n{}",
+                tail(&stack.replica_log(CLUSTER, i))
+            );
+        }
+        let st = stack.statuses(CLUSTER).await;
+        if target.is_none() {
+            target = st
+                .iter()
+                .flatten()
+                .find(|s| s.role == "Leader")
+                .and_then(|s| s.last_log_index);
+        }
+        if let (Some(me), Some(t)) = (&st[i], target) {
+            if me.applied_index >= Some(t) && me.leader.is_some() {
+                return started.elapsed();
+            }
+        }
+        assert!(
+            Instant::now() < until,
+            "replica {i} did not rejoin within {within:?}: {:?}; its log:\n{}",
+            st[i],
+            tail(&stack.replica_log(CLUSTER, i))
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn tail(log: &str) -> String {
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(30)..].join("\n")
+}
+
+/// Waits until every running replica has snapshotted and purged its log.
+async fn wait_compacted(stack: &LocalStack, within: Duration) {
+    let until = Instant::now() + within;
+    loop {
+        let st = stack.statuses(CLUSTER).await;
+        let mut running =
+            (0..st.len()).filter(|&i| stack.clusters[CLUSTER].replicas[i].is_running());
+        let done = running.all(|i| {
+            st[i]
+                .as_ref()
+                .is_some_and(|s| s.purged_index.is_some() && s.snapshot_index.is_some())
+        });
+        if done {
+            return;
+        }
+        assert!(
+            Instant::now() < until,
+            "replicas did not snapshot and purge within {within:?}: {st:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Stop {
+    Term,
+    Kill,
+}
+
+/// The restart outage of release 0.1.0: a replica that had snapshotted and
+/// purged its log could not start again. Here every replica, the leader
+/// first in each round, is stopped and started twice (SIGTERM, then
+/// SIGKILL) after the cluster has locked out a deposit (erasure scrub:
+/// snapshot and purge), outrun `snapshot_every` several times, and written
+/// again; each comes back, catches up, and logins are served throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_replica_restarts_after_snapshot_and_purge_with_sigterm_and_sigkill() {
+    let raft = RaftSettings {
+        snapshot_every: 30,
+        erasure_delay_ms: 200,
+        ..Default::default()
+    };
+    let mut stack = stack(3, raft).await;
+    let key = BackupKey::generate();
+    register_eventually(&stack, "owner", b"right", &key).await;
+    // A lockout: the scrubber snapshots and purges past it.
+    register_eventually(&stack, "victim", b"right", &BackupKey::generate()).await;
+    let conn = connect(&stack, "victim").await;
+    for _ in 0..3 {
+        let _ = conn.request(&login_start()).await.unwrap();
+    }
+    conn.close().await;
+    let logins = LoginLoop::start(&stack, "owner", b"right", key).await;
+    logins.wait_served(20, Duration::from_secs(60)).await;
+    wait_compacted(&stack, Duration::from_secs(30)).await;
+    // And written again after the compaction.
+    register_eventually(&stack, "after-compaction", b"pw", &BackupKey::generate()).await;
+
+    let mut restarts = Vec::new();
+    for how in [Stop::Term, Stop::Kill] {
+        let mut left: Vec<usize> = (0..5).collect();
+        while !left.is_empty() {
+            // The leader first, then the others.
+            let leader = stack
+                .wait_for_leader(CLUSTER, Duration::from_secs(20))
+                .await
+                .unwrap();
+            let i = if left.contains(&leader) {
+                leader
+            } else {
+                left[0]
+            };
+            left.retain(|&x| x != i);
+            let st = stack.statuses(CLUSTER).await;
+            let me = st[i].clone().unwrap();
+            assert!(
+                me.purged_index.is_some(),
+                "replica {i} has purged its log before its restart: {me:?}"
+            );
+            let served = logins.served();
+            match how {
+                Stop::Term => {
+                    let exit = stack
+                        .terminate_replica(CLUSTER, i, Duration::from_secs(15))
+                        .await
+                        .unwrap();
+                    assert!(exit.is_some_and(|e| e.success()), "SIGTERM exit: {exit:?}");
+                }
+                Stop::Kill => stack.stop_replica(CLUSTER, i).await,
+            }
+            // The others serve and move on while it is down.
+            logins.wait_served(served, Duration::from_secs(30)).await;
+            let acct = format!("while-{how:?}-{i}");
+            register_eventually(&stack, &acct, b"pw", &BackupKey::generate()).await;
+            stack.start_replica(CLUSTER, i).await.unwrap();
+            let took = wait_rejoined(&mut stack, i, Duration::from_secs(30)).await;
+            restarts.push((how, i, me.role == "Leader", took));
+            let served = logins.served();
+            logins.wait_served(served, Duration::from_secs(30)).await;
+        }
+    }
+    let served = logins.stop().await;
+    for (how, i, leader, took) in &restarts {
+        eprintln!(
+            "RESTART {how:?} replica {i}{}: serving again after {took:?}",
+            if *leader { " (leader)" } else { "" }
+        );
+    }
+    eprintln!(
+        "RESTARTS {} tried, {} succeeded; {served} logins served",
+        restarts.len(),
+        restarts.len()
+    );
+    assert_eq!(restarts.len(), 10);
+    assert!(
+        restarts.iter().filter(|r| r.2).count() >= 2,
+        "the leader was restarted in each round: {restarts:?}"
+    );
+    stack.shutdown().await;
+}
+
+/// A replica that fell behind a purged log is re-seeded by the leader's
+/// snapshot, and can itself be restarted afterwards (release 0.1.0 failed
+/// with `LogIndexNotFound` on that restart), with SIGTERM and with SIGKILL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_reseeded_by_snapshot_restarts_afterwards() {
+    let raft = RaftSettings {
+        snapshot_every: 20,
+        ..Default::default()
+    };
+    let mut stack = stack(10, raft).await;
+    let key = BackupKey::generate();
+    register_eventually(&stack, "reseeded", b"right", &key).await;
+    let leader = stack
+        .wait_for_leader(CLUSTER, Duration::from_secs(20))
+        .await
+        .unwrap();
+    let j = (0..5).find(|&i| i != leader).unwrap();
+    stack.stop_replica(CLUSTER, j).await;
+    // Each login commits two entries; 30 of them outrun several snapshots.
+    let conn = connect(&stack, "reseeded").await;
+    for _ in 0..30 {
+        assert_eq!(vault(&conn, &stack).recover(b"right").await.unwrap(), key);
+    }
+    // Snapshots and purges run in the background: wait (bounded) for one.
+    let until = Instant::now() + Duration::from_secs(20);
+    let purged = loop {
+        let st = stack.statuses(CLUSTER).await;
+        let purged = st[leader]
+            .as_ref()
+            .and_then(|s| s.purged_index)
+            .unwrap_or(0);
+        if purged > 20 {
+            break purged;
+        }
+        assert!(
+            Instant::now() < until,
+            "the leader never purged the log replica {j} needs: {st:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    stack.start_replica(CLUSTER, j).await.unwrap();
+    wait_rejoined(&mut stack, j, Duration::from_secs(30)).await;
+    let st = stack.statuses(CLUSTER).await[j].clone().unwrap();
+    assert!(
+        st.snapshot_index.is_some_and(|s| s >= purged),
+        "re-seeded by snapshot: {st:?}"
+    );
+    assert_eq!(st.records, 1);
+    for how in [Stop::Term, Stop::Kill] {
+        match how {
+            Stop::Term => {
+                let exit = stack
+                    .terminate_replica(CLUSTER, j, Duration::from_secs(15))
+                    .await
+                    .unwrap();
+                assert!(exit.is_some_and(|e| e.success()), "{exit:?}");
+            }
+            Stop::Kill => stack.stop_replica(CLUSTER, j).await,
+        }
+        assert_eq!(
+            recover_eventually(&conn, &stack, b"right").await.as_ref(),
+            Some(&key)
+        );
+        stack.start_replica(CLUSTER, j).await.unwrap();
+        wait_rejoined(&mut stack, j, Duration::from_secs(30)).await;
+    }
+    // With two others down, the majority depends on it.
+    let others: Vec<usize> = (0..5).filter(|&i| i != j).take(2).collect();
+    for i in others {
+        stack.stop_replica(CLUSTER, i).await;
+    }
+    assert_eq!(
+        recover_eventually(&conn, &stack, b"right").await.as_ref(),
+        Some(&key)
+    );
+    conn.close().await;
+    stack.shutdown().await;
+}

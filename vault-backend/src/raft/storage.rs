@@ -20,6 +20,7 @@
 #![allow(clippy::result_large_err)]
 
 use std::io::Cursor;
+use std::marker::PhantomData;
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
 use std::sync::mpsc;
@@ -43,13 +44,61 @@ const META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_meta");
 const SM_META: TableDefinition<&str, &[u8]> = TableDefinition::new("sm_meta");
 const SNAPSHOT: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshot");
 
-const K_VOTE: &str = "vote";
-const K_COMMITTED: &str = "committed";
-const K_PURGED: &str = "last_purged";
-const K_APPLIED: &str = "last_applied";
-const K_MEMBERSHIP: &str = "membership";
-const K_SNAP_META: &str = "meta";
 const K_SNAP_DATA: &str = "data";
+
+/// One persisted value: its table, its key and its type. Every read and
+/// every write of a key goes through its slot, so a value cannot be written
+/// as one type and read back as another. (Release 0.1.0 wrote `last_purged`
+/// as an `Option<LogId>` and read it as a `LogId`; postcard read the
+/// option's tag as the term and ignored the last byte, so every replica that
+/// had purged its log failed to restart.) The tests open every slot through
+/// a real close and reopen of the database.
+struct Slot<T> {
+    table: TableDefinition<'static, &'static str, &'static [u8]>,
+    key: &'static str,
+    _type: PhantomData<fn() -> T>,
+}
+
+impl<T: Serialize + for<'a> Deserialize<'a>> Slot<T> {
+    const fn new(
+        table: TableDefinition<'static, &'static str, &'static [u8]>,
+        key: &'static str,
+    ) -> Self {
+        Self {
+            table,
+            key,
+            _type: PhantomData,
+        }
+    }
+
+    fn read(&self, db: &Database) -> Result<Option<T>, SErr> {
+        let txn = db.begin_read().map_err(r)?;
+        let t = txn.open_table(self.table).map_err(r)?;
+        let v = t.get(self.key).map_err(r)?;
+        v.map(|v| dec(v.value())).transpose()
+    }
+
+    fn write(&self, txn: &redb::WriteTransaction, value: &T) -> Result<(), SErr> {
+        let bytes = enc(value)?;
+        let mut t = txn.open_table(self.table).map_err(w)?;
+        t.insert(self.key, bytes.as_slice()).map_err(w)?;
+        Ok(())
+    }
+}
+
+/// The vote (fsync'd before `save_vote` returns).
+const VOTE: Slot<Vote<NodeId>> = Slot::new(META, "vote");
+/// The last committed log id openraft reported (written lazily).
+const COMMITTED: Slot<Option<LogId<NodeId>>> = Slot::new(META, "committed");
+/// The last log id purged from the log.
+const PURGED: Slot<Option<LogId<NodeId>>> = Slot::new(META, "last_purged");
+/// The last log id the state machine applied (same transaction as the rows).
+const APPLIED: Slot<Option<LogId<NodeId>>> = Slot::new(SM_META, "last_applied");
+/// The last membership the state machine applied.
+const MEMBERSHIP: Slot<StoredMembership<NodeId, openraft::BasicNode>> =
+    Slot::new(SM_META, "membership");
+/// The current snapshot's metadata (its data is stored raw beside it).
+const SNAP_META: Slot<SnapshotMeta<NodeId, openraft::BasicNode>> = Slot::new(SNAPSHOT, "meta");
 
 type SErr = StorageError<NodeId>;
 
@@ -86,17 +135,6 @@ pub fn open_database(path: &Path) -> Result<Arc<Database>, redb::Error> {
     Ok(Arc::new(db))
 }
 
-fn get_meta<T: for<'a> Deserialize<'a>>(
-    db: &Database,
-    table: TableDefinition<&str, &[u8]>,
-    key: &str,
-) -> Result<Option<T>, SErr> {
-    let txn = db.begin_read().map_err(r)?;
-    let t = txn.open_table(table).map_err(r)?;
-    let v = t.get(key).map_err(r)?;
-    v.map(|v| dec(v.value())).transpose()
-}
-
 /// Commits a transaction with an fsync.
 fn commit_durable(txn: redb::WriteTransaction) -> Result<(), SErr> {
     let mut txn = txn;
@@ -121,19 +159,16 @@ async fn off_worker<T: Send + 'static>(
 }
 
 /// Writes one Raft metadata value, committed by `commit`.
-async fn put_meta(
+async fn put_meta<T: Serialize + for<'a> Deserialize<'a> + Send + 'static>(
     db: &Arc<Database>,
-    key: &'static str,
-    value: Vec<u8>,
+    slot: &'static Slot<T>,
+    value: T,
     commit: fn(redb::WriteTransaction) -> Result<(), SErr>,
 ) -> Result<(), SErr> {
     let db = db.clone();
     off_worker(move || {
         let txn = db.begin_write().map_err(w)?;
-        {
-            let mut t = txn.open_table(META).map_err(w)?;
-            t.insert(key, value.as_slice()).map_err(w)?;
-        }
+        slot.write(&txn, &value)?;
         commit(txn)
     })
     .await
@@ -266,7 +301,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = Self;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, SErr> {
-        let last_purged: Option<LogId<NodeId>> = get_meta(&self.db, META, K_PURGED)?;
+        let last_purged = PURGED.read(&self.db)?.flatten();
         let txn = self.db.begin_read().map_err(r)?;
         let t = txn.open_table(LOG).map_err(r)?;
         let last = match t.last().map_err(r)? {
@@ -284,19 +319,19 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), SErr> {
-        put_meta(&self.db, K_VOTE, enc(vote)?, commit_durable).await
+        put_meta(&self.db, &VOTE, *vote, commit_durable).await
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, SErr> {
-        get_meta(&self.db, META, K_VOTE)
+        VOTE.read(&self.db)
     }
 
     async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> Result<(), SErr> {
-        put_meta(&self.db, K_COMMITTED, enc(&committed)?, commit_lazy).await
+        put_meta(&self.db, &COMMITTED, committed, commit_lazy).await
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, SErr> {
-        Ok(get_meta::<Option<LogId<NodeId>>>(&self.db, META, K_COMMITTED)?.flatten())
+        Ok(COMMITTED.read(&self.db)?.flatten())
     }
 
     async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), SErr>
@@ -335,12 +370,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), SErr> {
-        let (db, purged) = (self.db.clone(), enc(&Some(log_id))?);
+        let db = self.db.clone();
         off_worker(move || {
             let txn = db.begin_write().map_err(w)?;
+            PURGED.write(&txn, &Some(log_id))?;
             {
-                let mut m = txn.open_table(META).map_err(w)?;
-                m.insert(K_PURGED, purged.as_slice()).map_err(w)?;
                 let mut t = txn.open_table(LOG).map_err(w)?;
                 t.retain_in(..=log_id.index, |_, _| false).map_err(w)?;
             }
@@ -518,9 +552,9 @@ fn store_snapshot(
     data: &[u8],
 ) -> Result<(), SErr> {
     let txn = db.begin_write().map_err(w)?;
+    SNAP_META.write(&txn, meta)?;
     {
         let mut t = txn.open_table(SNAPSHOT).map_err(w)?;
-        t.insert(K_SNAP_META, enc(meta)?.as_slice()).map_err(w)?;
         t.insert(K_SNAP_DATA, data).map_err(w)?;
     }
     commit_durable(txn)
@@ -538,8 +572,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         ),
         SErr,
     > {
-        let applied = get_meta::<Option<LogId<NodeId>>>(&self.db, SM_META, K_APPLIED)?.flatten();
-        let membership = get_meta(&self.db, SM_META, K_MEMBERSHIP)?.unwrap_or_default();
+        let applied = APPLIED.read(&self.db)?.flatten();
+        let membership = MEMBERSHIP.read(&self.db)?.unwrap_or_default();
         Ok((applied, membership))
     }
 
@@ -575,14 +609,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     });
                 }
             }
-            {
-                let mut m = txn.open_table(SM_META).map_err(w)?;
-                if let Some(l) = last {
-                    m.insert(K_APPLIED, enc(&Some(l))?.as_slice()).map_err(w)?;
-                }
-                if let Some(mem) = membership {
-                    m.insert(K_MEMBERSHIP, enc(&mem)?.as_slice()).map_err(w)?;
-                }
+            if let Some(l) = last {
+                APPLIED.write(&txn, &Some(l))?;
+            }
+            if let Some(mem) = membership {
+                MEMBERSHIP.write(&txn, &mem)?;
             }
             // The log holds these entries durably; after a crash they are re-applied.
             commit_lazy(txn)?;
@@ -619,12 +650,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 for (k, v) in &body.accounts {
                     t.insert(k.as_str(), v.as_slice()).map_err(w)?;
                 }
-                let mut m = txn.open_table(SM_META).map_err(w)?;
-                m.insert(K_APPLIED, enc(&meta.last_log_id)?.as_slice())
-                    .map_err(w)?;
-                m.insert(K_MEMBERSHIP, enc(&meta.last_membership)?.as_slice())
-                    .map_err(w)?;
             }
+            APPLIED.write(&txn, &meta.last_log_id)?;
+            MEMBERSHIP.write(&txn, &meta.last_membership)?;
             commit_durable(txn)?;
             store_snapshot(&db, &meta, &data)
         })
@@ -632,12 +660,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, SErr> {
+        let Some(meta) = SNAP_META.read(&self.db)? else {
+            return Ok(None);
+        };
         let txn = self.db.begin_read().map_err(r)?;
         let t = txn.open_table(SNAPSHOT).map_err(r)?;
-        let meta = match t.get(K_SNAP_META).map_err(r)? {
-            Some(v) => dec::<SnapshotMeta<NodeId, openraft::BasicNode>>(v.value())?,
-            None => return Ok(None),
-        };
         let data = match t.get(K_SNAP_DATA).map_err(r)? {
             Some(v) => v.value().to_vec(),
             None => return Ok(None),
@@ -646,5 +673,216 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             meta,
             snapshot: Box::new(Cursor::new(data)),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::collections::BTreeMap;
+
+    use openraft::testing::log_id;
+    use openraft::{BasicNode, Membership};
+
+    use super::*;
+    use crate::account::Authorization;
+
+    type E = Entry<TypeConfig>;
+
+    fn entry(term: u64, index: u64, payload: EntryPayload<TypeConfig>) -> E {
+        Entry {
+            log_id: log_id(term, 1, index),
+            payload,
+        }
+    }
+
+    fn register(account: &str, id: u8) -> EntryPayload<TypeConfig> {
+        EntryPayload::Normal(Command::Register {
+            account_id: account.into(),
+            authorization: Authorization::None,
+            registration_id: vec![id; 16],
+            sealed_record: vec![id; 40],
+        })
+    }
+
+    fn membership(ids: &[u64]) -> EntryPayload<TypeConfig> {
+        let nodes: BTreeMap<u64, BasicNode> = ids
+            .iter()
+            .map(|i| (*i, BasicNode::new(format!("127.0.0.1:{}", 7900 + i))))
+            .collect();
+        EntryPayload::Membership(Membership::new(vec![ids.iter().copied().collect()], nodes))
+    }
+
+    /// Everything openraft can ask of a store after a restart.
+    #[derive(Debug, PartialEq)]
+    struct Seen {
+        vote: Option<Vote<NodeId>>,
+        committed: Option<LogId<NodeId>>,
+        log: (Option<LogId<NodeId>>, Option<LogId<NodeId>>),
+        entries: Vec<String>,
+        applied: (
+            Option<LogId<NodeId>>,
+            StoredMembership<NodeId, openraft::BasicNode>,
+        ),
+        snapshot: Option<(SnapshotMeta<NodeId, openraft::BasicNode>, Vec<u8>)>,
+        accounts: Vec<(String, Vec<u8>)>,
+    }
+
+    async fn seen(db: &Arc<Database>) -> Seen {
+        let mut log = LogStore::new(db.clone(), false).unwrap();
+        let mut sm = StateMachine::new(db.clone());
+        let st = log.get_log_state().await.unwrap();
+        let entries = log
+            .try_get_log_entries(0..u64::MAX)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| format!("{e:?}"))
+            .collect();
+        let snapshot = sm
+            .get_current_snapshot()
+            .await
+            .unwrap()
+            .map(|s| (s.meta, s.snapshot.into_inner()));
+        let txn = db.begin_read().unwrap();
+        let accounts = txn
+            .open_table(ACCOUNTS)
+            .unwrap()
+            .iter()
+            .unwrap()
+            .map(|r| {
+                let (k, v) = r.unwrap();
+                (k.value().to_owned(), v.value().to_vec())
+            })
+            .collect();
+        Seen {
+            vote: log.read_vote().await.unwrap(),
+            committed: log.read_committed().await.unwrap(),
+            log: (st.last_purged_log_id, st.last_log_id),
+            entries,
+            applied: sm.applied_state().await.unwrap(),
+            snapshot,
+            accounts,
+        }
+    }
+
+    /// Closes the database for real: every handle is dropped, and redb lets
+    /// the file be opened again only once the last one is gone.
+    fn reopen(db: Arc<Database>, path: &Path) -> Arc<Database> {
+        assert_eq!(Arc::strong_count(&db), 1, "a handle still holds the file");
+        drop(db);
+        open_database(path).unwrap()
+    }
+
+    #[tokio::test]
+    async fn every_persisted_value_survives_a_close_and_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vault.redb");
+        let db = open_database(&path).unwrap();
+        {
+            let mut log = LogStore::new(db.clone(), false).unwrap();
+            let mut sm = StateMachine::new(db.clone());
+            log.save_vote(&Vote::new_committed(3, 2)).await.unwrap();
+            let first: Vec<E> = vec![
+                entry(1, 1, membership(&[1, 2, 3])),
+                entry(2, 2, EntryPayload::Blank),
+                entry(2, 3, register("alice", 1)),
+                entry(2, 4, register("bob", 2)),
+                entry(
+                    3,
+                    5,
+                    EntryPayload::Normal(Command::LoginStart {
+                        account_id: "alice".into(),
+                        max_attempts: 10,
+                    }),
+                ),
+                entry(3, 6, register("carol", 3)),
+            ];
+            log.write_entries(first.clone()).await.unwrap();
+            log.save_committed(Some(log_id(3, 1, 6))).await.unwrap();
+            sm.apply(first).await.unwrap();
+            sm.get_snapshot_builder()
+                .await
+                .build_snapshot()
+                .await
+                .unwrap();
+            log.purge(log_id(2, 1, 4)).await.unwrap();
+            // Written after the snapshot and purge, one of them then truncated.
+            log.write_entries(vec![
+                entry(3, 7, register("dave", 4)),
+                entry(3, 8, register("erin", 5)),
+                entry(3, 9, register("frank", 6)),
+            ])
+            .await
+            .unwrap();
+            log.truncate(log_id(3, 1, 9)).await.unwrap();
+        }
+        let before = seen(&db).await;
+        assert_eq!(before.log, (Some(log_id(2, 1, 4)), Some(log_id(3, 1, 8))));
+        assert_eq!(before.entries.len(), 4, "{:?}", before.entries);
+        assert_eq!(before.accounts.len(), 3);
+        assert!(before.snapshot.is_some());
+        let db = reopen(db, &path);
+        assert_eq!(seen(&db).await, before);
+        // And a second time, with nothing written in between.
+        let db = reopen(db, &path);
+        assert_eq!(seen(&db).await, before);
+    }
+
+    #[tokio::test]
+    async fn an_installed_snapshot_survives_a_close_and_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        // A snapshot built on one replica ...
+        let src = open_database(&dir.path().join("a.redb")).unwrap();
+        let entries = vec![
+            entry(1, 1, membership(&[1, 2, 3])),
+            entry(1, 2, register("alice", 1)),
+            entry(1, 3, register("bob", 2)),
+        ];
+        let mut sm = StateMachine::new(src.clone());
+        sm.apply(entries).await.unwrap();
+        let snap = sm
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+        // ... installed on an empty one, as openraft does: install, then purge.
+        let path = dir.path().join("b.redb");
+        let db = open_database(&path).unwrap();
+        {
+            let mut sm = StateMachine::new(db.clone());
+            let mut log = LogStore::new(db.clone(), false).unwrap();
+            sm.install_snapshot(&snap.meta, snap.snapshot)
+                .await
+                .unwrap();
+            log.purge(log_id(1, 1, 3)).await.unwrap();
+        }
+        let before = seen(&db).await;
+        assert_eq!(before.log, (Some(log_id(1, 1, 3)), Some(log_id(1, 1, 3))));
+        assert_eq!(before.applied.0, Some(log_id(1, 1, 3)));
+        assert_eq!(before.accounts.len(), 2);
+        let db = reopen(db, &path);
+        assert_eq!(seen(&db).await, before);
+    }
+
+    struct OnDisk;
+
+    impl openraft::testing::StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir>
+        for OnDisk
+    {
+        async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateMachine), SErr> {
+            let dir = tempfile::tempdir().map_err(w)?;
+            let db = open_database(&dir.path().join("vault.redb")).map_err(w)?;
+            let log = LogStore::new(db.clone(), false).map_err(w)?;
+            Ok((dir, log, StateMachine::new(db)))
+        }
+    }
+
+    /// openraft's own conformance suite for storage implementations.
+    #[test]
+    fn openraft_storage_suite() {
+        openraft::testing::Suite::test_all(OnDisk).unwrap();
     }
 }
