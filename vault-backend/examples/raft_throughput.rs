@@ -21,7 +21,7 @@ use clap::Parser;
 use vault_backend::account::Authorization;
 use vault_backend::pki::{self, Usage};
 use vault_backend::raft::node::{bind_peer_endpoint, RaftNode, RaftTuning};
-use vault_backend::raft::{Command, CommandResult, Raft};
+use vault_backend::raft::{Command, CommandResult, Proposal, Raft};
 
 #[derive(Parser)]
 struct Args {
@@ -50,10 +50,10 @@ fn pct(sorted: &[Duration], p: f64) -> Duration {
 
 async fn guess(raft: &Raft, i: usize) -> bool {
     matches!(
-        raft.client_write(Command::LoginStart {
+        raft.client_write(Proposal::current(Command::LoginStart {
             account_id: format!("acct{i}"),
             max_attempts: u32::MAX,
-        })
+        }))
         .await,
         Ok(r) if matches!(r.data, CommandResult::Guess { .. })
     )
@@ -103,12 +103,12 @@ async fn main() -> anyhow::Result<()> {
     for i in 0..args.accounts {
         let raft = leader.clone();
         set.spawn(async move {
-            raft.client_write(Command::Register {
+            raft.client_write(Proposal::current(Command::Register {
                 account_id: format!("acct{i}"),
                 authorization: Authorization::ReplaceExisting,
                 registration_id: vec![1; 16],
                 sealed_record: vec![2; 200],
-            })
+            }))
             .await
             .is_ok()
         });

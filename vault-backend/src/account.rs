@@ -25,6 +25,11 @@ pub struct StoredAccount {
     /// the guesses counted up to its own and no later one.
     #[prost(uint64, tag = "5")]
     pub guesses_counted: u64,
+    /// Encoding version of the row (`raft::codec`): 0 (absent) for rows of
+    /// release 0.1.0, 1 since. Set by the state machine when it writes the
+    /// row; a row of a newer version is refused, not misread.
+    #[prost(uint32, tag = "6")]
+    pub version: u32,
 }
 
 /// The secret part of a deposit, sealed under the record-sealing key.
@@ -153,6 +158,7 @@ fn tombstone(row: &StoredAccount) -> StoredAccount {
         guesses_used: 0,
         sealed_record: Vec::new(),
         guesses_counted: 0,
+        version: row.version,
     }
 }
 
@@ -234,6 +240,7 @@ pub fn register(
         guesses_used: 0,
         sealed_record,
         guesses_counted: 0,
+        version: 0,
     }))
 }
 
@@ -257,6 +264,7 @@ mod tests {
             guesses_used: used,
             sealed_record: vec![1, 2, 3],
             guesses_counted: u64::from(used),
+            version: 0,
         }
     }
 

@@ -86,6 +86,13 @@ pub struct RaftSettings {
     /// costs a snapshot and a rewrite of the file's free pages, so keep it
     /// long where lockouts are frequent. Default 30000 ms.
     pub erasure_delay_ms: u64,
+    /// The newest command version (see SPEC.md §8.3) this replica tells
+    /// its leader it reads; the cluster switches to a version only when
+    /// every member reads it. Set it to the old version on the replicas of
+    /// a canary upgrade to keep the cluster on the old encodings (and a
+    /// downgrade possible) until you lift it. Default: the newest this
+    /// release reads.
+    pub max_command_version: u32,
 }
 
 impl Default for RaftSettings {
@@ -97,6 +104,7 @@ impl Default for RaftSettings {
             snapshot_every: t.snapshot_every,
             commit_timeout_ms: 3000,
             erasure_delay_ms: t.erasure_delay.as_millis() as u64,
+            max_command_version: t.max_command_version,
         }
     }
 }
@@ -110,6 +118,7 @@ impl RaftSettings {
             snapshot_every: self.snapshot_every,
             async_flush: false,
             erasure_delay: Duration::from_millis(self.erasure_delay_ms),
+            max_command_version: self.max_command_version,
         }
     }
 

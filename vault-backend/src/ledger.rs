@@ -22,7 +22,8 @@ use openraft::error::{CheckIsLeaderError, ClientWriteError, ForwardToLeader, Raf
 use openraft::BasicNode;
 
 use crate::account::StoredAccount;
-use crate::raft::{Command, CommandResult, NodeId, Raft};
+use crate::raft::storage::ActiveVersion;
+use crate::raft::{Command, CommandResult, NodeId, Proposal, Raft};
 use crate::store::Store;
 use crate::VaultError;
 
@@ -31,6 +32,7 @@ use crate::VaultError;
 pub struct Ledger {
     raft: Raft,
     store: Store,
+    version: ActiveVersion,
     serve_addrs: BTreeMap<NodeId, SocketAddr>,
     commit_timeout: Duration,
     barrier: Arc<ReadBarrier>,
@@ -65,12 +67,14 @@ impl Ledger {
     pub fn new(
         raft: Raft,
         store: Store,
+        version: ActiveVersion,
         serve_addrs: BTreeMap<NodeId, SocketAddr>,
         commit_timeout: Duration,
     ) -> Self {
         Self {
             raft,
             store,
+            version,
             serve_addrs,
             commit_timeout,
             barrier: Arc::new(ReadBarrier::default()),
@@ -84,9 +88,12 @@ impl Ledger {
     }
 
     /// Commits `cmd` on a majority and returns what applying it produced.
+    /// It is written in the cluster's active command version, which every
+    /// member reads (see `raft::codec`).
     pub async fn write(&self, cmd: Command) -> Result<CommandResult, VaultError> {
         let started = Instant::now();
-        let out = tokio::time::timeout(self.commit_timeout, self.raft.client_write(cmd)).await;
+        let proposal = Proposal::new(self.version.get(), cmd);
+        let out = tokio::time::timeout(self.commit_timeout, self.raft.client_write(proposal)).await;
         metrics::histogram!("vault_commit_seconds").record(started.elapsed().as_secs_f64());
         match out {
             Err(_) => Err(self.no_quorum()),

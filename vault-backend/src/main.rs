@@ -101,9 +101,35 @@ enum Cmd {
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> std::process::ExitCode {
     vault_backend::observability::init_tracing("info,openraft=warn");
-    match Cli::parse().cmd {
+    match run(Cli::parse()).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", one_line(&e));
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// The error and its causes on one line, each said once (storage errors
+/// repeat their cause in their own message).
+fn one_line(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(&text);
+        }
+    }
+    out
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.cmd {
         Cmd::InitCluster {
             out,
             replicas,
@@ -218,7 +244,13 @@ async fn main() -> anyhow::Result<()> {
                 peer = %cfg.peer_listen,
                 "vault replica serving"
             );
-            shutdown_signal().await?;
+            tokio::select! {
+                r = shutdown_signal() => r?,
+                why = replica.node.stopped() => {
+                    replica.shutdown().await;
+                    anyhow::bail!("this replica's consensus engine stopped: {why}");
+                }
+            }
             tracing::info!("shutting down");
             replica.shutdown().await;
         }

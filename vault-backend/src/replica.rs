@@ -277,6 +277,7 @@ impl Replica {
         let ledger = Ledger::new(
             node.raft.clone(),
             Store::from_db(node.db.clone()),
+            node.version.clone(),
             serve_addrs,
             cfg.raft.commit_timeout(),
         );

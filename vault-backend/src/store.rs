@@ -6,7 +6,6 @@
 
 use std::sync::Arc;
 
-use prost::Message;
 use redb::{Database, ReadableDatabase, TableDefinition};
 
 use crate::account::StoredAccount;
@@ -55,5 +54,5 @@ impl Store {
 }
 
 fn decode(bytes: &[u8]) -> Result<StoredAccount, VaultError> {
-    StoredAccount::decode(bytes).map_err(|e| VaultError::Storage(format!("corrupt row: {e}")))
+    crate::raft::codec::decode_row(bytes).map_err(VaultError::Storage)
 }

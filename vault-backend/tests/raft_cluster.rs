@@ -10,8 +10,9 @@ use std::time::Duration;
 
 use vault_backend::account::{Authorization, StoredAccount, STATE_ACTIVE};
 use vault_backend::pki::{self, CertAndKey, Usage};
+use vault_backend::raft::codec::MAX_VERSION;
 use vault_backend::raft::node::{bind_peer_endpoint, RaftNode, RaftTuning};
-use vault_backend::raft::{Command, CommandResult, NodeId};
+use vault_backend::raft::{Command, CommandResult, NodeId, Proposal};
 use vault_backend::store::Store;
 
 struct Cluster {
@@ -21,10 +22,20 @@ struct Cluster {
     members: BTreeMap<NodeId, SocketAddr>,
     nodes: BTreeMap<NodeId, RaftNode>,
     tuning: RaftTuning,
+    /// Per-replica tuning that differs from `tuning`.
+    overrides: BTreeMap<NodeId, RaftTuning>,
 }
 
 impl Cluster {
     async fn start(n: u64, tuning: RaftTuning) -> Self {
+        Self::start_with(n, tuning, BTreeMap::new()).await
+    }
+
+    async fn start_with(
+        n: u64,
+        tuning: RaftTuning,
+        overrides: BTreeMap<NodeId, RaftTuning>,
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let ca = pki::new_ca("test cluster CA").unwrap();
         let mut ids = Vec::new();
@@ -50,9 +61,10 @@ impl Cluster {
             members,
             nodes: BTreeMap::new(),
             tuning,
+            overrides,
         };
         for (i, ep) in endpoints {
-            let node = RaftNode::start(i, &c.members, ep, &c.db_path(i), &c.tuning)
+            let node = RaftNode::start(i, &c.members, ep, &c.db_path(i), c.tuning_of(i))
                 .await
                 .unwrap();
             c.nodes.insert(i, node);
@@ -64,10 +76,23 @@ impl Cluster {
         self.dir.path().join(format!("replica-{i}.redb"))
     }
 
+    fn tuning_of(&self, i: NodeId) -> &RaftTuning {
+        self.overrides.get(&i).unwrap_or(&self.tuning)
+    }
+
     async fn restart(&mut self, i: NodeId) {
         let id = &self.ids[(i - 1) as usize];
-        let ep = bind_peer_endpoint(self.members[&i], id, &self.ca.cert_pem).unwrap();
-        let node = RaftNode::start(i, &self.members, ep, &self.db_path(i), &self.tuning)
+        // The stopped node's socket closes once its connections drain.
+        let mut ep = bind_peer_endpoint(self.members[&i], id, &self.ca.cert_pem);
+        for _ in 0..50 {
+            if ep.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            ep = bind_peer_endpoint(self.members[&i], id, &self.ca.cert_pem);
+        }
+        let ep = ep.unwrap();
+        let node = RaftNode::start(i, &self.members, ep, &self.db_path(i), self.tuning_of(i))
             .await
             .unwrap();
         self.nodes.insert(i, node);
@@ -97,7 +122,9 @@ impl Cluster {
     async fn write(&self, cmd: Command) -> CommandResult {
         for _ in 0..200 {
             let l = self.leader().await;
-            match self.nodes[&l].raft.client_write(cmd.clone()).await {
+            // As the ledger does: in the cluster's active version.
+            let p = Proposal::new(self.nodes[&l].version.get(), cmd.clone());
+            match self.nodes[&l].raft.client_write(p).await {
                 Ok(r) => return r.data,
                 Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
             }
@@ -261,5 +288,48 @@ async fn a_gateway_certificate_cannot_join_the_raft_group() {
         .await
         .unwrap();
     assert!(reason.to_string().contains("not a replica"), "{reason}");
+    c.shutdown().await;
+}
+
+/// A rolling upgrade, with a replica held at the old command version
+/// standing in for one still on the old release: the cluster keeps writing
+/// the old encodings while any member does not read the new one, and
+/// switches by itself, without losing a count, once every member does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cluster_switches_command_version_only_when_every_member_reads_it() {
+    let held = RaftTuning {
+        max_command_version: 0,
+        ..Default::default()
+    };
+    let mut c = Cluster::start_with(3, RaftTuning::default(), BTreeMap::from([(3, held)])).await;
+    assert_eq!(c.write(register("alice")).await, CommandResult::Done);
+    c.write(guess("alice")).await;
+    // Well past several upgrade checks (every 2 s).
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    for n in c.nodes.values() {
+        assert_eq!(n.version.get(), 0, "replica {} switched early", n.id);
+    }
+    let l = c.leader().await;
+    assert_eq!(c.row(l, "alice").unwrap().version, 0);
+
+    // Replica 3 is "upgraded": restarted without the hold.
+    c.overrides.clear();
+    c.nodes.remove(&3).unwrap().shutdown().await;
+    c.restart(3).await;
+    let until = std::time::Instant::now() + Duration::from_secs(30);
+    while c.nodes.values().any(|n| n.version.get() < MAX_VERSION) {
+        assert!(
+            std::time::Instant::now() < until,
+            "the cluster never switched"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    match c.write(guess("alice")).await {
+        CommandResult::Guess { attempts_left, .. } => assert_eq!(attempts_left, 8),
+        other => panic!("{other:?}"),
+    }
+    let want = c.row(c.leader().await, "alice");
+    assert_eq!(want.as_ref().map(|r| r.version), Some(MAX_VERSION));
+    c.wait_applied_everywhere("alice", &want).await;
     c.shutdown().await;
 }

@@ -15,9 +15,10 @@ use openraft::{EntryPayload, Vote};
 use redb::{Database, TableDefinition};
 use vault_backend::account::{StoredAccount, STATE_ACTIVE, STATE_LOCKED_OUT};
 use vault_backend::pki::{self, Usage};
+use vault_backend::raft::codec::{Body, MAX_VERSION};
 use vault_backend::raft::node::{bind_peer_endpoint, RaftNode, RaftTuning};
 use vault_backend::raft::storage::{LogStore, StateMachine};
-use vault_backend::raft::{Command, CommandResult};
+use vault_backend::raft::{Command, CommandResult, Proposal};
 use vault_backend::store::Store;
 
 /// Rebuilds a database file from a fixture's rows.
@@ -61,7 +62,8 @@ async fn release_0_1_0_storage_is_read_and_served() {
     {
         let db = vault_backend::raft::storage::open_database(&path).unwrap();
         let mut log = LogStore::new(db.clone(), false).unwrap();
-        let mut sm = StateMachine::new(db.clone());
+        let mut sm = StateMachine::new(db.clone()).unwrap();
+        assert_eq!(sm.active_version().get(), 0);
         assert_eq!(
             log.read_vote().await.unwrap(),
             Some(Vote::new_committed(2, 1))
@@ -72,24 +74,28 @@ async fn release_0_1_0_storage_is_read_and_served() {
         assert_eq!(st.last_log_id, Some(log_id(2, 1, 17)));
         let entries = log.try_get_log_entries(13..18).await.unwrap();
         assert_eq!(entries.len(), 5);
+        let command = |i: usize| match &entries[i].payload {
+            EntryPayload::Normal(p) => {
+                assert_eq!(p.version, 0, "release 0.1.0 wrote untagged commands");
+                p.command().unwrap().clone()
+            }
+            other => panic!("{other:?}"),
+        };
         assert!(matches!(
-            &entries[0].payload,
-            EntryPayload::Normal(Command::LoginVerified {
+            command(0),
+            Command::LoginVerified {
                 held: Some(_),
                 seq: 3,
                 ..
-            })
+            }
         ));
+        assert!(matches!(command(2), Command::Disable { .. }));
         assert!(matches!(
-            &entries[2].payload,
-            EntryPayload::Normal(Command::Disable { .. })
-        ));
-        assert!(matches!(
-            &entries[4].payload,
-            EntryPayload::Normal(Command::LoginStart {
+            command(4),
+            Command::LoginStart {
                 max_attempts: 3,
                 ..
-            })
+            }
         ));
         let (applied, membership) = sm.applied_state().await.unwrap();
         assert_eq!(applied, Some(log_id(2, 1, 16)));
@@ -141,10 +147,13 @@ async fn release_0_1_0_storage_is_read_and_served() {
         .unwrap();
     let out = node
         .raft
-        .client_write(Command::LoginStart {
-            account_id: "erin".into(),
-            max_attempts: 3,
-        })
+        .client_write(Proposal::new(
+            node.version.get(),
+            Command::LoginStart {
+                account_id: "erin".into(),
+                max_attempts: 3,
+            },
+        ))
         .await
         .unwrap();
     assert!(out.log_id.index > 17, "{:?}", out.log_id);
@@ -157,5 +166,165 @@ async fn release_0_1_0_storage_is_read_and_served() {
     let store = Store::from_db(node.db.clone());
     let carol: StoredAccount = store.get("carol").unwrap().unwrap();
     assert_ne!(carol.state, STATE_LOCKED_OUT);
+    // Alone in its cluster, every member reads the newest command version,
+    // so the replica switches its cluster to it; rows follow.
+    let until = std::time::Instant::now() + Duration::from_secs(20);
+    while node.version.get() < MAX_VERSION {
+        assert!(
+            std::time::Instant::now() < until,
+            "the cluster never switched"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    node.raft
+        .client_write(Proposal::current(Command::LoginStart {
+            account_id: "alice".into(),
+            max_attempts: 3,
+        }))
+        .await
+        .unwrap();
+    let alice = store.get("alice").unwrap().unwrap();
+    assert_eq!((alice.version, alice.guesses_used), (MAX_VERSION, 1));
+    assert_eq!(store.get("bob").unwrap().unwrap().version, 0, "untouched");
     node.shutdown().await;
+}
+
+fn single_replica_identity() -> (pki::CertAndKey, pki::CertAndKey) {
+    let ca = pki::new_ca("upgrade test CA").unwrap();
+    let id = pki::issue(
+        &ca,
+        "replica 1",
+        &[pki::REPLICA_ROLE_NAME, "127.0.0.1"],
+        Usage::Peer,
+    )
+    .unwrap();
+    (ca, id)
+}
+
+/// A leader that is handed an entry of a newer release (as a replica of
+/// an older release would be by a newer leader) stops before applying it,
+/// and says why.
+#[tokio::test]
+async fn an_entry_of_a_newer_version_stops_the_replica_before_it_applies_anything() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, id) = single_replica_identity();
+    let ep = bind_peer_endpoint("127.0.0.1:0".parse().unwrap(), &id, &ca.cert_pem).unwrap();
+    let members = BTreeMap::from([(1, ep.local_addr().unwrap())]);
+    let path = dir.path().join("vault.redb");
+    let node = RaftNode::start(1, &members, ep, &path, &RaftTuning::default())
+        .await
+        .unwrap();
+    node.raft
+        .wait(Some(Duration::from_secs(10)))
+        .current_leader(1, "the single replica leads")
+        .await
+        .unwrap();
+    let future = Proposal {
+        version: 9,
+        body: Body::Unsupported(b"a command of release 9".to_vec()),
+    };
+    let err = node.raft.client_write(future).await.unwrap_err();
+    assert!(matches!(err, openraft::error::RaftError::Fatal(_)), "{err}");
+    let why = tokio::time::timeout(Duration::from_secs(10), node.stopped())
+        .await
+        .unwrap();
+    assert!(why.contains("newer release (version 9"), "{why}");
+    node.shutdown().await;
+}
+
+/// The same on restart, as the `vault-backend` process: a committed entry
+/// of a newer version in its log makes it exit non-zero, saying so in one
+/// line, without serving.
+#[tokio::test]
+async fn a_replica_process_with_a_newer_entry_in_its_log_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let free = || {
+        std::net::UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+    };
+    let member = vault_backend::config::Member {
+        id: 1,
+        serve: free(),
+        peer: free(),
+        admin: None,
+    };
+    let init = vault_backend::replica::init_cluster(
+        dir.path(),
+        "upgrade-fleet",
+        &[member],
+        &["127.0.0.1"],
+        10,
+        None,
+        &Default::default(),
+    )
+    .unwrap();
+    let cfg = &init.replicas[0];
+    let config = cfg.state_dir.join(vault_backend::config::files::CONFIG);
+    let run = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_vault-backend"))
+            .arg("run")
+            .arg("--config")
+            .arg(&config)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    // A first run bootstraps the cluster and commits its first entries.
+    let child = run();
+    let db_path = cfg.state_dir.join(vault_backend::config::files::DATABASE);
+    let until = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(std::time::Instant::now() < until, "never bootstrapped");
+        if db_path.exists() {
+            break;
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let term = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // A newer release's entry is committed in its log.
+    {
+        let db = vault_backend::raft::storage::open_database(&db_path).unwrap();
+        let mut log = LogStore::new(db.clone(), false).unwrap();
+        let last = log.get_log_state().await.unwrap().last_log_id.unwrap();
+        let mut next = last;
+        next.index += 1;
+        let future = Proposal {
+            version: 9,
+            body: Body::Unsupported(b"a command of release 9".to_vec()),
+        };
+        log.write_entries(vec![openraft::Entry {
+            log_id: next,
+            payload: EntryPayload::Normal(future),
+        }])
+        .await
+        .unwrap();
+        log.save_committed(Some(next)).await.unwrap();
+        // Made durable by a durable write after it.
+        let vote = log.read_vote().await.unwrap().unwrap();
+        log.save_vote(&vote).await.unwrap();
+    }
+    let child = run();
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "it must not run: {stderr}");
+    assert!(stderr.contains("newer release (version 9"), "{stderr}");
+    eprintln!("{stderr}");
 }

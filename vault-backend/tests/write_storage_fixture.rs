@@ -18,8 +18,9 @@ use openraft::{
 use prost::Message;
 use redb::{ReadableDatabase, ReadableTable, TableDefinition, TableHandle};
 use vault_backend::account::{Authorization, StoredAccount, STATE_ACTIVE};
+use vault_backend::raft::codec::MAX_VERSION;
 use vault_backend::raft::storage::{open_database, LogStore, StateMachine};
-use vault_backend::raft::Command;
+use vault_backend::raft::{Command, Proposal};
 
 fn log_id(term: u64, index: u64) -> LogId<u64> {
     LogId::new(CommittedLeaderId::new(term, 1), index)
@@ -44,11 +45,11 @@ async fn write_fixture() {
     let path = dir.path().join("vault.redb");
     let db = open_database(&path).unwrap();
     let mut log = LogStore::new(db.clone(), false).unwrap();
-    let mut sm = StateMachine::new(db.clone());
+    let mut sm = StateMachine::new(db.clone()).unwrap();
 
     log.save_vote(&Vote::new_committed(2, 1)).await.unwrap();
     let reg = |acct: &str, id: u8, auth: Authorization| {
-        EntryPayload::Normal(Command::Register {
+        normal(Command::Register {
             account_id: acct.into(),
             authorization: auth,
             registration_id: vec![id; 16],
@@ -56,7 +57,7 @@ async fn write_fixture() {
         })
     };
     let start = |acct: &str| {
-        EntryPayload::Normal(Command::LoginStart {
+        normal(Command::LoginStart {
             account_id: acct.into(),
             max_attempts: 3,
         })
@@ -68,6 +69,7 @@ async fn write_fixture() {
         guesses_used: 2,
         sealed_record: vec![0xA5; 24],
         guesses_counted: 2,
+        version: 0,
     };
     let members = BTreeMap::from([(1u64, BasicNode::new("127.0.0.1:7901"))]);
     let entries = vec![
@@ -76,13 +78,20 @@ async fn write_fixture() {
             1,
             EntryPayload::Membership(Membership::new(vec![[1u64].into()], members)),
         ),
-        entry(2, 2, EntryPayload::Blank),
+        // The cluster switches to the newest command version at once.
+        entry(
+            2,
+            2,
+            EntryPayload::Normal(Proposal::current(Command::UseVersion {
+                version: MAX_VERSION,
+            })),
+        ),
         entry(2, 3, reg("alice", 1, Authorization::None)),
         entry(2, 4, start("alice")),
         entry(
             2,
             5,
-            EntryPayload::Normal(Command::LoginVerified {
+            normal(Command::LoginVerified {
                 account_id: "alice".into(),
                 registration_id: vec![1; 16],
                 held: None,
@@ -109,7 +118,7 @@ async fn write_fixture() {
         entry(
             2,
             13,
-            EntryPayload::Normal(Command::LoginVerified {
+            normal(Command::LoginVerified {
                 account_id: "carol".into(),
                 registration_id: vec![5; 16],
                 held: Some(held.encode_to_vec()),
@@ -120,7 +129,7 @@ async fn write_fixture() {
         entry(
             2,
             15,
-            EntryPayload::Normal(Command::Disable {
+            normal(Command::Disable {
                 account_id: "dave".into(),
                 registration_id: vec![6; 16],
             }),
@@ -193,6 +202,11 @@ async fn write_fixture() {
         .unwrap()
         .write_all(out.as_bytes())
         .unwrap();
+}
+
+/// A command entry as this release's leader writes it.
+fn normal(c: Command) -> EntryPayload<vault_backend::raft::TypeConfig> {
+    EntryPayload::Normal(Proposal::current(c))
 }
 
 async fn append(log: &mut LogStore, entries: Vec<Entry<vault_backend::raft::TypeConfig>>) {

@@ -8,6 +8,7 @@
 //! apply a transition outside the log, or put account ids or record bytes in
 //! log messages (the `Debug`/`Display` of commands omit them).
 
+pub mod codec;
 pub mod erasure;
 pub mod network;
 pub mod node;
@@ -26,7 +27,7 @@ pub type NodeId = u64;
 openraft::declare_raft_types!(
     /// Type configuration of the vault's Raft group.
     pub TypeConfig:
-        D = Command,
+        D = codec::Proposal,
         R = CommandResult,
         NodeId = NodeId,
         Node = openraft::BasicNode,
@@ -38,9 +39,15 @@ openraft::declare_raft_types!(
 /// The Raft handle of a replica.
 pub type Raft = openraft::Raft<TypeConfig>;
 
-/// A replicated account state change. Each variant is one of the pure
+pub use codec::Proposal;
+
+/// A replicated state change. Each account variant is one of the pure
 /// transitions of [`crate::account`], evaluated against the committed row
 /// when the entry is applied, identically on every replica.
+///
+/// This type's serde layout is command version 1 ([`codec`]): add variants
+/// only at the end, and change an existing one only by adding a new
+/// command version (and a frozen copy of this layout in `codec`).
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
 pub enum Command {
     /// Count one guess (login start); the OPRF answer may be sent only after
@@ -81,6 +88,12 @@ pub enum Command {
         /// Registration the login was for.
         registration_id: Vec<u8>,
     },
+    /// From this entry on, the cluster writes command version `version`
+    /// (proposed by the leader once every member reads it).
+    UseVersion {
+        /// The new active version.
+        version: u32,
+    },
 }
 
 impl Command {
@@ -90,16 +103,18 @@ impl Command {
             Command::LoginVerified { .. } => "login_verified",
             Command::Register { .. } => "register",
             Command::Disable { .. } => "disable",
+            Command::UseVersion { .. } => "use_version",
         }
     }
 
-    /// The account the command touches.
-    pub fn account_id(&self) -> &str {
+    /// The account the command touches, if it touches one.
+    pub fn account_id(&self) -> Option<&str> {
         match self {
             Command::LoginStart { account_id, .. }
             | Command::LoginVerified { account_id, .. }
             | Command::Register { account_id, .. }
-            | Command::Disable { account_id, .. } => account_id,
+            | Command::Disable { account_id, .. } => Some(account_id),
+            Command::UseVersion { .. } => None,
         }
     }
 }

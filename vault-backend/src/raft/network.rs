@@ -38,11 +38,15 @@ pub const MAX_RPC_LEN: usize = 16 * 1024 * 1024;
 /// TLS server name replicas present to each other.
 pub const PEER_SERVER_NAME: &str = pki::REPLICA_ROLE_NAME;
 
+// New variants go at the end: a replica of an older release cannot decode
+// them and resets the stream, which the caller reads as "older release".
 #[derive(Serialize, Deserialize)]
 enum Rpc {
     Append(AppendEntriesRequest<TypeConfig>),
     Vote(VoteRequest<NodeId>),
     Snapshot(InstallSnapshotRequest<TypeConfig>),
+    /// Which command versions does this replica read? (release 0.2.0)
+    Versions,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -50,6 +54,10 @@ enum Reply {
     Append(Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>),
     Vote(Result<VoteResponse<NodeId>, RaftError<NodeId>>),
     Snapshot(Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>),
+    /// The newest command version the replica reads.
+    Versions {
+        max: u32,
+    },
 }
 
 /// Errors of the RPC transport.
@@ -144,8 +152,9 @@ pub fn client_config(
     Ok(cfg)
 }
 
-/// Serves Raft RPCs from authenticated peers on `endpoint` until it closes.
-pub fn serve(endpoint: quinn::Endpoint, raft: Raft) -> tokio::task::JoinHandle<()> {
+/// Serves Raft RPCs from authenticated peers on `endpoint` until it closes;
+/// `reads` is the newest command version this replica says it reads.
+pub fn serve(endpoint: quinn::Endpoint, raft: Raft, reads: u32) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         while let Some(incoming) = endpoint.accept().await {
             let raft = raft.clone();
@@ -179,6 +188,7 @@ pub fn serve(endpoint: quinn::Endpoint, raft: Raft) -> tokio::task::JoinHandle<(
                             Ok(Rpc::Snapshot(req)) => {
                                 Reply::Snapshot(raft.install_snapshot(req).await)
                             }
+                            Ok(Rpc::Versions) => Reply::Versions { max: reads },
                             Err(e) => {
                                 tracing::warn!(error = %e, "bad peer frame");
                                 send.reset(2u32.into()).ok();
@@ -280,6 +290,36 @@ impl PeerClient {
                 Err(e)
             }
             Err(_) => Err(LinkError::Io("timed out".into())),
+        }
+    }
+}
+
+impl PeerClient {
+    /// A client for the replica at `addr` outside openraft (version checks,
+    /// operator commands).
+    pub fn to(endpoint: quinn::Endpoint, target: NodeId, addr: SocketAddr) -> Self {
+        Self {
+            endpoint,
+            target,
+            addr: Some(addr),
+            conn: None,
+        }
+    }
+
+    /// The newest command version the peer reads; `None` if it does not
+    /// answer the question (a release before 0.2.0, or unreachable).
+    pub async fn max_version(&mut self) -> Option<u32> {
+        match self.call(&Rpc::Versions, Duration::from_secs(2)).await {
+            Ok(Reply::Versions { max }) => Some(max),
+            _ => None,
+        }
+    }
+
+    /// Closes the connection (a one-off client should not leave it to the
+    /// idle timeout on both ends).
+    pub fn close(&mut self) {
+        if let Some(c) = self.conn.take() {
+            c.close(0u32.into(), b"done");
         }
     }
 }

@@ -15,9 +15,10 @@ use openraft::{BasicNode, Config, SnapshotPolicy};
 use redb::Database;
 
 use super::erasure;
+use super::network::PeerClient;
 use super::network::{self, Network};
-use super::storage::{self, LogStore, StateMachine};
-use super::{NodeId, Raft};
+use super::storage::{self, ActiveVersion, LogStore, StateMachine};
+use super::{codec, Command, NodeId, Proposal, Raft};
 use crate::pki::CertAndKey;
 
 /// Timing and compaction knobs of the Raft group.
@@ -35,6 +36,9 @@ pub struct RaftTuning {
     /// How long the erasure scrubber gathers erasures before one pass of
     /// snapshot, purge and free-page overwrite (see `erasure`).
     pub erasure_delay: Duration,
+    /// The newest command version this replica says it reads (at most
+    /// [`codec::MAX_VERSION`]); lower it to hold a cluster on an older one.
+    pub max_command_version: u32,
 }
 
 impl Default for RaftTuning {
@@ -45,6 +49,7 @@ impl Default for RaftTuning {
             snapshot_every: 5000,
             async_flush: false,
             erasure_delay: Duration::from_secs(30),
+            max_command_version: codec::MAX_VERSION,
         }
     }
 }
@@ -57,9 +62,12 @@ pub struct RaftNode {
     pub raft: Raft,
     /// The replica database (log, state machine, accounts).
     pub db: Arc<Database>,
+    /// The cluster's command version, as applied here.
+    pub version: ActiveVersion,
     endpoint: quinn::Endpoint,
     server: tokio::task::JoinHandle<()>,
     scrubber: tokio::task::JoinHandle<()>,
+    upgrader: tokio::task::JoinHandle<()>,
 }
 
 impl std::fmt::Debug for RaftNode {
@@ -124,7 +132,8 @@ impl RaftNode {
         .validate()?;
         let log = LogStore::new(db.clone(), tuning.async_flush)?;
         let (erased_tx, erased_rx) = tokio::sync::mpsc::unbounded_channel();
-        let sm = StateMachine::new(db.clone()).with_erasure_notices(erased_tx);
+        let sm = StateMachine::new(db.clone())?.with_erasure_notices(erased_tx);
+        let version = sm.active_version();
         let raft = Raft::new(
             id,
             Arc::new(config),
@@ -133,7 +142,10 @@ impl RaftNode {
             sm,
         )
         .await?;
-        let server = network::serve(endpoint.clone(), raft.clone());
+        let reads = tuning.max_command_version.min(codec::MAX_VERSION);
+        let server = network::serve(endpoint.clone(), raft.clone(), reads);
+        let upgrader =
+            spawn_version_upgrader(raft.clone(), endpoint.clone(), version.clone(), reads);
         let scrubber = erasure::spawn_scrubber(
             raft.clone(),
             db.clone(),
@@ -145,9 +157,11 @@ impl RaftNode {
             id,
             raft,
             db,
+            version,
             endpoint,
             server,
             scrubber,
+            upgrader,
         };
         let first = members.keys().next().copied();
         if first == Some(id) && !node.raft.is_initialized().await? {
@@ -162,6 +176,20 @@ impl RaftNode {
         Ok(node)
     }
 
+    /// Resolves when the consensus engine has stopped on its own (a storage
+    /// error, such as an entry of a newer release), with why.
+    pub async fn stopped(&self) -> String {
+        let mut rx = self.raft.metrics();
+        loop {
+            if let Err(e) = &rx.borrow().running_state {
+                return e.to_string();
+            }
+            if rx.changed().await.is_err() {
+                return "the consensus engine ended".into();
+            }
+        }
+    }
+
     /// The peer address this node listens on.
     pub fn peer_addr(&self) -> std::io::Result<SocketAddr> {
         self.endpoint.local_addr()
@@ -170,6 +198,7 @@ impl RaftNode {
     /// Stops Raft and the peer listener.
     pub async fn shutdown(self) {
         self.scrubber.abort();
+        self.upgrader.abort();
         let _ = self.raft.shutdown().await;
         self.endpoint.close(0u32.into(), b"shutting down");
         self.server.abort();
@@ -180,5 +209,95 @@ impl RaftNode {
             self.endpoint.wait_idle(),
         )
         .await;
+    }
+}
+
+/// How often a leader whose cluster writes an older command version asks
+/// the members whether they all read the newest.
+const UPGRADE_CHECK: Duration = Duration::from_secs(2);
+
+/// Raises the cluster's command version once every member reads it: while
+/// this replica leads and the active version is below
+/// [`codec::MAX_VERSION`], it asks each member (voters and learners) which
+/// versions it reads, and when all say the newest, commits
+/// `UseVersion`. So a rolling upgrade needs no last step, and a replica of
+/// the older release never receives an entry it cannot read. Ends once the
+/// cluster writes the newest version.
+fn spawn_version_upgrader(
+    raft: Raft,
+    endpoint: quinn::Endpoint,
+    version: ActiveVersion,
+    reads: u32,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(UPGRADE_CHECK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let m = raft.metrics().borrow().clone();
+            if m.current_leader != Some(m.id) || version.get() >= codec::MAX_VERSION {
+                continue;
+            }
+            let mut members = vec![Some(reads)];
+            for (id, node) in m.membership_config.nodes() {
+                if *id == m.id {
+                    continue;
+                }
+                members.push(match node.addr.parse() {
+                    Ok(addr) => {
+                        PeerClient::to(endpoint.clone(), *id, addr)
+                            .max_version()
+                            .await
+                    }
+                    Err(_) => None,
+                });
+            }
+            let Some(target) = switch_to(version.get(), &members) else {
+                continue;
+            };
+            let cmd = Command::UseVersion { version: target };
+            match raft.client_write(Proposal::new(target, cmd)).await {
+                Ok(_) => tracing::info!(
+                    version = target,
+                    "every member reads command version {target}; the cluster switched to it"
+                ),
+                Err(e) => tracing::info!(error = %e, "switching the command version: will retry"),
+            }
+        }
+    })
+}
+
+/// The version a cluster writing `active` may switch to, given what each
+/// member says it reads (`None`: no answer, which an older release gives):
+/// the highest all of them read, if that is higher than `active`.
+fn switch_to(active: u32, members: &[Option<u32>]) -> Option<u32> {
+    let all = members
+        .iter()
+        .map(|m| m.unwrap_or(codec::LEGACY_VERSION))
+        .min()?
+        .min(codec::MAX_VERSION);
+    (all > active).then_some(all)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::switch_to;
+
+    #[test]
+    fn the_cluster_switches_only_when_every_member_reads_the_version() {
+        assert_eq!(switch_to(0, &[Some(1), Some(1), Some(1)]), Some(1));
+        assert_eq!(
+            switch_to(0, &[Some(1), None, Some(1)]),
+            None,
+            "an old release"
+        );
+        assert_eq!(switch_to(0, &[Some(1), Some(0)]), None, "held back");
+        assert_eq!(switch_to(1, &[Some(1), Some(1)]), None, "already there");
+        assert_eq!(
+            switch_to(0, &[Some(7), Some(9)]),
+            Some(1),
+            "never past this release"
+        );
+        assert_eq!(switch_to(1, &[Some(0)]), None, "never down");
     }
 }

@@ -35,7 +35,7 @@ use prost::Message;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
-use super::{Command, CommandResult, NodeId, TypeConfig};
+use super::{codec, Command, CommandResult, NodeId, TypeConfig};
 use crate::account::{self, StoredAccount, Write};
 use crate::store::ACCOUNTS;
 
@@ -97,6 +97,12 @@ const APPLIED: Slot<Option<LogId<NodeId>>> = Slot::new(SM_META, "last_applied");
 /// The last membership the state machine applied.
 const MEMBERSHIP: Slot<StoredMembership<NodeId, openraft::BasicNode>> =
     Slot::new(SM_META, "membership");
+/// The cluster's active command version (`codec`), applied with the rows;
+/// absent in release 0.1.0's files, which means version 0.
+const COMMAND_VERSION: Slot<u32> = Slot::new(SM_META, "command_version");
+/// The database file's format (`codec::STORAGE_FORMAT`); absent in release
+/// 0.1.0's files, which are format 1.
+const FORMAT: Slot<u32> = Slot::new(META, "format");
 /// The current snapshot's metadata (its data is stored raw beside it).
 const SNAP_META: Slot<SnapshotMeta<NodeId, openraft::BasicNode>> = Slot::new(SNAPSHOT, "meta");
 
@@ -122,16 +128,33 @@ fn r(e: impl std::fmt::Display) -> SErr {
     StorageIOError::read(any(e)).into()
 }
 
-/// Opens (or creates) the replica database with every table present.
-pub fn open_database(path: &Path) -> Result<Arc<Database>, redb::Error> {
-    let db = Database::create(path)?;
-    let txn = db.begin_write()?;
-    txn.open_table(LOG)?;
-    txn.open_table(META)?;
-    txn.open_table(SM_META)?;
-    txn.open_table(SNAPSHOT)?;
-    txn.open_table(ACCOUNTS)?;
-    txn.commit()?;
+/// Opens (or creates) the replica database with every table present, and
+/// refuses a file written in a newer storage format.
+pub fn open_database(path: &Path) -> Result<Arc<Database>, SErr> {
+    let db = Database::create(path).map_err(r)?;
+    let txn = db.begin_write().map_err(w)?;
+    txn.open_table(LOG).map_err(w)?;
+    txn.open_table(META).map_err(w)?;
+    txn.open_table(SM_META).map_err(w)?;
+    txn.open_table(SNAPSHOT).map_err(w)?;
+    txn.open_table(ACCOUNTS).map_err(w)?;
+    commit_durable(txn)?;
+    match FORMAT.read(&db)? {
+        Some(f) if f > codec::STORAGE_FORMAT => {
+            return Err(r(format!(
+            "{} is in storage format {f}, written by a newer release (this one reads up to {}): \
+                 upgrade this replica",
+            path.display(),
+            codec::STORAGE_FORMAT
+        )))
+        }
+        Some(_) => {}
+        None => {
+            let txn = db.begin_write().map_err(w)?;
+            FORMAT.write(&txn, &codec::STORAGE_FORMAT)?;
+            commit_durable(txn)?;
+        }
+    }
     Ok(Arc::new(db))
 }
 
@@ -384,12 +407,37 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 }
 
-/// Serialized state machine, used as snapshot data.
+/// Snapshot data in version 0 (release 0.1.0's layout, frozen).
 #[derive(Serialize, Deserialize)]
-struct SnapshotBody {
+struct SnapshotV0 {
     last_applied: Option<LogId<NodeId>>,
     membership: StoredMembership<NodeId, openraft::BasicNode>,
     accounts: Vec<(String, Vec<u8>)>,
+}
+
+/// Snapshot data in version 1: as version 0, plus the active version.
+#[derive(Serialize, Deserialize)]
+struct SnapshotV1 {
+    last_applied: Option<LogId<NodeId>>,
+    membership: StoredMembership<NodeId, openraft::BasicNode>,
+    accounts: Vec<(String, Vec<u8>)>,
+    command_version: u32,
+}
+
+/// The cluster's active command version as this replica has applied it,
+/// shared with the ledger, which proposes commands in it.
+#[derive(Debug, Clone, Default)]
+pub struct ActiveVersion(Arc<std::sync::atomic::AtomicU32>);
+
+impl ActiveVersion {
+    /// The version to write commands in.
+    pub fn get(&self) -> u32 {
+        self.0.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    fn set(&self, v: u32) {
+        self.0.store(v, std::sync::atomic::Ordering::Release)
+    }
 }
 
 /// The account state machine (openraft `RaftStateMachine`) over redb.
@@ -397,6 +445,7 @@ struct SnapshotBody {
 pub struct StateMachine {
     db: Arc<Database>,
     erasures: Option<tokio::sync::mpsc::UnboundedSender<u64>>,
+    version: ActiveVersion,
 }
 
 impl std::fmt::Debug for StateMachine {
@@ -407,8 +456,14 @@ impl std::fmt::Debug for StateMachine {
 
 impl StateMachine {
     /// State machine over `db`.
-    pub fn new(db: Arc<Database>) -> Self {
-        Self { db, erasures: None }
+    pub fn new(db: Arc<Database>) -> Result<Self, SErr> {
+        let version = ActiveVersion::default();
+        version.set(COMMAND_VERSION.read(&db)?.unwrap_or(codec::LEGACY_VERSION));
+        Ok(Self {
+            db,
+            erasures: None,
+            version,
+        })
     }
 
     /// Reports the log index of every applied batch that erased a sealed
@@ -417,19 +472,25 @@ impl StateMachine {
         self.erasures = Some(tx);
         self
     }
+
+    /// The active command version, as applied here.
+    pub fn active_version(&self) -> ActiveVersion {
+        self.version.clone()
+    }
 }
 
 fn decode_row(b: &[u8]) -> Result<StoredAccount, SErr> {
-    StoredAccount::decode(b).map_err(r)
+    codec::decode_row(b).map_err(r)
 }
 
 /// Applies one command to the accounts table; the flag says whether a
 /// sealed record was erased (dropped or replaced).
 fn apply_command(
     t: &mut redb::Table<'_, &'static str, &'static [u8]>,
+    id: &str,
     cmd: &Command,
+    row_version: u32,
 ) -> Result<(CommandResult, bool), SErr> {
-    let id = cmd.account_id();
     let row = match t.get(id).map_err(r)? {
         Some(v) => Some(decode_row(v.value())?),
         None => None,
@@ -482,6 +543,8 @@ fn apply_command(
             Ok(write) => (write, CommandResult::Done),
             Err(e) => (Write::Keep, CommandResult::Refused(e)),
         },
+        // Not an account command; `apply` handles it.
+        Command::UseVersion { .. } => (Write::Keep, CommandResult::Nothing),
     };
     // Lockouts and deletes; a replaced deposit's old record goes with the
     // next snapshot and log purge, but does not trigger a scrub pass (a
@@ -495,7 +558,8 @@ fn apply_command(
         };
     match write {
         Write::Keep => {}
-        Write::Put(row) => {
+        Write::Put(mut row) => {
+            row.version = row_version;
             t.insert(id, row.encode_to_vec().as_slice()).map_err(w)?;
         }
         Write::Delete => {
@@ -509,6 +573,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, SErr> {
         let (last_applied, membership) = self.applied_state().await?;
         let db = self.db.clone();
+        let version = COMMAND_VERSION.read(&db)?.unwrap_or(codec::LEGACY_VERSION);
         // Reading every account, encoding and an fsync: not on a worker.
         let (meta, data) = off_worker(move || {
             let txn = db.begin_read().map_err(r)?;
@@ -520,12 +585,28 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             }
             drop(t);
             drop(txn);
-            let body = SnapshotBody {
-                last_applied,
-                membership: membership.clone(),
-                accounts,
-            };
-            let data = enc(&body)?;
+            // Snapshots follow the active version: a follower of the older
+            // release during an upgrade must be able to install them.
+            let data = match version {
+                codec::LEGACY_VERSION => codec::encode_snapshot(
+                    version,
+                    &SnapshotV0 {
+                        last_applied,
+                        membership: membership.clone(),
+                        accounts,
+                    },
+                ),
+                _ => codec::encode_snapshot(
+                    version,
+                    &SnapshotV1 {
+                        last_applied,
+                        membership: membership.clone(),
+                        accounts,
+                        command_version: version,
+                    },
+                ),
+            }
+            .map_err(w)?;
             let snapshot_id = match last_applied {
                 Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, rand::random::<u32>()),
                 None => format!("empty-{}", rand::random::<u32>()),
@@ -584,12 +665,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     {
         let entries: Vec<Entry<TypeConfig>> = entries.into_iter().collect();
         let db = self.db.clone();
-        let (out, erased, last) = off_worker(move || {
+        let start_version = self.version.get();
+        let (out, erased, last, version) = off_worker(move || {
             let txn = db.begin_write().map_err(w)?;
             let mut out = Vec::new();
             let mut last = None;
             let mut membership = None;
             let mut erased = false;
+            let mut version = start_version;
             {
                 // One table handle for the whole batch, not one per login.
                 let mut accounts = txn.open_table(ACCOUNTS).map_err(w)?;
@@ -597,11 +680,38 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     last = Some(e.log_id);
                     out.push(match e.payload {
                         EntryPayload::Blank => CommandResult::Nothing,
-                        EntryPayload::Normal(cmd) => {
-                            let (result, gone) = apply_command(&mut accounts, &cmd)?;
-                            erased |= gone;
-                            result
-                        }
+                        EntryPayload::Normal(p) => match p.command() {
+                            // Stop before anything of this batch is applied:
+                            // the transaction is dropped, and openraft stops
+                            // this replica with the error.
+                            None => {
+                                let why = codec::newer("log entry", p.version);
+                                tracing::error!(index = e.log_id.index, "{why}");
+                                return Err(StorageIOError::apply(e.log_id, any(why)).into());
+                            }
+                            Some(Command::UseVersion { version: v }) => {
+                                if *v > codec::MAX_VERSION {
+                                    let why = codec::newer("cluster version switch", *v);
+                                    tracing::error!(index = e.log_id.index, "{why}");
+                                    return Err(StorageIOError::apply(e.log_id, any(why)).into());
+                                }
+                                // Versions only rise.
+                                version = version.max(*v);
+                                COMMAND_VERSION.write(&txn, &version)?;
+                                CommandResult::Done
+                            }
+                            Some(cmd) => {
+                                let id = cmd.account_id().unwrap_or_default();
+                                let (result, gone) = apply_command(
+                                    &mut accounts,
+                                    id,
+                                    cmd,
+                                    codec::row_version(version),
+                                )?;
+                                erased |= gone;
+                                result
+                            }
+                        },
                         EntryPayload::Membership(m) => {
                             membership = Some(StoredMembership::new(Some(e.log_id), m));
                             CommandResult::Nothing
@@ -617,9 +727,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             }
             // The log holds these entries durably; after a crash they are re-applied.
             commit_lazy(txn)?;
-            Ok((out, erased, last))
+            Ok((out, erased, last, version))
         })
         .await?;
+        if version != start_version {
+            tracing::info!(version, "the cluster now writes command version {version}");
+            self.version.set(version);
+        }
         if let (true, Some(tx), Some(l)) = (erased, &self.erasures, last) {
             let _ = tx.send(l.index);
         }
@@ -640,23 +754,41 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), SErr> {
         let (db, meta) = (self.db.clone(), meta.clone());
-        off_worker(move || {
+        let version = off_worker(move || {
             let data = snapshot.into_inner();
-            let body: SnapshotBody = dec(&data)?;
+            let (version, body) = codec::snapshot_version(&data).map_err(r)?;
+            let (accounts, command_version) = match version {
+                codec::LEGACY_VERSION => (dec::<SnapshotV0>(body)?.accounts, version),
+                _ => {
+                    let b: SnapshotV1 = dec(body)?;
+                    (b.accounts, b.command_version)
+                }
+            };
+            if command_version > codec::MAX_VERSION {
+                return Err(r(codec::newer("snapshot", command_version)));
+            }
+            // Every row is checked before any is written.
+            for (_, v) in &accounts {
+                decode_row(v)?;
+            }
             let txn = db.begin_write().map_err(w)?;
             {
                 let mut t = txn.open_table(ACCOUNTS).map_err(w)?;
                 t.retain(|_, _| false).map_err(w)?;
-                for (k, v) in &body.accounts {
+                for (k, v) in &accounts {
                     t.insert(k.as_str(), v.as_slice()).map_err(w)?;
                 }
             }
             APPLIED.write(&txn, &meta.last_log_id)?;
             MEMBERSHIP.write(&txn, &meta.last_membership)?;
+            COMMAND_VERSION.write(&txn, &command_version)?;
             commit_durable(txn)?;
-            store_snapshot(&db, &meta, &data)
+            store_snapshot(&db, &meta, &data)?;
+            Ok(command_version)
         })
-        .await
+        .await?;
+        self.version.set(version);
+        Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, SErr> {
@@ -687,6 +819,7 @@ mod tests {
 
     use super::*;
     use crate::account::Authorization;
+    use crate::raft::Proposal;
 
     type E = Entry<TypeConfig>;
 
@@ -698,12 +831,12 @@ mod tests {
     }
 
     fn register(account: &str, id: u8) -> EntryPayload<TypeConfig> {
-        EntryPayload::Normal(Command::Register {
+        EntryPayload::Normal(Proposal::current(Command::Register {
             account_id: account.into(),
             authorization: Authorization::None,
             registration_id: vec![id; 16],
             sealed_record: vec![id; 40],
-        })
+        }))
     }
 
     fn membership(ids: &[u64]) -> EntryPayload<TypeConfig> {
@@ -731,7 +864,7 @@ mod tests {
 
     async fn seen(db: &Arc<Database>) -> Seen {
         let mut log = LogStore::new(db.clone(), false).unwrap();
-        let mut sm = StateMachine::new(db.clone());
+        let mut sm = StateMachine::new(db.clone()).unwrap();
         let st = log.get_log_state().await.unwrap();
         let entries = log
             .try_get_log_entries(0..u64::MAX)
@@ -782,7 +915,7 @@ mod tests {
         let db = open_database(&path).unwrap();
         {
             let mut log = LogStore::new(db.clone(), false).unwrap();
-            let mut sm = StateMachine::new(db.clone());
+            let mut sm = StateMachine::new(db.clone()).unwrap();
             log.save_vote(&Vote::new_committed(3, 2)).await.unwrap();
             let first: Vec<E> = vec![
                 entry(1, 1, membership(&[1, 2, 3])),
@@ -792,10 +925,10 @@ mod tests {
                 entry(
                     3,
                     5,
-                    EntryPayload::Normal(Command::LoginStart {
+                    EntryPayload::Normal(Proposal::current(Command::LoginStart {
                         account_id: "alice".into(),
                         max_attempts: 10,
-                    }),
+                    })),
                 ),
                 entry(3, 6, register("carol", 3)),
             ];
@@ -832,39 +965,71 @@ mod tests {
 
     #[tokio::test]
     async fn an_installed_snapshot_survives_a_close_and_reopen() {
-        let dir = tempfile::tempdir().unwrap();
-        // A snapshot built on one replica ...
-        let src = open_database(&dir.path().join("a.redb")).unwrap();
-        let entries = vec![
-            entry(1, 1, membership(&[1, 2, 3])),
-            entry(1, 2, register("alice", 1)),
-            entry(1, 3, register("bob", 2)),
-        ];
-        let mut sm = StateMachine::new(src.clone());
-        sm.apply(entries).await.unwrap();
-        let snap = sm
-            .get_snapshot_builder()
-            .await
-            .build_snapshot()
-            .await
-            .unwrap();
-        // ... installed on an empty one, as openraft does: install, then purge.
-        let path = dir.path().join("b.redb");
-        let db = open_database(&path).unwrap();
-        {
-            let mut sm = StateMachine::new(db.clone());
-            let mut log = LogStore::new(db.clone(), false).unwrap();
-            sm.install_snapshot(&snap.meta, snap.snapshot)
+        for version in [codec::LEGACY_VERSION, codec::MAX_VERSION] {
+            let dir = tempfile::tempdir().unwrap();
+            // A snapshot built on one replica, in the cluster's version ...
+            let src = open_database(&dir.path().join("a.redb")).unwrap();
+            let mut entries = vec![entry(1, 1, membership(&[1, 2, 3]))];
+            if version > 0 {
+                let up = Command::UseVersion { version };
+                entries.push(entry(1, 2, EntryPayload::Normal(Proposal::current(up))));
+            } else {
+                entries.push(entry(1, 2, EntryPayload::Blank));
+            }
+            entries.push(entry(1, 3, register("alice", 1)));
+            entries.push(entry(1, 4, register("bob", 2)));
+            let mut sm = StateMachine::new(src.clone()).unwrap();
+            sm.apply(entries).await.unwrap();
+            assert_eq!(sm.active_version().get(), version);
+            let snap = sm
+                .get_snapshot_builder()
+                .await
+                .build_snapshot()
                 .await
                 .unwrap();
-            log.purge(log_id(1, 1, 3)).await.unwrap();
+            assert_eq!(
+                codec::snapshot_version(snap.snapshot.get_ref()).unwrap().0,
+                version
+            );
+            // ... installed on an empty one, as openraft does: install, then purge.
+            let path = dir.path().join("b.redb");
+            let db = open_database(&path).unwrap();
+            {
+                let mut sm = StateMachine::new(db.clone()).unwrap();
+                let mut log = LogStore::new(db.clone(), false).unwrap();
+                sm.install_snapshot(&snap.meta, snap.snapshot)
+                    .await
+                    .unwrap();
+                assert_eq!(sm.active_version().get(), version);
+                log.purge(log_id(1, 1, 4)).await.unwrap();
+            }
+            let before = seen(&db).await;
+            assert_eq!(before.log, (Some(log_id(1, 1, 4)), Some(log_id(1, 1, 4))));
+            assert_eq!(before.applied.0, Some(log_id(1, 1, 4)));
+            assert_eq!(before.accounts.len(), 2);
+            let db = reopen(db, &path);
+            assert_eq!(seen(&db).await, before);
+            let sm = StateMachine::new(db.clone()).unwrap();
+            assert_eq!(sm.active_version().get(), version, "survives the reopen");
+            let row = crate::store::Store::from_db(db)
+                .get("alice")
+                .unwrap()
+                .unwrap();
+            assert_eq!(row.version, version);
         }
-        let before = seen(&db).await;
-        assert_eq!(before.log, (Some(log_id(1, 1, 3)), Some(log_id(1, 1, 3))));
-        assert_eq!(before.applied.0, Some(log_id(1, 1, 3)));
-        assert_eq!(before.accounts.len(), 2);
-        let db = reopen(db, &path);
-        assert_eq!(seen(&db).await, before);
+    }
+
+    #[tokio::test]
+    async fn a_file_of_a_newer_storage_format_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vault.redb");
+        let db = open_database(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        FORMAT.write(&txn, &(codec::STORAGE_FORMAT + 1)).unwrap();
+        txn.commit().unwrap();
+        drop(db);
+        let err = open_database(&path).unwrap_err().to_string();
+        assert!(err.contains("newer release"), "{err}");
     }
 
     struct OnDisk;
@@ -876,7 +1041,7 @@ mod tests {
             let dir = tempfile::tempdir().map_err(w)?;
             let db = open_database(&dir.path().join("vault.redb")).map_err(w)?;
             let log = LogStore::new(db.clone(), false).map_err(w)?;
-            Ok((dir, log, StateMachine::new(db)))
+            Ok((dir, log, StateMachine::new(db)?))
         }
     }
 
