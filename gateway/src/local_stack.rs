@@ -349,9 +349,11 @@ impl LocalStack {
         for (i, r) in c.replicas.iter().enumerate() {
             out.push(match r {
                 ReplicaHandle::Stopped => None,
-                ReplicaHandle::InProcess(r) => {
-                    Some(admin::status(&r.node.raft, r.vault.ledger().store()))
-                }
+                ReplicaHandle::InProcess(r) => Some(admin::status(
+                    &r.node.raft,
+                    r.vault.ledger().store(),
+                    r.node.version.get(),
+                )),
                 ReplicaHandle::Process(_) => match c.configs[i].admin_listen {
                     Some(a) => admin::fetch_status(a).await.ok(),
                     None => None,
@@ -497,6 +499,73 @@ impl LocalStack {
     pub fn replica_log(&self, k: usize, i: usize) -> String {
         std::fs::read_to_string(self.clusters[k].configs[i].state_dir.join("replica.log"))
             .unwrap_or_default()
+    }
+
+    /// Prepares a new replica of cluster `k` (next unused id, free loopback
+    /// ports) as `vault-backend new-replica` does, and starts it; it joins
+    /// once added (`add-learner`, `promote`). Returns its index.
+    pub async fn add_replica(&mut self, k: usize) -> anyhow::Result<usize> {
+        let c = &mut self.clusters[k];
+        let like = c
+            .configs
+            .iter()
+            .zip(&c.replicas)
+            .find(|(_, r)| r.is_running())
+            .map(|(cfg, _)| cfg.clone())
+            .ok_or_else(|| anyhow::anyhow!("no running replica to copy"))?;
+        let id = c.configs.iter().map(|cfg| cfg.node_id).max().unwrap_or(0) + 1;
+        let free =
+            || -> anyhow::Result<SocketAddr> { Ok(UdpSocket::bind("127.0.0.1:0")?.local_addr()?) };
+        let admin = match c.replica_binary {
+            Some(_) => Some(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?),
+            None => None,
+        };
+        let member = Member {
+            id,
+            serve: free()?,
+            peer: free()?,
+            admin,
+        };
+        let mut cfg = replica::new_replica(
+            &c.dir,
+            &like,
+            member,
+            &["localhost", "127.0.0.1"],
+            &like.key_protection,
+        )?;
+        cfg.max_attempts = like.max_attempts;
+        c.configs.push(cfg);
+        c.replicas.push(ReplicaHandle::Stopped);
+        let i = c.configs.len() - 1;
+        c.start(i).await?;
+        Ok(i)
+    }
+
+    /// Runs an operator command of the `vault-backend` binary (process
+    /// stacks only), e.g. `["promote", "--config", ..]`; returns its output
+    /// or fails with it.
+    pub async fn operator(&self, k: usize, args: &[&str]) -> anyhow::Result<String> {
+        let bin = self.clusters[k]
+            .replica_binary
+            .as_ref()
+            .ok_or_else(|| anyhow::anyhow!("operator commands need process replicas"))?;
+        let out = tokio::process::Command::new(bin)
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .output()
+            .await?;
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        anyhow::ensure!(out.status.success(), "vault-backend {args:?}: {text}");
+        Ok(text)
+    }
+
+    /// The config file of replica `i` of cluster `k`.
+    pub fn replica_config(&self, k: usize, i: usize) -> PathBuf {
+        self.clusters[k].configs[i].state_dir.join(vfiles::CONFIG)
     }
 
     /// Starts replica `i` of cluster `k` again on its addresses.

@@ -121,6 +121,12 @@ impl Gateway {
         self.endpoint.local_addr()
     }
 
+    /// The replicas the gateway routes cluster `name`'s requests to now
+    /// (learned from the cluster's membership); `None` for an unknown name.
+    pub fn vault_replicas(&self, name: &str) -> Option<Vec<SocketAddr>> {
+        self.shared.vault.cluster(name).map(|c| c.replicas())
+    }
+
     /// Tells clients to go away, then waits for the endpoint to drain.
     pub async fn shutdown(self) {
         self.endpoint.close(

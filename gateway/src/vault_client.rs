@@ -15,11 +15,11 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use protocol_spec::internal::{vault_response, VaultRequest, VaultResponse};
+use protocol_spec::internal::{vault_response, MembersQuery, VaultRequest, VaultResponse};
 use protocol_spec::limits::REQUEST_TIMEOUT;
 use protocol_spec::msg::{self, request::Kind, ErrorCode};
 use protocol_spec::stream_io::{read_message, write_message};
@@ -130,6 +130,11 @@ impl VaultClusters {
         &self.clusters[i]
     }
 
+    /// The cluster called `name`.
+    pub fn cluster(&self, name: &str) -> Option<&ClusterLink> {
+        self.clusters.iter().find(|c| c.config.name == name)
+    }
+
     /// Relays one request to the leader of the account's cluster.
     pub async fn call(&self, account_id: &str, request: msg::Request) -> msg::Response {
         self.cluster_for(account_id).call(account_id, request).await
@@ -161,9 +166,20 @@ pub fn place<'a>(account_id: &str, names: impl Iterator<Item = &'a str>) -> usiz
 
 /// The link to one cluster: its replicas, the cached leader, one
 /// connection per replica.
+///
+/// The configured replicas are seeds: every answer of a replica carries the
+/// log index of the Raft membership it has applied, and when that is newer
+/// than what the link knows, the link asks for the members and routes to
+/// them from then on, so replicas added or removed by a membership change
+/// are followed without a restart.
 pub struct ClusterLink {
     config: ClusterConfig,
     endpoint: quinn::Endpoint,
+    /// Gateway-facing addresses of the voters of the newest membership
+    /// learned, or the configured replicas until one is.
+    replicas: std::sync::RwLock<Vec<SocketAddr>>,
+    /// Log index of the membership `replicas` comes from (0: configured).
+    membership_id: AtomicU64,
     leader: std::sync::Mutex<Option<SocketAddr>>,
     next: AtomicUsize,
     conns: Mutex<HashMap<SocketAddr, quinn::Connection>>,
@@ -197,6 +213,8 @@ enum Attempt {
 impl ClusterLink {
     fn new(config: ClusterConfig, endpoint: quinn::Endpoint) -> Self {
         Self {
+            replicas: std::sync::RwLock::new(config.replicas.clone()),
+            membership_id: AtomicU64::new(0),
             config,
             endpoint,
             leader: std::sync::Mutex::new(None),
@@ -220,9 +238,81 @@ impl ClusterLink {
         }
     }
 
+    /// The replicas requests go to: the voters of the newest membership
+    /// learned (or the configured replicas).
+    pub fn replicas(&self) -> Vec<SocketAddr> {
+        match self.replicas.read() {
+            Ok(r) => r.clone(),
+            Err(_) => self.config.replicas.clone(),
+        }
+    }
+
     fn next_replica(&self) -> SocketAddr {
-        let r = &self.config.replicas;
-        r[self.next.fetch_add(1, Ordering::Relaxed) % r.len()]
+        let r = self.replicas();
+        match r.len() {
+            0 => self.config.replicas[0],
+            n => r[self.next.fetch_add(1, Ordering::Relaxed) % n],
+        }
+    }
+
+    /// Whether `addr` is a replica of this cluster: configured, or a member
+    /// of the membership learned from it.
+    fn is_member(&self, addr: SocketAddr) -> bool {
+        self.config.replicas.contains(&addr) || self.replicas().contains(&addr)
+    }
+
+    /// Asks the replica at `addr` for the cluster's members, and routes to
+    /// them if that membership is newer than the one known.
+    async fn learn_members(&self, addr: SocketAddr) {
+        let req = VaultRequest {
+            members: Some(MembersQuery {}),
+            ..Default::default()
+        };
+        let members = match self.exchange(addr, &req).await {
+            Ok(VaultResponse {
+                kind: Some(vault_response::Kind::Members(m)),
+                ..
+            }) => m,
+            Ok(_) => return,
+            Err(_) => {
+                tracing::debug!(replica = %addr, "membership query failed");
+                return;
+            }
+        };
+        let voters: Vec<SocketAddr> = members
+            .members
+            .iter()
+            .filter(|m| m.voter)
+            .filter_map(|m| m.serve_addr.parse().ok())
+            .collect();
+        if voters.is_empty() {
+            return;
+        }
+        let Ok(mut known) = self.replicas.write() else {
+            return;
+        };
+        if members.membership_id > self.membership_id.load(Ordering::Acquire) {
+            self.membership_id
+                .store(members.membership_id, Ordering::Release);
+            if *known != voters {
+                tracing::info!(
+                    cluster = %self.config.name,
+                    membership = members.membership_id,
+                    replicas = ?voters,
+                    "vault cluster membership changed; routing to its voters"
+                );
+                metrics::counter!("gateway_vault_membership_changes_total").increment(1);
+            }
+            *known = voters;
+        }
+    }
+
+    /// Learns the members if a replica's answer says its membership is
+    /// newer than the one known.
+    async fn note_membership(&self, from: SocketAddr, membership_id: u64) {
+        if membership_id > self.membership_id.load(Ordering::Acquire) {
+            self.learn_members(from).await;
+        }
     }
 
     async fn connection(&self, addr: SocketAddr) -> Result<quinn::Connection, Attempt> {
@@ -251,28 +341,40 @@ impl ClusterLink {
         Ok(c)
     }
 
+    /// One request and its answer on a new stream to `addr`.
+    async fn exchange(
+        &self,
+        addr: SocketAddr,
+        req: &VaultRequest,
+    ) -> Result<VaultResponse, Attempt> {
+        let conn = self.connection(addr).await?;
+        let (mut send, mut recv) = conn
+            .open_bi()
+            .await
+            .map_err(|e| Attempt::NotSent(e.to_string()))?;
+        write_message(&mut send, req)
+            .await
+            .map_err(|e| Attempt::Lost(e.to_string()))?;
+        let _ = send.finish();
+        read_message::<VaultResponse, _>(&mut recv)
+            .await
+            .map_err(|e| Attempt::Lost(e.to_string()))
+    }
+
     async fn attempt(&self, addr: SocketAddr, req: &VaultRequest) -> Attempt {
-        let conn = match self.connection(addr).await {
-            Ok(c) => c,
+        let resp = match self.exchange(addr, req).await {
+            Ok(r) => r,
             Err(a) => return a,
         };
-        let (mut send, mut recv) = match conn.open_bi().await {
-            Ok(s) => s,
-            Err(e) => return Attempt::NotSent(e.to_string()),
-        };
-        if let Err(e) = write_message(&mut send, req).await {
-            return Attempt::Lost(e.to_string());
-        }
-        let _ = send.finish();
-        match read_message::<VaultResponse, _>(&mut recv).await {
-            Ok(VaultResponse {
-                kind: Some(vault_response::Kind::Response(r)),
-            }) => Attempt::Answer(r),
-            Ok(VaultResponse {
-                kind: Some(vault_response::Kind::NotLeader(n)),
-            }) => Attempt::NotLeader(n.leader_addr.parse().ok()),
-            Ok(VaultResponse { kind: None }) => Attempt::Lost("empty vault response".into()),
-            Err(e) => Attempt::Lost(e.to_string()),
+        self.note_membership(addr, resp.membership_id).await;
+        match resp.kind {
+            Some(vault_response::Kind::Response(r)) => Attempt::Answer(r),
+            Some(vault_response::Kind::NotLeader(n)) => {
+                Attempt::NotLeader(n.leader_addr.parse().ok())
+            }
+            Some(vault_response::Kind::Members(_)) | None => {
+                Attempt::Lost("unexpected vault response".into())
+            }
         }
     }
 
@@ -286,16 +388,18 @@ impl ClusterLink {
         let req = VaultRequest {
             account_id: account_id.to_owned(),
             request: Some(request),
+            members: None,
         };
         let started = Instant::now();
         let deadline = started + REQUEST_TIMEOUT;
         let mut target = self.cached_leader().unwrap_or_else(|| self.next_replica());
         let mut backoff = Duration::from_millis(25);
         let mut last_error = String::from("no replica answered");
+        let n = self.replicas().len().max(self.config.replicas.len());
         // Enough for a few rounds over the replicas through an election.
-        let mut tries_left = 4 * self.config.replicas.len() + 4;
+        let mut tries_left = 4 * n + 4;
         // A dead cluster is reported after one round of failed connects.
-        let mut unreachable_left = self.config.replicas.len() + 1;
+        let mut unreachable_left = n + 1;
         let out = loop {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() || tries_left == 0 {
@@ -312,7 +416,11 @@ impl ClusterLink {
                     break r;
                 }
                 Attempt::NotLeader(named) => {
-                    if let Some(leader) = redirect(&self.config, target, named) {
+                    // A leader the link does not know yet may have joined.
+                    if named.is_some_and(|n| !self.is_member(n)) {
+                        self.learn_members(target).await;
+                    }
+                    if let Some(leader) = redirect(|a| self.is_member(a), target, named) {
                         self.set_leader(Some(leader));
                         target = leader;
                         continue;
@@ -324,7 +432,7 @@ impl ClusterLink {
                                 cluster = %self.config.name,
                                 replica = %target,
                                 named = ?named,
-                                "a replica named a leader that is not in this cluster's configured replicas; \
+                                "a replica named a leader that is not a member of this cluster; \
                                  ignored (check the replicas' `serve` addresses against the gateway's `vault_clusters`; \
                                  further ones are counted in gateway_vault_redirects_ignored_total)"
                             );
@@ -372,16 +480,17 @@ impl ClusterLink {
 }
 
 /// Where a "not the leader" answer from `from` may send the next attempt:
-/// only to another replica of this cluster's configuration. A replica
-/// naming any other address (misconfigured, or of another cluster, whose
-/// replicas hold certificates of the same fleet) would otherwise have this
-/// cluster's accounts served by a cluster that does not hold them.
+/// only to another replica of this cluster (`member`: configured, or in the
+/// membership learned from its replicas). A replica naming any other
+/// address (misconfigured, or of another cluster, whose replicas hold
+/// certificates of the same fleet) would otherwise have this cluster's
+/// accounts served by a cluster that does not hold them.
 fn redirect(
-    config: &ClusterConfig,
+    member: impl Fn(SocketAddr) -> bool,
     from: SocketAddr,
     named: Option<SocketAddr>,
 ) -> Option<SocketAddr> {
-    named.filter(|n| *n != from && config.replicas.contains(n))
+    named.filter(|n| *n != from && member(*n))
 }
 
 /// Whether a failed handshake was a TLS refusal (a crypto alert).
@@ -417,14 +526,15 @@ mod tests {
             replicas: vec![addr(7801), addr(7802), addr(7803)],
             server_name: "replica.bkv.internal".into(),
         };
+        let member = |a| cluster.replicas.contains(&a);
         assert_eq!(
-            redirect(&cluster, addr(7801), Some(addr(7802))),
+            redirect(member, addr(7801), Some(addr(7802))),
             Some(addr(7802))
         );
-        assert_eq!(redirect(&cluster, addr(7801), Some(addr(7801))), None);
-        assert_eq!(redirect(&cluster, addr(7801), None), None);
+        assert_eq!(redirect(member, addr(7801), Some(addr(7801))), None);
+        assert_eq!(redirect(member, addr(7801), None), None);
         // A replica of another cluster, or any other address.
-        assert_eq!(redirect(&cluster, addr(7801), Some(addr(9801))), None);
+        assert_eq!(redirect(member, addr(7801), Some(addr(9801))), None);
     }
 
     #[test]

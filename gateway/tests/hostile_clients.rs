@@ -299,6 +299,7 @@ async fn the_vault_refuses_peers_without_a_gateway_certificate() {
             request: Some(msg::Request {
                 kind: Some(Req::Status(msg::StatusRequest {})),
             }),
+            members: None,
         };
         protocol_spec::stream_io::write_message(&mut send, &req)
             .await

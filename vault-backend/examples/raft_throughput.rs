@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use vault_backend::account::Authorization;
 use vault_backend::pki::{self, Usage};
+use vault_backend::raft::member::ReplicaNode;
 use vault_backend::raft::node::{bind_peer_endpoint, RaftNode, RaftTuning};
 use vault_backend::raft::{Command, CommandResult, Proposal, Raft};
 
@@ -82,7 +83,7 @@ async fn main() -> anyhow::Result<()> {
         nodes.push(
             RaftNode::start(
                 i,
-                &members,
+                (i == 1).then_some(&ReplicaNode::peers(&members)),
                 ep,
                 &dir.path().join(format!("r{i}.redb")),
                 &tuning,

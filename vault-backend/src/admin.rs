@@ -20,6 +20,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use openraft::ServerState;
 use serde::{Deserialize, Serialize};
 
+use crate::raft::storage::ActiveVersion;
 use crate::raft::{NodeId, Raft};
 use crate::store::Store;
 
@@ -42,8 +43,21 @@ pub struct ClusterStatus {
     pub snapshot_index: Option<u64>,
     /// Entries purged from the log up to here.
     pub purged_index: Option<u64>,
-    /// Voting members and their peer addresses.
+    /// Members (voters and learners) and their peer addresses.
     pub members: BTreeMap<NodeId, String>,
+    /// Admin addresses of the members that have one recorded in the
+    /// membership.
+    #[serde(default)]
+    pub admin_addrs: BTreeMap<NodeId, SocketAddr>,
+    /// The voting members.
+    #[serde(default)]
+    pub voters: Vec<NodeId>,
+    /// Members that receive the log but do not vote (yet).
+    #[serde(default)]
+    pub learners: Vec<NodeId>,
+    /// The cluster's command version (SPEC.md §8.3), as applied here.
+    #[serde(default)]
+    pub command_version: u32,
     /// On the leader: how many entries each member is behind the leader's
     /// last entry (`None`: nothing replicated yet).
     pub lag: Option<BTreeMap<NodeId, Option<u64>>>,
@@ -52,14 +66,21 @@ pub struct ClusterStatus {
 }
 
 /// Reads the current status of a replica.
-pub fn status(raft: &Raft, store: &Store) -> ClusterStatus {
+pub fn status(raft: &Raft, store: &Store, command_version: u32) -> ClusterStatus {
     let m = raft.metrics().borrow().clone();
     let last = m.last_log_index;
     let members = m
         .membership_config
         .nodes()
-        .map(|(id, n)| (*id, n.addr.clone()))
+        .map(|(id, n)| (*id, n.peer.clone()))
         .collect();
+    let admin_addrs = m
+        .membership_config
+        .nodes()
+        .filter_map(|(id, n)| n.admin.map(|a| (*id, a)))
+        .collect();
+    let voters: Vec<NodeId> = m.membership_config.membership().voter_ids().collect();
+    let learners = m.membership_config.membership().learner_ids().collect();
     let lag = m.replication.as_ref().map(|r| {
         r.iter()
             .map(|(id, matched)| {
@@ -82,6 +103,10 @@ pub fn status(raft: &Raft, store: &Store) -> ClusterStatus {
         snapshot_index: m.snapshot.map(|l| l.index),
         purged_index: m.purged.map(|l| l.index),
         members,
+        admin_addrs,
+        voters,
+        learners,
+        command_version,
         lag,
         records: store.len().unwrap_or(0),
     }
@@ -91,6 +116,7 @@ pub fn status(raft: &Raft, store: &Store) -> ClusterStatus {
 struct AdminState {
     raft: Raft,
     store: Store,
+    version: ActiveVersion,
     prometheus: Option<PrometheusHandle>,
 }
 
@@ -99,11 +125,13 @@ pub fn serve(
     listener: tokio::net::TcpListener,
     raft: Raft,
     store: Store,
+    version: ActiveVersion,
     prometheus: Option<PrometheusHandle>,
 ) -> tokio::task::JoinHandle<()> {
     let state = AdminState {
         raft,
         store,
+        version,
         prometheus,
     };
     let app = Router::new()
@@ -147,7 +175,7 @@ async fn ready(State(s): State<AdminState>) -> impl IntoResponse {
 }
 
 async fn status_json(State(s): State<AdminState>) -> Json<ClusterStatus> {
-    Json(status(&s.raft, &s.store))
+    Json(status(&s.raft, &s.store, s.version.get()))
 }
 
 /// Exports Raft state as gauges every second until aborted.

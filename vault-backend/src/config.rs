@@ -39,9 +39,17 @@ pub struct VaultConfig {
     /// Admin HTTP listener serving `/metrics`, `/health`, `/ready` and
     /// `/status`. Default none.
     pub admin_listen: Option<SocketAddr>,
-    /// All replicas of the cluster, this one included. Empty (the default)
-    /// means a cluster of this replica alone.
+    /// The replicas the cluster was created with, this one included (what
+    /// `init-cluster` writes), or for a replica that joins later, the
+    /// members to ask. Once the cluster exists its Raft membership is the
+    /// member list, changed with `add-learner`, `promote` and
+    /// `remove-member`. Empty (the default) means a cluster of this replica
+    /// alone.
     pub members: Vec<Member>,
+    /// This replica joins an existing cluster (as written by
+    /// `vault-backend new-replica`): it never creates one, and serves once a
+    /// member has added it. Default false.
+    pub join: bool,
     /// Raft timing and compaction.
     pub raft: RaftSettings,
     /// What seals the fleet secrets at rest. Default: a software key file
@@ -138,6 +146,7 @@ impl Default for VaultConfig {
             max_attempts: protocol_spec::limits::DEFAULT_MAX_ATTEMPTS,
             admin_listen: None,
             members: Vec::new(),
+            join: false,
             raft: RaftSettings::default(),
             key_protection: KeyProtection::default(),
         }
@@ -200,7 +209,7 @@ impl VaultConfig {
                 self.node_id
             );
         }
-        if !matches!(out.len(), 1 | 3 | 5 | 7) {
+        if !self.join && !matches!(out.len(), 1 | 3 | 5 | 7) {
             tracing::warn!(
                 replicas = out.len(),
                 "an even-sized cluster tolerates no more failures than one replica fewer"

@@ -19,9 +19,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use openraft::error::{CheckIsLeaderError, ClientWriteError, ForwardToLeader, RaftError};
-use openraft::BasicNode;
 
 use crate::account::StoredAccount;
+use crate::raft::member::ReplicaNode;
 use crate::raft::storage::ActiveVersion;
 use crate::raft::{Command, CommandResult, NodeId, Proposal, Raft};
 use crate::store::Store;
@@ -163,13 +163,42 @@ impl Ledger {
             .map_err(|e| VaultError::Internal(e.to_string()))?
     }
 
-    fn not_leader(&self, f: &ForwardToLeader<NodeId, BasicNode>) -> VaultError {
+    /// "Ask the leader", at its gateway-facing address as the membership
+    /// records it (a member recorded by release 0.1.0 has none there: then
+    /// the config's member table).
+    fn not_leader(&self, f: &ForwardToLeader<NodeId, ReplicaNode>) -> VaultError {
+        let from_membership = f.leader_node.as_ref().and_then(|n| n.serve);
         VaultError::NotLeader {
             leader_id: f.leader_id,
-            leader_addr: f
-                .leader_id
-                .and_then(|id| self.serve_addrs.get(&id).copied()),
+            leader_addr: from_membership.or_else(|| {
+                f.leader_id
+                    .and_then(|id| self.serve_addrs.get(&id).copied())
+            }),
         }
+    }
+
+    /// The log index of the membership this replica last applied.
+    pub fn membership_id(&self) -> u64 {
+        let m = self.raft.metrics();
+        let id = m.borrow().membership_config.log_id().map(|l| l.index);
+        id.unwrap_or(0)
+    }
+
+    /// The cluster's members as this replica last applied them: id,
+    /// gateway-facing address, and whether it votes; and the log index of
+    /// that membership (it only grows, so a gateway keeps the newest).
+    pub fn members(&self) -> (u64, Vec<(NodeId, Option<SocketAddr>, bool)>) {
+        let m = self.raft.metrics().borrow().membership_config.clone();
+        let index = m.log_id().map(|l| l.index).unwrap_or(0);
+        let voters: std::collections::BTreeSet<NodeId> = m.membership().voter_ids().collect();
+        let list = m
+            .nodes()
+            .map(|(id, n)| {
+                let serve = n.serve.or_else(|| self.serve_addrs.get(id).copied());
+                (*id, serve, voters.contains(id))
+            })
+            .collect();
+        (index, list)
     }
 
     fn no_quorum(&self) -> VaultError {

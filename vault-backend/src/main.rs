@@ -9,6 +9,8 @@ use clap::{Parser, Subcommand};
 use vault_backend::admin;
 use vault_backend::config::{files, Member, VaultConfig};
 use vault_backend::keyprotect::KeyProtection;
+use vault_backend::raft::member::ReplicaNode;
+use vault_backend::raft::network::{self, AdminRequest};
 use vault_backend::replica::{self, layout, Replica};
 
 #[derive(Parser)]
@@ -83,6 +85,66 @@ enum Cmd {
         max_attempts: Option<u32>,
         #[arg(long)]
         admin_listen: Option<SocketAddr>,
+    },
+    /// Prepare the folder of a replica that will join an existing cluster
+    /// (to replace a dead one, or to grow the cluster): certificate, sealed
+    /// fleet secrets, and a config with `join = true`. Run it where the
+    /// cluster's `fleet/` folder is; then start the replica and run
+    /// `add-learner` and `promote`.
+    NewReplica {
+        /// The cluster folder `init-cluster` wrote (holds `fleet/`).
+        #[arg(long)]
+        cluster_dir: PathBuf,
+        /// An existing member's config to copy settings and members from.
+        #[arg(long)]
+        like: PathBuf,
+        /// The new replica's id: never one the cluster has used.
+        #[arg(long)]
+        id: u64,
+        /// Its gateway-facing address.
+        #[arg(long)]
+        serve: SocketAddr,
+        /// Its peer (Raft) address.
+        #[arg(long)]
+        peer: SocketAddr,
+        /// Its admin HTTP address.
+        #[arg(long)]
+        admin: Option<SocketAddr>,
+        /// Extra DNS names / IPs on its certificate.
+        #[arg(long, default_values_t = ["localhost".to_string(), "127.0.0.1".to_string()])]
+        name: Vec<String>,
+    },
+    /// Add a running replica that joins (its config says `join = true`) to
+    /// its cluster as a learner, and wait until it has caught up.
+    AddLearner {
+        /// The joining replica's config.
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Make a learner a voting member.
+    Promote {
+        /// Any member's config (its certificate authorizes the request).
+        #[arg(long)]
+        config: PathBuf,
+        /// The learner's id.
+        #[arg(long)]
+        id: u64,
+    },
+    /// Remove a member (voter or learner) from the cluster for good.
+    RemoveMember {
+        /// Any member's config (its certificate authorizes the request).
+        #[arg(long)]
+        config: PathBuf,
+        /// The member's id.
+        #[arg(long)]
+        id: u64,
+    },
+    /// Ask a replica to start an election, to move leadership to it (before
+    /// restarting the current leader, say).
+    Campaign {
+        /// That replica's config.
+        #[arg(long)]
+        config: PathBuf,
     },
     /// Show each replica's view of the cluster (role, term, indexes, lag).
     Status {
@@ -254,6 +316,74 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             tracing::info!("shutting down");
             replica.shutdown().await;
         }
+        Cmd::NewReplica {
+            cluster_dir,
+            like,
+            id,
+            serve,
+            peer,
+            admin,
+            name,
+        } => {
+            let like = VaultConfig::load(&like)?;
+            let names: Vec<&str> = name.iter().map(String::as_str).collect();
+            let member = Member {
+                id,
+                serve,
+                peer,
+                admin,
+            };
+            let kp = like.key_protection.clone();
+            let cfg = replica::new_replica(&cluster_dir, &like, member, &names, &kp)?;
+            let path = cfg.state_dir.join(files::CONFIG);
+            println!(
+                "replica {id}: start it with `vault-backend run --config {p}`, then \
+                 `vault-backend add-learner --config {p}` and `vault-backend promote --config {p} --id {id}`",
+                p = path.display()
+            );
+        }
+        Cmd::AddLearner { config } => {
+            let cfg = VaultConfig::load(&config)?;
+            let node = ReplicaNode::new(cfg.peer_listen, cfg.listen, cfg.admin_listen);
+            let req = AdminRequest::AddLearner {
+                id: cfg.node_id,
+                node,
+            };
+            let at = membership_request(&cfg, req, true).await?;
+            println!(
+                "replica {} is a learner and has caught up (membership {at}); next: \
+                 `vault-backend promote --config {} --id {}`",
+                cfg.node_id,
+                config.display(),
+                cfg.node_id
+            );
+        }
+        Cmd::Promote { config, id } => {
+            let cfg = VaultConfig::load(&config)?;
+            let at = membership_request(&cfg, AdminRequest::Promote { id }, false).await?;
+            println!("replica {id} votes (membership {at})");
+        }
+        Cmd::RemoveMember { config, id } => {
+            let cfg = VaultConfig::load(&config)?;
+            let at = membership_request(&cfg, AdminRequest::Remove { id }, false).await?;
+            println!(
+                "replica {id} is no longer a member (membership {at}); stop it and never \
+                 reuse its id or folder"
+            );
+        }
+        Cmd::Campaign { config } => {
+            let cfg = VaultConfig::load(&config)?;
+            let ep = replica::operator_endpoint(&cfg)?;
+            network::admin_request(
+                &ep,
+                &[cfg.peer_listen],
+                AdminRequest::Campaign,
+                std::time::Duration::from_secs(10),
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("replica {}: {e}", cfg.node_id))?;
+            println!("replica {} started an election", cfg.node_id);
+        }
         Cmd::Status { config, admin } => {
             let mut targets = admin;
             if let Some(p) = config {
@@ -271,42 +401,130 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 "nothing to ask: pass --config with admin addresses or --admin ADDR"
             );
             println!(
-                "{:<8} {:<10} {:>6} {:>7} {:>9} {:>9} {:>9} {:>8}  lag",
-                "replica", "role", "term", "leader", "last log", "applied", "snapshot", "records"
+                "{:<8} {:<10} {:<8} {:>6} {:>7} {:>9} {:>9} {:>9} {:>8}  lag",
+                "replica",
+                "role",
+                "member",
+                "term",
+                "leader",
+                "last log",
+                "applied",
+                "snapshot",
+                "records"
             );
-            let mut failures = 0;
-            for a in targets {
+            let mut failures = Vec::new();
+            let mut summary = None;
+            let mut asked = Vec::new();
+            while let Some(a) = targets.first().copied() {
+                targets.remove(0);
+                asked.push(a);
                 match admin::fetch_status(a).await {
-                    Ok(s) => println!(
-                        "{:<8} {:<10} {:>6} {:>7} {:>9} {:>9} {:>9} {:>8}  {}",
-                        s.id,
-                        s.role,
-                        s.term,
-                        opt(s.leader),
-                        opt(s.last_log_index),
-                        opt(s.applied_index),
-                        opt(s.snapshot_index),
-                        s.records,
-                        s.lag
-                            .map(|l| l
-                                .iter()
-                                .map(|(id, b)| format!("{id}:{}", opt(*b)))
-                                .collect::<Vec<_>>()
-                                .join(" "))
-                            .unwrap_or_default()
-                    ),
-                    Err(e) => {
-                        failures += 1;
-                        println!("{a:<8} unreachable: {e}");
+                    Ok(s) => {
+                        let member = if s.voters.contains(&s.id) {
+                            "voter"
+                        } else if s.learners.contains(&s.id) {
+                            "learner"
+                        } else {
+                            "none"
+                        };
+                        println!(
+                            "{:<8} {:<10} {:<8} {:>6} {:>7} {:>9} {:>9} {:>9} {:>8}  {}",
+                            s.id,
+                            s.role,
+                            member,
+                            s.term,
+                            opt(s.leader),
+                            opt(s.last_log_index),
+                            opt(s.applied_index),
+                            opt(s.snapshot_index),
+                            s.records,
+                            s.lag
+                                .as_ref()
+                                .map(|l| l
+                                    .iter()
+                                    .map(|(id, b)| format!("{id}:{}", opt(*b)))
+                                    .collect::<Vec<_>>()
+                                    .join(" "))
+                                .unwrap_or_default()
+                        );
+                        // The membership names members the config does not.
+                        for m in s.admin_addrs.values() {
+                            if !asked.contains(m) && !targets.contains(m) {
+                                targets.push(*m);
+                            }
+                        }
+                        if s.leader == Some(s.id) || summary.is_none() {
+                            summary = Some(s);
+                        }
                     }
+                    Err(e) => failures.push((a, e)),
                 }
             }
-            if failures > 0 {
-                std::process::exit(1);
+            // An address the membership does not list is a removed member.
+            let mut down = 0;
+            for (a, e) in failures {
+                let member = summary
+                    .as_ref()
+                    // Members recorded by release 0.1.0 have no admin address.
+                    .is_none_or(|s| {
+                        s.admin_addrs.values().any(|m| *m == a)
+                            || s.admin_addrs.len() < s.members.len()
+                    });
+                match member {
+                    true => {
+                        down += 1;
+                        println!("{a:<8} unreachable: {e}");
+                    }
+                    false => println!("{a:<8} not a member (removed; drop it from the config)"),
+                }
             }
+            if let Some(s) = summary {
+                let ids = |v: &[u64]| {
+                    v.iter()
+                        .map(|i| i.to_string())
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                };
+                println!(
+                    "voters: {}; learners: {}; command version: {}",
+                    ids(&s.voters),
+                    if s.learners.is_empty() {
+                        "none".into()
+                    } else {
+                        ids(&s.learners)
+                    },
+                    s.command_version
+                );
+            }
+            anyhow::ensure!(down == 0, "{down} member(s) did not answer");
         }
     }
     Ok(())
+}
+
+/// Sends a membership request to the leader of `cfg`'s cluster, asking
+/// the members in its member table (but itself, when it is the one that
+/// joins) and following "ask the leader".
+async fn membership_request(
+    cfg: &VaultConfig,
+    req: AdminRequest,
+    skip_self: bool,
+) -> anyhow::Result<u64> {
+    let ep = replica::operator_endpoint(cfg)?;
+    let seeds: Vec<SocketAddr> = cfg
+        .cluster()?
+        .values()
+        .filter(|m| !(skip_self && m.id == cfg.node_id))
+        .map(|m| m.peer)
+        .collect();
+    anyhow::ensure!(!seeds.is_empty(), "the config lists no other member to ask");
+    // Adding a learner waits for it to catch up, which can take a snapshot.
+    let ttl = std::time::Duration::from_secs(120);
+    let out = network::admin_request(&ep, &seeds, req, ttl)
+        .await
+        .map_err(|e| anyhow::anyhow!("the cluster refused: {e}"));
+    ep.close(0u32.into(), b"done");
+    out
 }
 
 fn opt<T: std::fmt::Display>(v: Option<T>) -> String {

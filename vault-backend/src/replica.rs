@@ -19,6 +19,7 @@ use crate::config::{files, Member, VaultConfig};
 use crate::keyprotect::KeyProtection;
 use crate::ledger::Ledger;
 use crate::pki::{self, CertAndKey, Usage};
+use crate::raft::member::ReplicaNode;
 use crate::raft::node::{self, RaftNode};
 use crate::raft::NodeId;
 use crate::secrets::FleetSecrets;
@@ -178,6 +179,7 @@ pub fn init_cluster(
             max_attempts,
             admin_listen: m.admin,
             members: members.to_vec(),
+            join: false,
             raft: Default::default(),
             key_protection: key_protection.clone(),
         };
@@ -191,6 +193,92 @@ pub fn init_cluster(
     )?;
     public.write(out)?;
     Ok(ClusterInit { public, replicas })
+}
+
+/// Creates the folder of a replica that will join the existing cluster in
+/// `cluster_dir` (made by [`init_cluster`], whose `fleet/` folder issues
+/// its certificate and holds the fleet secrets): `replica-<id>/` with the
+/// secrets sealed under `key_protection`, a certificate, and a config that
+/// copies `like` (an existing member's config: settings and the members to
+/// ask) with `join = true`. The replica serves once a member has added it
+/// (`vault-backend add-learner`, then `promote`). Refuses an existing
+/// folder, and an id already in `like`'s member table.
+pub fn new_replica(
+    cluster_dir: &Path,
+    like: &VaultConfig,
+    member: Member,
+    names: &[&str],
+    key_protection: &KeyProtection,
+) -> anyhow::Result<VaultConfig> {
+    let dir = cluster_dir.join(layout::replica_dir(member.id));
+    anyhow::ensure!(
+        !dir.exists(),
+        "{} exists; a new replica gets a new id",
+        dir.display()
+    );
+    anyhow::ensure!(
+        like.members.iter().all(|m| m.id != member.id),
+        "replica id {} is in the cluster's member table already; ids are never reused",
+        member.id
+    );
+    let fleet = FleetMaterial::from_cluster(cluster_dir)?;
+    crate::secrets::create_private_dir(&dir)?;
+    fleet.secrets.save(
+        &dir.join(files::SECRETS),
+        key_protection.open(&dir, true)?.as_ref(),
+    )?;
+    std::fs::write(
+        dir.join(format!("{}.pem", files::CLUSTER_CA)),
+        &fleet.ca.cert_pem,
+    )?;
+    let mut cert_names: Vec<&str> = names.to_vec();
+    cert_names.push(pki::REPLICA_ROLE_NAME);
+    let cert = pki::issue(
+        &fleet.ca,
+        &format!("bkv vault replica {}", member.id),
+        &cert_names,
+        Usage::Peer,
+    )?;
+    pki::write(&dir, files::REPLICA_CERT, &cert)?;
+    FleetPublic {
+        fleet_id: fleet.secrets.fleet_id.clone(),
+        fleet_public_key: hex::encode(fleet.secrets.public_key()),
+    }
+    .write(&dir)?;
+    let mut members = like.members.clone();
+    members.push(member.clone());
+    let cfg = VaultConfig {
+        node_id: member.id,
+        listen: member.serve,
+        peer_listen: member.peer,
+        state_dir: dir,
+        admin_listen: member.admin,
+        members,
+        join: true,
+        key_protection: key_protection.clone(),
+        ..like.clone()
+    };
+    cfg.save()?;
+    Ok(cfg)
+}
+
+/// A client endpoint for operator requests on the peer link, with the
+/// identity (replica certificate) of the replica whose config is `cfg`.
+pub fn operator_endpoint(cfg: &VaultConfig) -> anyhow::Result<quinn::Endpoint> {
+    let dir = &cfg.state_dir;
+    let ca_path = dir.join(format!("{}.pem", files::CLUSTER_CA));
+    let ca_pem = std::fs::read_to_string(&ca_path)
+        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", ca_path.display()))?;
+    let identity: CertAndKey = pki::read(dir, files::REPLICA_CERT)?;
+    let bind: SocketAddr = if cfg.peer_listen.is_ipv6() {
+        "[::]:0"
+    } else {
+        "0.0.0.0:0"
+    }
+    .parse()?;
+    let mut ep = quinn::Endpoint::client(bind)?;
+    ep.set_default_client_config(crate::raft::network::client_config(&identity, &ca_pem)?);
+    Ok(ep)
 }
 
 /// Issues a gateway client certificate from the cluster CA in `ca_dir`,
@@ -261,14 +349,20 @@ impl Replica {
         let ca_pem = std::fs::read_to_string(&ca_path)
             .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", ca_path.display()))?;
         let identity: CertAndKey = pki::read(dir, files::REPLICA_CERT)?;
-        let peers: BTreeMap<NodeId, SocketAddr> =
-            members.values().map(|m| (m.id, m.peer)).collect();
+        // The config's member table creates the cluster (from its lowest
+        // id, never from a replica that joins an existing one); afterwards
+        // the Raft membership is the member list.
+        let nodes: BTreeMap<NodeId, ReplicaNode> = members
+            .values()
+            .map(|m| (m.id, ReplicaNode::new(m.peer, m.serve, m.admin)))
+            .collect();
+        let bootstrap = !cfg.join && members.keys().next() == Some(&cfg.node_id);
         let serve_addrs: BTreeMap<NodeId, SocketAddr> =
             members.values().map(|m| (m.id, m.serve)).collect();
         let endpoint = node::peer_endpoint_on(sockets.peer, &identity, &ca_pem)?;
         let node = RaftNode::start(
             cfg.node_id,
-            &peers,
+            bootstrap.then_some(&nodes),
             endpoint,
             &dir.join(files::DATABASE),
             &cfg.raft.tuning(),
@@ -299,6 +393,7 @@ impl Replica {
                 listener,
                 node.raft.clone(),
                 store,
+                node.version.clone(),
                 crate::observability::prometheus(),
             ));
         }

@@ -230,3 +230,15 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), VaultError> {
         .and_then(|_| f.sync_all())
         .map_err(|e| VaultError::Internal(format!("cannot write {}: {e}", path.display())))
 }
+
+/// Creates `path` (and missing parents) as an owner-only folder (0700), or
+/// makes an existing one owner-only.
+pub fn create_private_dir(path: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(path)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
+}

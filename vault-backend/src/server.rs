@@ -12,7 +12,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use protocol_spec::framing;
-use protocol_spec::internal::{vault_response, NotLeader, VaultRequest, VaultResponse};
+use protocol_spec::internal::{
+    vault_response, ClusterMember, ClusterMembers, NotLeader, VaultRequest, VaultResponse,
+};
 use protocol_spec::limits::REQUEST_TIMEOUT;
 use protocol_spec::msg::{self, ErrorCode};
 use protocol_spec::stream_io::{read_message, write_message};
@@ -127,6 +129,29 @@ async fn serve_connection(vault: Arc<Vault>, conn: quinn::Connection) {
 }
 
 async fn handle(vault: &Vault, req: VaultRequest) -> VaultResponse {
+    let mut resp = answer(vault, req).await;
+    resp.membership_id = vault.ledger().membership_id();
+    resp
+}
+
+async fn answer(vault: &Vault, req: VaultRequest) -> VaultResponse {
+    if req.members.is_some() {
+        let (membership_id, members) = vault.ledger().members();
+        return VaultResponse {
+            kind: Some(vault_response::Kind::Members(ClusterMembers {
+                membership_id,
+                members: members
+                    .into_iter()
+                    .map(|(id, serve, voter)| ClusterMember {
+                        id,
+                        serve_addr: serve.map(|a| a.to_string()).unwrap_or_default(),
+                        voter,
+                    })
+                    .collect(),
+            })),
+            membership_id: 0,
+        };
+    }
     if !protocol_spec::credential::valid_account_id(&req.account_id) {
         return reply(msg::Response::error(
             ErrorCode::ProtocolError,
@@ -155,6 +180,7 @@ async fn handle(vault: &Vault, req: VaultRequest) -> VaultResponse {
                 leader_id: leader_id.unwrap_or(0),
                 leader_addr: leader_addr.map(|a| a.to_string()).unwrap_or_default(),
             })),
+            membership_id: 0,
         },
     }
 }
@@ -162,5 +188,6 @@ async fn handle(vault: &Vault, req: VaultRequest) -> VaultResponse {
 fn reply(r: msg::Response) -> VaultResponse {
     VaultResponse {
         kind: Some(vault_response::Kind::Response(r)),
+        membership_id: 0,
     }
 }

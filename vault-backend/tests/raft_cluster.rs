@@ -11,6 +11,7 @@ use std::time::Duration;
 use vault_backend::account::{Authorization, StoredAccount, STATE_ACTIVE};
 use vault_backend::pki::{self, CertAndKey, Usage};
 use vault_backend::raft::codec::MAX_VERSION;
+use vault_backend::raft::member::ReplicaNode;
 use vault_backend::raft::node::{bind_peer_endpoint, RaftNode, RaftTuning};
 use vault_backend::raft::{Command, CommandResult, NodeId, Proposal};
 use vault_backend::store::Store;
@@ -64,9 +65,15 @@ impl Cluster {
             overrides,
         };
         for (i, ep) in endpoints {
-            let node = RaftNode::start(i, &c.members, ep, &c.db_path(i), c.tuning_of(i))
-                .await
-                .unwrap();
+            let node = RaftNode::start(
+                i,
+                c.bootstrap(i).as_ref(),
+                ep,
+                &c.db_path(i),
+                c.tuning_of(i),
+            )
+            .await
+            .unwrap();
             c.nodes.insert(i, node);
         }
         c
@@ -74,6 +81,11 @@ impl Cluster {
 
     fn db_path(&self, i: NodeId) -> std::path::PathBuf {
         self.dir.path().join(format!("replica-{i}.redb"))
+    }
+
+    /// Replica 1 creates the cluster.
+    fn bootstrap(&self, i: NodeId) -> Option<BTreeMap<NodeId, ReplicaNode>> {
+        (i == 1).then(|| ReplicaNode::peers(&self.members))
     }
 
     fn tuning_of(&self, i: NodeId) -> &RaftTuning {
@@ -92,9 +104,15 @@ impl Cluster {
             ep = bind_peer_endpoint(self.members[&i], id, &self.ca.cert_pem);
         }
         let ep = ep.unwrap();
-        let node = RaftNode::start(i, &self.members, ep, &self.db_path(i), self.tuning_of(i))
-            .await
-            .unwrap();
+        let node = RaftNode::start(
+            i,
+            self.bootstrap(i).as_ref(),
+            ep,
+            &self.db_path(i),
+            self.tuning_of(i),
+        )
+        .await
+        .unwrap();
         self.nodes.insert(i, node);
     }
 

@@ -16,6 +16,7 @@ use redb::{Database, TableDefinition};
 use vault_backend::account::{StoredAccount, STATE_ACTIVE, STATE_LOCKED_OUT};
 use vault_backend::pki::{self, Usage};
 use vault_backend::raft::codec::{Body, MAX_VERSION};
+use vault_backend::raft::member::ReplicaNode;
 use vault_backend::raft::node::{bind_peer_endpoint, RaftNode, RaftTuning};
 use vault_backend::raft::storage::{LogStore, StateMachine};
 use vault_backend::raft::{Command, CommandResult, Proposal};
@@ -137,9 +138,15 @@ async fn release_0_1_0_storage_is_read_and_served() {
     .unwrap();
     let ep = bind_peer_endpoint("127.0.0.1:0".parse().unwrap(), &id, &ca.cert_pem).unwrap();
     let members = BTreeMap::from([(1, ep.local_addr().unwrap())]);
-    let node = RaftNode::start(1, &members, ep, &path, &RaftTuning::default())
-        .await
-        .unwrap();
+    let node = RaftNode::start(
+        1,
+        Some(&ReplicaNode::peers(&members)),
+        ep,
+        &path,
+        &RaftTuning::default(),
+    )
+    .await
+    .unwrap();
     node.raft
         .wait(Some(Duration::from_secs(10)))
         .current_leader(1, "the single replica leads")
@@ -211,9 +218,15 @@ async fn an_entry_of_a_newer_version_stops_the_replica_before_it_applies_anythin
     let ep = bind_peer_endpoint("127.0.0.1:0".parse().unwrap(), &id, &ca.cert_pem).unwrap();
     let members = BTreeMap::from([(1, ep.local_addr().unwrap())]);
     let path = dir.path().join("vault.redb");
-    let node = RaftNode::start(1, &members, ep, &path, &RaftTuning::default())
-        .await
-        .unwrap();
+    let node = RaftNode::start(
+        1,
+        Some(&ReplicaNode::peers(&members)),
+        ep,
+        &path,
+        &RaftTuning::default(),
+    )
+    .await
+    .unwrap();
     node.raft
         .wait(Some(Duration::from_secs(10)))
         .current_leader(1, "the single replica leads")

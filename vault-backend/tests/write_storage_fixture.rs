@@ -13,12 +13,13 @@ use std::io::Write as _;
 
 use openraft::storage::{RaftLogStorage, RaftStateMachine};
 use openraft::{
-    BasicNode, CommittedLeaderId, Entry, EntryPayload, LogId, Membership, RaftSnapshotBuilder, Vote,
+    CommittedLeaderId, Entry, EntryPayload, LogId, Membership, RaftSnapshotBuilder, Vote,
 };
 use prost::Message;
 use redb::{ReadableDatabase, ReadableTable, TableDefinition, TableHandle};
 use vault_backend::account::{Authorization, StoredAccount, STATE_ACTIVE};
 use vault_backend::raft::codec::MAX_VERSION;
+use vault_backend::raft::member::ReplicaNode;
 use vault_backend::raft::storage::{open_database, LogStore, StateMachine};
 use vault_backend::raft::{Command, Proposal};
 
@@ -71,7 +72,8 @@ async fn write_fixture() {
         guesses_counted: 2,
         version: 0,
     };
-    let members = BTreeMap::from([(1u64, BasicNode::new("127.0.0.1:7901"))]);
+    let a = |p: u16| std::net::SocketAddr::from(([127, 0, 0, 1], p));
+    let members = BTreeMap::from([(1u64, ReplicaNode::new(a(7901), a(7801), Some(a(8001))))]);
     let entries = vec![
         entry(
             1,

@@ -10,6 +10,7 @@
 
 pub mod codec;
 pub mod erasure;
+pub mod member;
 pub mod network;
 pub mod node;
 pub mod storage;
@@ -30,7 +31,7 @@ openraft::declare_raft_types!(
         D = codec::Proposal,
         R = CommandResult,
         NodeId = NodeId,
-        Node = openraft::BasicNode,
+        Node = member::ReplicaNode,
         Entry = openraft::Entry<TypeConfig>,
         SnapshotData = Cursor<Vec<u8>>,
         AsyncRuntime = openraft::TokioRuntime,

@@ -24,10 +24,10 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
-use openraft::BasicNode;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use serde::{Deserialize, Serialize};
 
+use super::member::ReplicaNode;
 use super::{NodeId, Raft, TypeConfig};
 use crate::pki::{self, CertAndKey};
 
@@ -35,6 +35,9 @@ use crate::pki::{self, CertAndKey};
 pub const RAFT_ALPN: &[u8] = b"bkv-raft/1";
 /// Largest RPC frame (snapshot chunks are configured well below it).
 pub const MAX_RPC_LEN: usize = 16 * 1024 * 1024;
+/// How long a QUIC handshake with a peer may take before it counts as
+/// unreachable (well above a data-centre round trip).
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// TLS server name replicas present to each other.
 pub const PEER_SERVER_NAME: &str = pki::REPLICA_ROLE_NAME;
 
@@ -47,6 +50,51 @@ enum Rpc {
     Snapshot(InstallSnapshotRequest<TypeConfig>),
     /// Which command versions does this replica read? (release 0.2.0)
     Versions,
+    /// An operator's membership request (release 0.2.0).
+    Admin(AdminRequest),
+}
+
+/// Operator requests on the peer link. Only a holder of a replica
+/// certificate of the cluster can send them (the link checks the role), so
+/// changing the membership needs a replica's key, not an open port.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum AdminRequest {
+    /// Add a replica as a learner and wait until it has caught up.
+    AddLearner {
+        /// Its id (never one used before in the cluster).
+        id: NodeId,
+        /// Its addresses.
+        node: ReplicaNode,
+    },
+    /// Make a learner a voter.
+    Promote {
+        /// The learner.
+        id: NodeId,
+    },
+    /// Remove a voter or learner from the membership.
+    Remove {
+        /// The member.
+        id: NodeId,
+    },
+    /// Start an election on the replica asked (to move leadership to it).
+    Campaign,
+}
+
+/// The answer to an [`AdminRequest`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum AdminReply {
+    /// Done; the membership's log index afterwards.
+    Done {
+        /// Log index of the membership now in force.
+        membership_id: u64,
+    },
+    /// Ask the leader instead.
+    NotLeader {
+        /// The leader, if one is known.
+        leader: Option<(NodeId, ReplicaNode)>,
+    },
+    /// Refused, and why.
+    Refused(String),
 }
 
 #[derive(Serialize, Deserialize)]
@@ -58,6 +106,8 @@ enum Reply {
     Versions {
         max: u32,
     },
+    /// The answer to an operator request.
+    Admin(AdminReply),
 }
 
 /// Errors of the RPC transport.
@@ -189,6 +239,7 @@ pub fn serve(endpoint: quinn::Endpoint, raft: Raft, reads: u32) -> tokio::task::
                                 Reply::Snapshot(raft.install_snapshot(req).await)
                             }
                             Ok(Rpc::Versions) => Reply::Versions { max: reads },
+                            Ok(Rpc::Admin(req)) => Reply::Admin(admin(&raft, req).await),
                             Err(e) => {
                                 tracing::warn!(error = %e, "bad peer frame");
                                 send.reset(2u32.into()).ok();
@@ -203,6 +254,111 @@ pub fn serve(endpoint: quinn::Endpoint, raft: Raft, reads: u32) -> tokio::task::
             });
         }
     })
+}
+
+/// Carries out an operator request on this replica.
+async fn admin(raft: &Raft, req: AdminRequest) -> AdminReply {
+    use openraft::error::ClientWriteError;
+    use openraft::ChangeMembers;
+    tracing::info!(request = ?req, "operator request");
+    let membership = raft.metrics().borrow().membership_config.clone();
+    let is_voter = |id: NodeId| membership.membership().voter_ids().any(|v| v == id);
+    let known = |id: NodeId| membership.nodes().any(|(n, _)| *n == id);
+    let out = match req {
+        AdminRequest::Campaign => {
+            return match raft.trigger().elect().await {
+                Ok(()) => AdminReply::Done {
+                    membership_id: membership.log_id().map(|l| l.index).unwrap_or(0),
+                },
+                Err(e) => AdminReply::Refused(e.to_string()),
+            }
+        }
+        AdminRequest::AddLearner { id, .. } if known(id) => {
+            return AdminReply::Refused(format!(
+                "replica {id} is already a member; a replaced replica gets a new id"
+            ))
+        }
+        AdminRequest::AddLearner { id, node } => raft.add_learner(id, node, true).await,
+        AdminRequest::Promote { id } if !known(id) || is_voter(id) => {
+            return AdminReply::Refused(format!(
+                "replica {id} is not a learner of this cluster (add it first)"
+            ))
+        }
+        AdminRequest::Promote { id } => {
+            raft.change_membership(ChangeMembers::AddVoterIds([id].into()), false)
+                .await
+        }
+        AdminRequest::Remove { id } if !known(id) => {
+            return AdminReply::Refused(format!("replica {id} is not a member"))
+        }
+        AdminRequest::Remove { id } if is_voter(id) => {
+            if membership.membership().voter_ids().count() <= 1 {
+                return AdminReply::Refused("the last voter cannot be removed".into());
+            }
+            raft.change_membership(ChangeMembers::RemoveVoters([id].into()), false)
+                .await
+        }
+        AdminRequest::Remove { id } => {
+            raft.change_membership(ChangeMembers::RemoveNodes([id].into()), false)
+                .await
+        }
+    };
+    match out {
+        Ok(r) => AdminReply::Done {
+            membership_id: r.log_id.index,
+        },
+        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => AdminReply::NotLeader {
+            leader: f.leader_id.zip(f.leader_node),
+        },
+        Err(e) => AdminReply::Refused(e.to_string()),
+    }
+}
+
+/// Sends an operator request to the cluster's leader, starting from any of
+/// `seeds` (peer addresses) and following "not the leader" answers.
+pub async fn admin_request(
+    endpoint: &quinn::Endpoint,
+    seeds: &[SocketAddr],
+    req: AdminRequest,
+    ttl: Duration,
+) -> Result<u64, String> {
+    let mut targets: Vec<SocketAddr> = seeds.to_vec();
+    let mut last = String::from("no member given");
+    for _ in 0..(2 * seeds.len() + 4) {
+        let Some(addr) = targets.first().copied() else {
+            break;
+        };
+        let mut peer = PeerClient::to(endpoint.clone(), 0, addr);
+        let reply = peer.call(&Rpc::Admin(req.clone()), ttl).await;
+        peer.close();
+        match reply {
+            Ok(Reply::Admin(AdminReply::Done { membership_id })) => return Ok(membership_id),
+            Ok(Reply::Admin(AdminReply::Refused(why))) => return Err(why),
+            Ok(Reply::Admin(AdminReply::NotLeader { leader })) => {
+                match leader.and_then(|(_, n)| n.peer_addr()) {
+                    Some(l) if l != addr => {
+                        targets.retain(|t| *t != l);
+                        targets.insert(0, l);
+                    }
+                    _ => {
+                        last = format!("{addr} knows no leader (election under way?)");
+                        targets.rotate_left(1);
+                        tokio::time::sleep(Duration::from_millis(300)).await;
+                    }
+                }
+            }
+            Ok(_) => {
+                last =
+                    format!("{addr} does not understand operator requests (release before 0.2.0?)");
+                targets.remove(0);
+            }
+            Err(e) => {
+                last = format!("{addr}: {e}");
+                targets.remove(0);
+            }
+        }
+    }
+    Err(format!("no leader carried out the request; last: {last}"))
 }
 
 /// Creates per-peer clients for openraft.
@@ -235,19 +391,19 @@ pub struct PeerClient {
 impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = PeerClient;
 
-    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Self::Network {
+    async fn new_client(&mut self, target: NodeId, node: &ReplicaNode) -> Self::Network {
         PeerClient {
             endpoint: self.endpoint.clone(),
             target,
-            addr: node.addr.parse().ok(),
+            addr: node.peer_addr(),
             conn: None,
         }
     }
 }
 
-type RpcErr<E> = RPCError<NodeId, BasicNode, RaftError<NodeId, E>>;
+type RpcErr<E> = RPCError<NodeId, ReplicaNode, RaftError<NodeId, E>>;
 
-fn unreachable<E: std::error::Error>(e: LinkError) -> RPCError<NodeId, BasicNode, E> {
+fn unreachable<E: std::error::Error>(e: LinkError) -> RPCError<NodeId, ReplicaNode, E> {
     RPCError::Unreachable(Unreachable::new(&std::io::Error::other(e.to_string())))
 }
 
@@ -261,11 +417,17 @@ impl PeerClient {
         let addr = self
             .addr
             .ok_or_else(|| LinkError::Io(format!("peer {} has no valid address", self.target)))?;
-        let c = self
+        let connecting = self
             .endpoint
             .connect(addr, PEER_SERVER_NAME)
-            .map_err(|e| LinkError::Io(e.to_string()))?
+            .map_err(|e| LinkError::Io(e.to_string()))?;
+        // A dead peer never answers the handshake; without this bound the
+        // attempt would last the idle timeout.
+        let c = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
             .await
+            .map_err(|_| {
+                LinkError::Io(format!("no answer from {addr} within {CONNECT_TIMEOUT:?}"))
+            })?
             .map_err(|e| LinkError::Io(e.to_string()))?;
         self.conn = Some(c.clone());
         Ok(c)

@@ -11,10 +11,11 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use openraft::{BasicNode, Config, SnapshotPolicy};
+use openraft::{Config, SnapshotPolicy};
 use redb::Database;
 
 use super::erasure;
+use super::member::ReplicaNode;
 use super::network::PeerClient;
 use super::network::{self, Network};
 use super::storage::{self, ActiveVersion, LogStore, StateMachine};
@@ -104,19 +105,23 @@ pub fn peer_endpoint_on(
 }
 
 impl RaftNode {
-    /// Starts node `id` of the cluster `members` (id → peer address) on an
-    /// endpoint from [`bind_peer_endpoint`], with its database at `db_path`.
+    /// Starts node `id` on an endpoint from [`bind_peer_endpoint`], with its
+    /// database at `db_path`. With `bootstrap`, a node whose log is empty
+    /// creates the cluster with those members; a node joining an existing
+    /// cluster (as a learner) passes `None` and waits to be added.
     pub async fn start(
         id: NodeId,
-        members: &BTreeMap<NodeId, SocketAddr>,
+        bootstrap: Option<&BTreeMap<NodeId, ReplicaNode>>,
         endpoint: quinn::Endpoint,
         db_path: &Path,
         tuning: &RaftTuning,
     ) -> anyhow::Result<Self> {
-        anyhow::ensure!(
-            members.contains_key(&id),
-            "replica {id} is not in the member list"
-        );
+        if let Some(members) = bootstrap {
+            anyhow::ensure!(
+                members.contains_key(&id),
+                "replica {id} is not in the member list"
+            );
+        }
         let db = storage::open_database(db_path)?;
         let election = tuning.election_timeout.as_millis() as u64;
         let config = Config {
@@ -163,14 +168,11 @@ impl RaftNode {
             scrubber,
             upgrader,
         };
-        let first = members.keys().next().copied();
-        if first == Some(id) && !node.raft.is_initialized().await? {
-            let nodes: BTreeMap<NodeId, BasicNode> = members
-                .iter()
-                .map(|(k, a)| (*k, BasicNode::new(a.to_string())))
-                .collect();
-            if let Err(e) = node.raft.initialize(nodes).await {
-                tracing::info!(error = %e, "cluster already initialized");
+        if let Some(members) = bootstrap {
+            if !node.raft.is_initialized().await? {
+                if let Err(e) = node.raft.initialize(members.clone()).await {
+                    tracing::info!(error = %e, "cluster already initialized");
+                }
             }
         }
         Ok(node)
@@ -243,13 +245,14 @@ fn spawn_version_upgrader(
                 if *id == m.id {
                     continue;
                 }
-                members.push(match node.addr.parse() {
-                    Ok(addr) => {
-                        PeerClient::to(endpoint.clone(), *id, addr)
-                            .max_version()
-                            .await
+                members.push(match node.peer_addr() {
+                    Some(addr) => {
+                        let mut peer = PeerClient::to(endpoint.clone(), *id, addr);
+                        let max = peer.max_version().await;
+                        peer.close();
+                        max
                     }
-                    Err(_) => None,
+                    None => None,
                 });
             }
             let Some(target) = switch_to(version.get(), &members) else {

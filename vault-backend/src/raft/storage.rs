@@ -35,6 +35,7 @@ use prost::Message;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
+use super::member::ReplicaNode;
 use super::{codec, Command, CommandResult, NodeId, TypeConfig};
 use crate::account::{self, StoredAccount, Write};
 use crate::store::ACCOUNTS;
@@ -95,8 +96,7 @@ const PURGED: Slot<Option<LogId<NodeId>>> = Slot::new(META, "last_purged");
 /// The last log id the state machine applied (same transaction as the rows).
 const APPLIED: Slot<Option<LogId<NodeId>>> = Slot::new(SM_META, "last_applied");
 /// The last membership the state machine applied.
-const MEMBERSHIP: Slot<StoredMembership<NodeId, openraft::BasicNode>> =
-    Slot::new(SM_META, "membership");
+const MEMBERSHIP: Slot<StoredMembership<NodeId, ReplicaNode>> = Slot::new(SM_META, "membership");
 /// The cluster's active command version (`codec`), applied with the rows;
 /// absent in release 0.1.0's files, which means version 0.
 const COMMAND_VERSION: Slot<u32> = Slot::new(SM_META, "command_version");
@@ -104,7 +104,7 @@ const COMMAND_VERSION: Slot<u32> = Slot::new(SM_META, "command_version");
 /// 0.1.0's files, which are format 1.
 const FORMAT: Slot<u32> = Slot::new(META, "format");
 /// The current snapshot's metadata (its data is stored raw beside it).
-const SNAP_META: Slot<SnapshotMeta<NodeId, openraft::BasicNode>> = Slot::new(SNAPSHOT, "meta");
+const SNAP_META: Slot<SnapshotMeta<NodeId, ReplicaNode>> = Slot::new(SNAPSHOT, "meta");
 
 type SErr = StorageError<NodeId>;
 
@@ -411,7 +411,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 #[derive(Serialize, Deserialize)]
 struct SnapshotV0 {
     last_applied: Option<LogId<NodeId>>,
-    membership: StoredMembership<NodeId, openraft::BasicNode>,
+    membership: StoredMembership<NodeId, ReplicaNode>,
     accounts: Vec<(String, Vec<u8>)>,
 }
 
@@ -419,7 +419,7 @@ struct SnapshotV0 {
 #[derive(Serialize, Deserialize)]
 struct SnapshotV1 {
     last_applied: Option<LogId<NodeId>>,
-    membership: StoredMembership<NodeId, openraft::BasicNode>,
+    membership: StoredMembership<NodeId, ReplicaNode>,
     accounts: Vec<(String, Vec<u8>)>,
     command_version: u32,
 }
@@ -629,7 +629,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
 
 fn store_snapshot(
     db: &Database,
-    meta: &SnapshotMeta<NodeId, openraft::BasicNode>,
+    meta: &SnapshotMeta<NodeId, ReplicaNode>,
     data: &[u8],
 ) -> Result<(), SErr> {
     let txn = db.begin_write().map_err(w)?;
@@ -646,13 +646,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn applied_state(
         &mut self,
-    ) -> Result<
-        (
-            Option<LogId<NodeId>>,
-            StoredMembership<NodeId, openraft::BasicNode>,
-        ),
-        SErr,
-    > {
+    ) -> Result<(Option<LogId<NodeId>>, StoredMembership<NodeId, ReplicaNode>), SErr> {
         let applied = APPLIED.read(&self.db)?.flatten();
         let membership = MEMBERSHIP.read(&self.db)?.unwrap_or_default();
         Ok((applied, membership))
@@ -750,7 +744,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn install_snapshot(
         &mut self,
-        meta: &SnapshotMeta<NodeId, openraft::BasicNode>,
+        meta: &SnapshotMeta<NodeId, ReplicaNode>,
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), SErr> {
         let (db, meta) = (self.db.clone(), meta.clone());
@@ -815,7 +809,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use openraft::testing::log_id;
-    use openraft::{BasicNode, Membership};
+    use openraft::Membership;
 
     use super::*;
     use crate::account::Authorization;
@@ -840,9 +834,12 @@ mod tests {
     }
 
     fn membership(ids: &[u64]) -> EntryPayload<TypeConfig> {
-        let nodes: BTreeMap<u64, BasicNode> = ids
+        let nodes: BTreeMap<u64, ReplicaNode> = ids
             .iter()
-            .map(|i| (*i, BasicNode::new(format!("127.0.0.1:{}", 7900 + i))))
+            .map(|i| {
+                let a = |p: u64| std::net::SocketAddr::from(([127, 0, 0, 1], (p + i) as u16));
+                (*i, ReplicaNode::new(a(7900), a(7800), None))
+            })
             .collect();
         EntryPayload::Membership(Membership::new(vec![ids.iter().copied().collect()], nodes))
     }
@@ -854,11 +851,8 @@ mod tests {
         committed: Option<LogId<NodeId>>,
         log: (Option<LogId<NodeId>>, Option<LogId<NodeId>>),
         entries: Vec<String>,
-        applied: (
-            Option<LogId<NodeId>>,
-            StoredMembership<NodeId, openraft::BasicNode>,
-        ),
-        snapshot: Option<(SnapshotMeta<NodeId, openraft::BasicNode>, Vec<u8>)>,
+        applied: (Option<LogId<NodeId>>, StoredMembership<NodeId, ReplicaNode>),
+        snapshot: Option<(SnapshotMeta<NodeId, ReplicaNode>, Vec<u8>)>,
         accounts: Vec<(String, Vec<u8>)>,
     }
 
