@@ -47,6 +47,9 @@ pub struct StackOptions {
     pub replica_binary: Option<PathBuf>,
     /// What seals each replica's fleet secrets (on first start).
     pub key_protection: KeyProtection,
+    /// Extra environment of each process replica; `{id}` in a value becomes
+    /// the replica id (e.g. a PKCS#11 module configuration per replica).
+    pub replica_env: Vec<(String, String)>,
 }
 
 impl Default for StackOptions {
@@ -61,6 +64,7 @@ impl Default for StackOptions {
             raft: RaftSettings::default(),
             replica_binary: None,
             key_protection: KeyProtection::default(),
+            replica_env: Vec::new(),
         }
     }
 }
@@ -102,6 +106,7 @@ pub struct LocalCluster {
     /// The replicas, in config order.
     pub replicas: Vec<ReplicaHandle>,
     replica_binary: Option<PathBuf>,
+    replica_env: Vec<(String, String)>,
 }
 
 impl std::fmt::Debug for LocalCluster {
@@ -211,7 +216,19 @@ impl LocalStack {
             _tmp: tmp,
         };
         for k in 0..stack.clusters.len() {
-            stack.wait_for_leader(k, Duration::from_secs(20)).await?;
+            if let Err(e) = stack.wait_for_leader(k, Duration::from_secs(20)).await {
+                // Say why: the end of each process replica's log.
+                let mut why = e.to_string();
+                for i in 0..stack.clusters[k].configs.len() {
+                    let log = stack.replica_log(k, i);
+                    let tail: Vec<&str> = log.lines().rev().take(3).collect();
+                    if !tail.is_empty() {
+                        why.push_str(&format!("\nreplica {}: ", i + 1));
+                        why.push_str(&tail.into_iter().rev().collect::<Vec<_>>().join("\n  "));
+                    }
+                }
+                anyhow::bail!(why);
+            }
         }
         Ok(stack)
     }
@@ -287,6 +304,7 @@ impl LocalStack {
                 .collect(),
             replicas: Vec::new(),
             replica_binary: opts.replica_binary.clone(),
+            replica_env: opts.replica_env.clone(),
         };
         for i in 0..cluster.configs.len() {
             cluster.replicas.push(ReplicaHandle::Stopped);
@@ -607,6 +625,12 @@ impl LocalStack {
 impl LocalCluster {
     /// Starts replica `i` (a no-op if it runs).
     async fn start(&mut self, i: usize) -> anyhow::Result<()> {
+        // A process that exited on its own is stopped.
+        if let ReplicaHandle::Process(c) = &mut self.replicas[i] {
+            if c.try_wait().ok().flatten().is_some() {
+                self.replicas[i] = ReplicaHandle::Stopped;
+            }
+        }
         if self.replicas[i].is_running() {
             return Ok(());
         }
@@ -624,12 +648,34 @@ impl LocalCluster {
                 .arg("--max-attempts")
                 .arg(cfg.max_attempts.to_string())
                 .env("RUST_LOG", "info,openraft=warn")
+                .envs(
+                    self.replica_env
+                        .iter()
+                        .map(|(k, v)| (k.clone(), v.replace("{id}", &cfg.node_id.to_string()))),
+                )
                 .stdout(log.try_clone()?)
                 .stderr(log)
                 .kill_on_drop(true)
                 .spawn()
                 .map_err(|e| anyhow::anyhow!("cannot start {}: {e}", bin.display()))?;
             self.replicas[i] = ReplicaHandle::Process(child);
+            // One replica process starts at a time: until it serves its
+            // admin port (or exits), the next waits. Startup opens keys
+            // (a PKCS#11 token scan, for one) that need not bear company.
+            if let Some(admin) = cfg.admin_listen {
+                let until = Instant::now() + Duration::from_secs(15);
+                while Instant::now() < until {
+                    if let ReplicaHandle::Process(c) = &mut self.replicas[i] {
+                        if c.try_wait().ok().flatten().is_some() {
+                            break;
+                        }
+                    }
+                    if tokio::net::TcpStream::connect(admin).await.is_ok() {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
             return Ok(());
         }
         let mut last = None;

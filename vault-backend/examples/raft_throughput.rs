@@ -87,6 +87,7 @@ async fn main() -> anyhow::Result<()> {
                 ep,
                 &dir.path().join(format!("r{i}.redb")),
                 &tuning,
+                None,
             )
             .await?,
         );

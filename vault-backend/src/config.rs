@@ -33,6 +33,12 @@ pub struct VaultConfig {
     /// by `vault-backend init-cluster`; relative to the config file's folder.
     /// Default `vault-state`.
     pub state_dir: PathBuf,
+    /// The data folder (the database: Raft log, state machine, accounts),
+    /// relative to `state_dir`. Keep it on its own volume, apart from the
+    /// state folder's keys: the freshness anchor (software key protection)
+    /// lives beside the key, and only protects against a rolled-back data
+    /// folder if restoring one does not restore the other. Default `data`.
+    pub data_dir: PathBuf,
     /// Password guesses a deposit allows. A server policy, not a client
     /// choice; every replica of a cluster must agree. Default 10.
     pub max_attempts: u32,
@@ -46,6 +52,12 @@ pub struct VaultConfig {
     /// `remove-member`. Empty (the default) means a cluster of this replica
     /// alone.
     pub members: Vec<Member>,
+    /// A random id of the cluster, written by `init-cluster` into every
+    /// member's config: it names the freshness anchor (with the replica id),
+    /// so that two clusters whose replicas share a token never mistake each
+    /// other's anchors. Absent in configs of release 0.1.0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_id: Option<String>,
     /// This replica joins an existing cluster (as written by
     /// `vault-backend new-replica`): it never creates one, and serves once a
     /// member has added it. Default false.
@@ -143,9 +155,11 @@ impl Default for VaultConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 7801)),
             peer_listen: SocketAddr::from(([127, 0, 0, 1], 7901)),
             state_dir: PathBuf::from("vault-state"),
+            data_dir: PathBuf::from(files::DATA_DIR),
             max_attempts: protocol_spec::limits::DEFAULT_MAX_ATTEMPTS,
             admin_listen: None,
             members: Vec::new(),
+            cluster_id: None,
             join: false,
             raft: RaftSettings::default(),
             key_protection: KeyProtection::default(),
@@ -181,6 +195,19 @@ impl VaultConfig {
         std::fs::write(&path, toml::to_string(&on_disk)?)
             .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
         Ok(path)
+    }
+
+    /// The name of this replica's freshness anchor.
+    pub fn anchor_name(&self) -> String {
+        match &self.cluster_id {
+            Some(c) => format!("bkv-freshness-{c}-{}", self.node_id),
+            None => format!("bkv-freshness-{}", self.node_id),
+        }
+    }
+
+    /// The database file, in the data folder.
+    pub fn database_path(&self) -> PathBuf {
+        self.state_dir.join(&self.data_dir).join(files::DATABASE)
     }
 
     /// The member table, with this replica alone when none is configured.
@@ -227,8 +254,10 @@ pub mod files {
     pub const CLUSTER_CA: &str = "cluster-ca";
     /// Replica server certificate/key stem.
     pub const REPLICA_CERT: &str = "replica";
-    /// Database (Raft log, state machine, accounts).
+    /// Database (Raft log, state machine, accounts), in the data folder.
     pub const DATABASE: &str = "vault.redb";
+    /// The data folder's default name.
+    pub const DATA_DIR: &str = "data";
     /// Public facts clients pin (fleet id, public key).
     pub const FLEET_PUBLIC: &str = "fleet-public.toml";
     /// A replica's config inside its folder, as `init-cluster` writes it.

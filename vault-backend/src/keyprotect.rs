@@ -52,6 +52,21 @@ pub trait KeyProtector: Send + Sync {
     fn describe(&self) -> String;
 }
 
+/// A small record kept behind the key-protection seam, where the host
+/// cannot roll it back together with the data folder: the freshness anchor
+/// of `raft::freshness` (DESIGN.md invariant 11). In a PKCS#11 token it is
+/// a token data object; in the software backend, a file in the key folder
+/// (which only helps if that folder is kept apart from the data folder, so
+/// that restoring one does not restore the other).
+pub trait AnchorStore: Send + Sync {
+    /// The record, if one was ever written.
+    fn read(&self) -> Result<Option<Vec<u8>>, KeyProtectError>;
+    /// Replaces the record, durably, before returning.
+    fn write(&self, value: &[u8]) -> Result<(), KeyProtectError>;
+    /// Where it is kept (for logs and errors).
+    fn describe(&self) -> String;
+}
+
 /// Which backend protects a replica's secrets (the `[key_protection]`
 /// section of its config).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -67,7 +82,10 @@ pub enum KeyProtection {
     Pkcs11 {
         /// The PKCS#11 module (shared library).
         module: PathBuf,
-        /// Label of the token holding the key.
+        /// Label of the token holding the key (and the replica's freshness
+        /// anchor, a data object labelled `bkv-freshness-<cluster id>-<replica
+        /// id>`). Give each replica its own token, as each host has its own
+        /// HSM: `init-cluster` replaces `{id}` with the replica id.
         token_label: String,
         /// Label of the AES key object. Default `bkv-fleet-kek`.
         #[serde(default = "default_key_label")]
@@ -131,6 +149,248 @@ impl KeyProtection {
             }
         }
     }
+}
+
+impl KeyProtection {
+    /// This backend as replica `id` uses it: `{id}` in a PKCS#11 token label
+    /// becomes the replica id, so that each replica gets its own token (as
+    /// each host has its own HSM) from one setting.
+    pub fn for_replica(&self, id: u64) -> Self {
+        match self {
+            KeyProtection::Pkcs11 {
+                module,
+                token_label,
+                key_label,
+                pin_env,
+            } => KeyProtection::Pkcs11 {
+                module: module.clone(),
+                token_label: token_label.replace("{id}", &id.to_string()),
+                key_label: key_label.clone(),
+                pin_env: pin_env.clone(),
+            },
+            other => other.clone(),
+        }
+    }
+
+    /// Opens the anchor record `name` (one per replica) of this backend.
+    pub fn open_anchor(
+        &self,
+        state_dir: &Path,
+        name: &str,
+    ) -> Result<Box<dyn AnchorStore>, KeyProtectError> {
+        match self {
+            KeyProtection::Software { key_file } => {
+                let key = state_dir.join(key_file);
+                let dir = key.parent().unwrap_or(state_dir);
+                Ok(Box::new(AnchorFile {
+                    path: dir.join(format!("{name}.anchor")),
+                }))
+            }
+            KeyProtection::Pkcs11 {
+                module,
+                token_label,
+                pin_env,
+                ..
+            } => {
+                let pin = std::env::var(pin_env).map_err(|_| {
+                    KeyProtectError::Config(format!(
+                        "set {pin_env} to the user PIN of token `{token_label}`"
+                    ))
+                })?;
+                Ok(Box::new(Pkcs11Anchor::open(
+                    module,
+                    token_label,
+                    name,
+                    Zeroizing::new(pin),
+                )?))
+            }
+        }
+    }
+}
+
+/// The software anchor: a file replaced atomically (written beside, fsync'd,
+/// renamed over, and the folder fsync'd).
+struct AnchorFile {
+    path: PathBuf,
+}
+
+impl AnchorStore for AnchorFile {
+    fn read(&self) -> Result<Option<Vec<u8>>, KeyProtectError> {
+        match std::fs::read(&self.path) {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(KeyProtectError::Config(format!(
+                "cannot read {}: {e}",
+                self.path.display()
+            ))),
+        }
+    }
+
+    fn write(&self, value: &[u8]) -> Result<(), KeyProtectError> {
+        use std::io::Write as _;
+        let io = |e: std::io::Error| {
+            KeyProtectError::Config(format!("cannot write {}: {e}", self.path.display()))
+        };
+        let tmp = self.path.with_extension("anchor.tmp");
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            opts.mode(0o600);
+        }
+        let mut f = opts.open(&tmp).map_err(io)?;
+        f.write_all(value).map_err(io)?;
+        f.sync_all().map_err(io)?;
+        std::fs::rename(&tmp, &self.path).map_err(io)?;
+        if let Some(dir) = self.path.parent() {
+            std::fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io)?;
+        }
+        Ok(())
+    }
+
+    fn describe(&self) -> String {
+        format!("anchor file {}", self.path.display())
+    }
+}
+
+/// The PKCS#11 anchor: private token data objects labelled with the
+/// anchor's name, each value an 8-byte sequence number and the record.
+/// SoftHSM2 (like the standard's default for data objects it chooses) does
+/// not let `CKA_VALUE` be changed, so an update creates the next object and
+/// then destroys the older ones; a crash between the two leaves both, and
+/// the highest sequence number wins.
+struct Pkcs11Anchor {
+    /// One logged-in session, kept: opening and logging in per update
+    /// would cost more than the update.
+    session: Mutex<Session>,
+    token_label: String,
+    label: String,
+}
+
+impl Pkcs11Anchor {
+    fn open(
+        module: &Path,
+        token_label: &str,
+        label: &str,
+        pin: Zeroizing<String>,
+    ) -> Result<Self, KeyProtectError> {
+        let ctx = context(module)?;
+        let slot = find_slot(&ctx, module, token_label)?;
+        let session = ctx.open_rw_session(slot).map_err(p11)?;
+        login(&session, &AuthPin::new(pin.as_str().into()), token_label)?;
+        Ok(Self {
+            session: Mutex::new(session),
+            token_label: token_label.to_owned(),
+            label: label.to_owned(),
+        })
+    }
+
+    /// Every object of this anchor with its sequence number and record.
+    fn objects(
+        &self,
+        session: &Session,
+    ) -> Result<Vec<(ObjectHandle, u64, Vec<u8>)>, KeyProtectError> {
+        let found = session
+            .find_objects(&[
+                Attribute::Class(ObjectClass::DATA),
+                Attribute::Label(self.label.as_bytes().to_vec()),
+            ])
+            .map_err(p11)?;
+        let mut out = Vec::new();
+        for o in found {
+            let attrs = session
+                .get_attributes(o, &[cryptoki::object::AttributeType::Value])
+                .map_err(p11)?;
+            for a in attrs {
+                if let Attribute::Value(v) = a {
+                    if v.len() >= 8 {
+                        let (seq, rec) = v.split_at(8);
+                        let mut n = [0u8; 8];
+                        n.copy_from_slice(seq);
+                        out.push((o, u64::from_be_bytes(n), rec.to_vec()));
+                    }
+                }
+            }
+        }
+        out.sort_by_key(|(_, seq, _)| *seq);
+        Ok(out)
+    }
+
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, Session>, KeyProtectError> {
+        self.session
+            .lock()
+            .map_err(|_| KeyProtectError::Pkcs11("anchor session lock poisoned".into()))
+    }
+}
+
+impl AnchorStore for Pkcs11Anchor {
+    fn read(&self) -> Result<Option<Vec<u8>>, KeyProtectError> {
+        let session = self.lock()?;
+        Ok(self.objects(&session)?.pop().map(|(_, _, rec)| rec))
+    }
+
+    fn write(&self, value: &[u8]) -> Result<(), KeyProtectError> {
+        let session = self.lock()?;
+        let old = self.objects(&session)?;
+        let seq = old.last().map(|(_, s, _)| s + 1).unwrap_or(1);
+        let mut v = seq.to_be_bytes().to_vec();
+        v.extend_from_slice(value);
+        session
+            .create_object(&[
+                Attribute::Class(ObjectClass::DATA),
+                Attribute::Token(true),
+                Attribute::Private(true),
+                Attribute::Label(self.label.as_bytes().to_vec()),
+                Attribute::Application(b"bkv freshness anchor".to_vec()),
+                Attribute::Value(v),
+            ])
+            .map_err(p11)?;
+        for (o, _, _) in old {
+            session.destroy_object(o).map_err(p11)?;
+        }
+        Ok(())
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "PKCS#11 data object `{}` on token `{}`",
+            self.label, self.token_label
+        )
+    }
+}
+
+/// Logs the user in. The login state belongs to the application, not the
+/// session: while another session of this process is logged in (the
+/// anchor keeps one), a new session already is.
+fn login(session: &Session, pin: &AuthPin, token_label: &str) -> Result<(), KeyProtectError> {
+    match session.login(UserType::User, Some(pin)) {
+        Ok(()) => Ok(()),
+        Err(cryptoki::error::Error::Pkcs11(cryptoki::error::RvError::UserAlreadyLoggedIn, _)) => {
+            Ok(())
+        }
+        Err(e) => Err(KeyProtectError::Pkcs11(format!(
+            "login to token `{token_label}` failed ({e}); check the PIN"
+        ))),
+    }
+}
+
+fn find_slot(
+    ctx: &Pkcs11,
+    module: &Path,
+    token_label: &str,
+) -> Result<cryptoki::slot::Slot, KeyProtectError> {
+    for s in ctx.get_slots_with_token().map_err(p11)? {
+        if ctx.get_token_info(s).map_err(p11)?.label() == token_label {
+            return Ok(s);
+        }
+    }
+    Err(KeyProtectError::Config(format!(
+        "no PKCS#11 token labelled `{token_label}` in {}; is the token present?",
+        module.display()
+    )))
 }
 
 /// The software backend.
@@ -254,19 +514,7 @@ impl Pkcs11Key {
         create: bool,
     ) -> Result<Self, KeyProtectError> {
         let ctx = context(module)?;
-        let mut slot = None;
-        for s in ctx.get_slots_with_token().map_err(p11)? {
-            if ctx.get_token_info(s).map_err(p11)?.label() == token_label {
-                slot = Some(s);
-                break;
-            }
-        }
-        let slot = slot.ok_or_else(|| {
-            KeyProtectError::Config(format!(
-                "no PKCS#11 token labelled `{token_label}` in {}; is the token present?",
-                module.display()
-            ))
-        })?;
+        let slot = find_slot(&ctx, module, token_label)?;
         let me = Self {
             ctx,
             slot,
@@ -302,14 +550,7 @@ impl Pkcs11Key {
 
     fn session(&self) -> Result<Session, KeyProtectError> {
         let session = self.ctx.open_rw_session(self.slot).map_err(p11)?;
-        session
-            .login(UserType::User, Some(&self.pin))
-            .map_err(|e| {
-                KeyProtectError::Pkcs11(format!(
-                    "login to token `{}` failed ({e}); check the PIN",
-                    self.token_label
-                ))
-            })?;
+        login(&session, &self.pin, &self.token_label)?;
         Ok(session)
     }
 

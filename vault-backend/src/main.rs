@@ -53,7 +53,8 @@ enum Cmd {
         /// PKCS#11 module, for --key-protection pkcs11.
         #[arg(long, default_value = "/usr/lib/softhsm/libsofthsm2.so")]
         pkcs11_module: PathBuf,
-        /// Label of the PKCS#11 token, for --key-protection pkcs11.
+        /// Label of the PKCS#11 token, for --key-protection pkcs11; `{id}`
+        /// becomes each replica's id (one token per replica).
         #[arg(long)]
         pkcs11_token: Option<String>,
         /// An existing cluster folder whose fleet (secrets, CA) to join.
@@ -113,6 +114,10 @@ enum Cmd {
         /// Extra DNS names / IPs on its certificate.
         #[arg(long, default_values_t = ["localhost".to_string(), "127.0.0.1".to_string()])]
         name: Vec<String>,
+        /// Its PKCS#11 token, when the cluster uses PKCS#11 (default: the
+        /// token of `--like`'s setting; `{id}` becomes the new id).
+        #[arg(long)]
+        pkcs11_token: Option<String>,
     },
     /// Add a running replica that joins (its config says `join = true`) to
     /// its cluster as a learner, and wait until it has caught up.
@@ -138,13 +143,6 @@ enum Cmd {
         /// The member's id.
         #[arg(long)]
         id: u64,
-    },
-    /// Ask a replica to start an election, to move leadership to it (before
-    /// restarting the current leader, say).
-    Campaign {
-        /// That replica's config.
-        #[arg(long)]
-        config: PathBuf,
     },
     /// Show each replica's view of the cluster (role, term, indexes, lag).
     Status {
@@ -324,6 +322,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             peer,
             admin,
             name,
+            pkcs11_token,
         } => {
             let like = VaultConfig::load(&like)?;
             let names: Vec<&str> = name.iter().map(String::as_str).collect();
@@ -333,7 +332,24 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 peer,
                 admin,
             };
-            let kp = like.key_protection.clone();
+            let kp = match (like.key_protection.clone(), pkcs11_token) {
+                (
+                    KeyProtection::Pkcs11 {
+                        module,
+                        key_label,
+                        pin_env,
+                        ..
+                    },
+                    Some(token_label),
+                ) => KeyProtection::Pkcs11 {
+                    module,
+                    token_label,
+                    key_label,
+                    pin_env,
+                },
+                (_, Some(_)) => anyhow::bail!("--pkcs11-token: the cluster does not use PKCS#11"),
+                (kp, None) => kp,
+            };
             let cfg = replica::new_replica(&cluster_dir, &like, member, &names, &kp)?;
             let path = cfg.state_dir.join(files::CONFIG);
             println!(
@@ -370,19 +386,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 "replica {id} is no longer a member (membership {at}); stop it and never \
                  reuse its id or folder"
             );
-        }
-        Cmd::Campaign { config } => {
-            let cfg = VaultConfig::load(&config)?;
-            let ep = replica::operator_endpoint(&cfg)?;
-            network::admin_request(
-                &ep,
-                &[cfg.peer_listen],
-                AdminRequest::Campaign,
-                std::time::Duration::from_secs(10),
-            )
-            .await
-            .map_err(|e| anyhow::anyhow!("replica {}: {e}", cfg.node_id))?;
-            println!("replica {} started an election", cfg.node_id);
         }
         Cmd::Status { config, admin } => {
             let mut targets = admin;

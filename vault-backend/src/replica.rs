@@ -20,7 +20,7 @@ use crate::keyprotect::KeyProtection;
 use crate::ledger::Ledger;
 use crate::pki::{self, CertAndKey, Usage};
 use crate::raft::member::ReplicaNode;
-use crate::raft::node::{self, RaftNode};
+use crate::raft::node::{self, AnchorSeam, RaftNode};
 use crate::raft::NodeId;
 use crate::secrets::FleetSecrets;
 use crate::server::VaultServer;
@@ -141,7 +141,7 @@ pub fn init_cluster(
         ),
     };
     let ca_dir = out.join(layout::CA_DIR);
-    std::fs::create_dir_all(&ca_dir)?;
+    crate::secrets::create_private_dir(&ca_dir)?;
     pki::write(&ca_dir, files::CLUSTER_CA, &ca)?;
     // The fleet folder's copy is sealed by a software key of its own.
     secrets.save(
@@ -154,10 +154,12 @@ pub fn init_cluster(
     };
     let mut cert_names: Vec<&str> = names.to_vec();
     cert_names.push(pki::REPLICA_ROLE_NAME);
+    let cluster_id = hex::encode(rand::random::<[u8; 8]>());
     let mut replicas = Vec::new();
     for m in members {
         let dir = out.join(layout::replica_dir(m.id));
-        std::fs::create_dir_all(&dir)?;
+        crate::secrets::create_private_dir(&dir)?;
+        let key_protection = &key_protection.for_replica(m.id);
         secrets.save(
             &dir.join(files::SECRETS),
             key_protection.open(&dir, true)?.as_ref(),
@@ -176,9 +178,11 @@ pub fn init_cluster(
             listen: m.serve,
             peer_listen: m.peer,
             state_dir: dir.clone(),
+            data_dir: files::DATA_DIR.into(),
             max_attempts,
             admin_listen: m.admin,
             members: members.to_vec(),
+            cluster_id: Some(cluster_id.clone()),
             join: false,
             raft: Default::default(),
             key_protection: key_protection.clone(),
@@ -223,6 +227,7 @@ pub fn new_replica(
     );
     let fleet = FleetMaterial::from_cluster(cluster_dir)?;
     crate::secrets::create_private_dir(&dir)?;
+    let key_protection = &key_protection.for_replica(member.id);
     fleet.secrets.save(
         &dir.join(files::SECRETS),
         key_protection.open(&dir, true)?.as_ref(),
@@ -292,6 +297,32 @@ pub fn issue_gateway_cert(ca_dir: &Path, out_dir: &Path, stem: &str) -> anyhow::
     Ok(())
 }
 
+/// The data folder, owner-only (0700), holding the database: a replica
+/// folder of release 0.1.0 kept `vault.redb` in the state folder itself,
+/// and it is moved into the data folder once.
+fn prepare_data_dir(cfg: &VaultConfig) -> anyhow::Result<std::path::PathBuf> {
+    let db = cfg.database_path();
+    let data = db.parent().unwrap_or(&cfg.state_dir);
+    crate::secrets::create_private_dir(data)
+        .map_err(|e| anyhow::anyhow!("cannot create the data folder {}: {e}", data.display()))?;
+    let legacy = cfg.state_dir.join(files::DATABASE);
+    if legacy.exists() && !db.exists() {
+        tracing::info!(from = %legacy.display(), to = %db.display(), "moving the database into the data folder");
+        std::fs::rename(&legacy, &db)?;
+    }
+    Ok(db)
+}
+
+/// Makes an existing file owner-only (0600).
+fn set_private(path: &Path) -> anyhow::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(())
+}
+
 /// Sockets bound by the caller (to learn port-0 addresses before the member
 /// table is written).
 #[derive(Debug)]
@@ -338,9 +369,13 @@ impl Replica {
             anyhow::bail!("max_attempts must be at least 1");
         }
         let members = cfg.cluster()?;
-        let protector = cfg.key_protection.open(dir, false).map_err(|e| {
-            anyhow::anyhow!("cannot open the key protecting this replica's secrets: {e}")
-        })?;
+        let protector: Arc<dyn crate::keyprotect::KeyProtector> = cfg
+            .key_protection
+            .open(dir, false)
+            .map_err(|e| {
+                anyhow::anyhow!("cannot open the key protecting this replica's secrets: {e}")
+            })?
+            .into();
         let secrets = Arc::new(FleetSecrets::load(
             &dir.join(files::SECRETS),
             protector.as_ref(),
@@ -360,14 +395,21 @@ impl Replica {
         let serve_addrs: BTreeMap<NodeId, SocketAddr> =
             members.values().map(|m| (m.id, m.serve)).collect();
         let endpoint = node::peer_endpoint_on(sockets.peer, &identity, &ca_pem)?;
+        let db_path = prepare_data_dir(cfg)?;
+        let seam = AnchorSeam {
+            store: cfg.key_protection.open_anchor(dir, &cfg.anchor_name())?,
+            protector: protector.clone(),
+        };
         let node = RaftNode::start(
             cfg.node_id,
             bootstrap.then_some(&nodes),
             endpoint,
-            &dir.join(files::DATABASE),
+            &db_path,
             &cfg.raft.tuning(),
+            Some(seam),
         )
         .await?;
+        set_private(&db_path)?;
         let ledger = Ledger::new(
             node.raft.clone(),
             Store::from_db(node.db.clone()),

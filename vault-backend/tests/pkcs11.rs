@@ -59,6 +59,17 @@ async fn pkcs11_sealed_cluster_serves_and_its_secrets_need_the_token() {
         key_label: "bkv-fleet-kek".into(),
         pin_env: "BKV_PKCS11_PIN".into(),
     };
+    // A wrong PIN does not log in. (Checked first: PKCS#11 login state
+    // belongs to the process, and once the replicas below have logged in,
+    // every later session of this process is logged in, whatever its PIN.)
+    let wrong_pin = Pkcs11Key::open(
+        Path::new(MODULE),
+        "bkv-vault",
+        "bkv-fleet-kek",
+        Zeroizing::new("0000".into()),
+        false,
+    );
+    assert!(wrong_pin.is_err());
     let stack = LocalStack::start(StackOptions {
         replicas: 3,
         key_protection: protection.clone(),
@@ -109,14 +120,6 @@ async fn pkcs11_sealed_cluster_serves_and_its_secrets_need_the_token() {
     .unwrap();
     let err = FleetSecrets::load(&sealed, &other).unwrap_err();
     assert!(err.to_string().contains("cannot unseal"), "{err}");
-    let wrong_pin = Pkcs11Key::open(
-        Path::new(MODULE),
-        "bkv-vault",
-        "bkv-fleet-kek",
-        Zeroizing::new("0000".into()),
-        false,
-    );
-    assert!(wrong_pin.is_err());
     let missing = Pkcs11Key::open(
         Path::new(MODULE),
         "no-such-token",

@@ -71,6 +71,7 @@ impl Cluster {
                 ep,
                 &c.db_path(i),
                 c.tuning_of(i),
+                None,
             )
             .await
             .unwrap();
@@ -110,6 +111,7 @@ impl Cluster {
             ep,
             &self.db_path(i),
             self.tuning_of(i),
+            None,
         )
         .await
         .unwrap();

@@ -144,6 +144,7 @@ async fn release_0_1_0_storage_is_read_and_served() {
         ep,
         &path,
         &RaftTuning::default(),
+        None,
     )
     .await
     .unwrap();
@@ -224,6 +225,7 @@ async fn an_entry_of_a_newer_version_stops_the_replica_before_it_applies_anythin
         ep,
         &path,
         &RaftTuning::default(),
+        None,
     )
     .await
     .unwrap();
@@ -287,7 +289,7 @@ async fn a_replica_process_with_a_newer_entry_in_its_log_refuses_to_start() {
     };
     // A first run bootstraps the cluster and commits its first entries.
     let child = run();
-    let db_path = cfg.state_dir.join(vault_backend::config::files::DATABASE);
+    let db_path = cfg.database_path();
     let until = std::time::Instant::now() + Duration::from_secs(20);
     loop {
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -303,6 +305,18 @@ async fn a_replica_process_with_a_newer_entry_in_its_log_refuses_to_start() {
         .unwrap();
     assert!(term.success());
     let out = child.wait_with_output().unwrap();
+    // What a replica keeps is owner-only: its folders 0700, its files 0600.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let data = db_path.parent().unwrap();
+        assert_eq!(mode(&cfg.state_dir), 0o700);
+        assert_eq!(mode(data), 0o700);
+        assert_eq!(mode(&db_path), 0o600);
+        let anchor = cfg.state_dir.join(format!("{}.anchor", cfg.anchor_name()));
+        assert_eq!(mode(&anchor), 0o600, "{}", anchor.display());
+        assert_eq!(mode(&cfg.state_dir.join("master.key")), 0o600);
+    }
     assert!(
         out.status.success(),
         "{}",

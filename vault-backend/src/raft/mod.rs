@@ -10,6 +10,7 @@
 
 pub mod codec;
 pub mod erasure;
+pub mod freshness;
 pub mod member;
 pub mod network;
 pub mod node;

@@ -76,8 +76,6 @@ pub enum AdminRequest {
         /// The member.
         id: NodeId,
     },
-    /// Start an election on the replica asked (to move leadership to it).
-    Campaign,
 }
 
 /// The answer to an [`AdminRequest`].
@@ -265,14 +263,6 @@ async fn admin(raft: &Raft, req: AdminRequest) -> AdminReply {
     let is_voter = |id: NodeId| membership.membership().voter_ids().any(|v| v == id);
     let known = |id: NodeId| membership.nodes().any(|(n, _)| *n == id);
     let out = match req {
-        AdminRequest::Campaign => {
-            return match raft.trigger().elect().await {
-                Ok(()) => AdminReply::Done {
-                    membership_id: membership.log_id().map(|l| l.index).unwrap_or(0),
-                },
-                Err(e) => AdminReply::Refused(e.to_string()),
-            }
-        }
         AdminRequest::AddLearner { id, .. } if known(id) => {
             return AdminReply::Refused(format!(
                 "replica {id} is already a member; a replaced replica gets a new id"

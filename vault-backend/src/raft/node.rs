@@ -15,11 +15,13 @@ use openraft::{Config, SnapshotPolicy};
 use redb::Database;
 
 use super::erasure;
+use super::freshness::Anchor;
 use super::member::ReplicaNode;
 use super::network::PeerClient;
 use super::network::{self, Network};
 use super::storage::{self, ActiveVersion, LogStore, StateMachine};
 use super::{codec, Command, NodeId, Proposal, Raft};
+use crate::keyprotect::{AnchorStore, KeyProtector};
 use crate::pki::CertAndKey;
 
 /// Timing and compaction knobs of the Raft group.
@@ -52,6 +54,20 @@ impl Default for RaftTuning {
             erasure_delay: Duration::from_secs(30),
             max_command_version: codec::MAX_VERSION,
         }
+    }
+}
+
+/// Where a replica's freshness anchor is kept, and the key that seals it.
+pub struct AnchorSeam {
+    /// The record (a token object or a file in the key folder).
+    pub store: Box<dyn AnchorStore>,
+    /// The replica's key protector.
+    pub protector: Arc<dyn KeyProtector>,
+}
+
+impl std::fmt::Debug for AnchorSeam {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.store.describe())
     }
 }
 
@@ -109,12 +125,18 @@ impl RaftNode {
     /// database at `db_path`. With `bootstrap`, a node whose log is empty
     /// creates the cluster with those members; a node joining an existing
     /// cluster (as a learner) passes `None` and waits to be added.
+    ///
+    /// With `seam` (the replica's key protection), the data is checked
+    /// against the replica's freshness anchor before anything starts, and
+    /// the anchor is kept up to date (see `freshness`); a stale data folder
+    /// is refused with [`super::freshness::Stale`].
     pub async fn start(
         id: NodeId,
         bootstrap: Option<&BTreeMap<NodeId, ReplicaNode>>,
         endpoint: quinn::Endpoint,
         db_path: &Path,
         tuning: &RaftTuning,
+        seam: Option<AnchorSeam>,
     ) -> anyhow::Result<Self> {
         if let Some(members) = bootstrap {
             anyhow::ensure!(
@@ -135,7 +157,19 @@ impl RaftNode {
             ..Default::default()
         }
         .validate()?;
-        let log = LogStore::new(db.clone(), tuning.async_flush)?;
+        let anchor = match seam {
+            None => None,
+            Some(seam) => {
+                let data = LogStore::new(db.clone(), false)?.freshness().await?;
+                Some(Arc::new(Anchor::open(
+                    id,
+                    seam.store,
+                    seam.protector,
+                    data,
+                )?))
+            }
+        };
+        let log = LogStore::with_anchor(db.clone(), tuning.async_flush, anchor)?;
         let (erased_tx, erased_rx) = tokio::sync::mpsc::unbounded_channel();
         let sm = StateMachine::new(db.clone())?.with_erasure_notices(erased_tx);
         let version = sm.active_version();

@@ -35,6 +35,7 @@ use prost::Message;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
+use super::freshness::{Anchor, Freshness};
 use super::member::ReplicaNode;
 use super::{codec, Command, CommandResult, NodeId, TypeConfig};
 use crate::account::{self, StoredAccount, Write};
@@ -209,7 +210,18 @@ fn commit_lazy(txn: redb::WriteTransaction) -> Result<(), SErr> {
 pub struct LogStore {
     db: Arc<Database>,
     /// `Some`: appends are acknowledged by the flusher thread's fsync.
-    flusher: Option<mpsc::Sender<LogFlushed<TypeConfig>>>,
+    flusher: Option<mpsc::Sender<Flush>>,
+    /// The freshness anchor, raised before anything is acknowledged.
+    anchor: Option<Arc<Anchor>>,
+}
+
+/// An append for the flusher thread to make durable and acknowledge.
+type Flush = (LogFlushed<TypeConfig>, Option<LogId<NodeId>>);
+
+fn anchor_err(e: impl std::fmt::Display) -> SErr {
+    w(format!(
+        "cannot advance the freshness anchor ({e}); nothing is acknowledged without it"
+    ))
 }
 
 impl std::fmt::Debug for LogStore {
@@ -223,27 +235,52 @@ impl LogStore {
     /// place; with `async_flush`, a flusher thread makes appends durable with
     /// shared fsyncs and acknowledges them afterwards.
     pub fn new(db: Arc<Database>, async_flush: bool) -> std::io::Result<Self> {
+        Self::with_anchor(db, async_flush, None)
+    }
+
+    /// As [`LogStore::new`], raising `anchor` (see `freshness`) after each
+    /// durable vote and append, before acknowledging it.
+    pub fn with_anchor(
+        db: Arc<Database>,
+        async_flush: bool,
+        anchor: Option<Arc<Anchor>>,
+    ) -> std::io::Result<Self> {
         let flusher = if async_flush {
-            let (tx, rx) = mpsc::channel::<LogFlushed<TypeConfig>>();
-            let fdb = db.clone();
+            let (tx, rx) = mpsc::channel::<Flush>();
+            let (fdb, fanchor) = (db.clone(), anchor.clone());
             std::thread::Builder::new()
                 .name("raft-log-flush".into())
-                .spawn(move || flusher(fdb, rx))?;
+                .spawn(move || flusher(fdb, fanchor, rx))?;
             Some(tx)
         } else {
             None
         };
-        Ok(Self { db, flusher })
+        Ok(Self {
+            db,
+            flusher,
+            anchor,
+        })
+    }
+
+    /// What this log's data says about its freshness: its vote and last log
+    /// id (checked against the anchor on start).
+    pub async fn freshness(&mut self) -> Result<Freshness, SErr> {
+        Ok(Freshness {
+            vote: self.read_vote().await?.unwrap_or_default(),
+            last_log: self.get_log_state().await?.last_log_id,
+        })
     }
 }
 
 /// Waits for appends, then makes everything appended so far durable with one
 /// fsync and acknowledges all of them.
-fn flusher(db: Arc<Database>, rx: mpsc::Receiver<LogFlushed<TypeConfig>>) {
-    while let Ok(first) = rx.recv() {
+fn flusher(db: Arc<Database>, anchor: Option<Arc<Anchor>>, rx: mpsc::Receiver<Flush>) {
+    while let Ok((first, last)) = rx.recv() {
         let mut batch = vec![first];
-        while let Ok(more) = rx.try_recv() {
+        let mut last = last;
+        while let Ok((more, l)) = rx.try_recv() {
             batch.push(more);
+            last = last.max(l);
         }
         let started = std::time::Instant::now();
         let res = db
@@ -256,6 +293,10 @@ fn flusher(db: Arc<Database>, rx: mpsc::Receiver<LogFlushed<TypeConfig>>) {
             });
         metrics::histogram!("vault_raft_log_fsync_seconds").record(started.elapsed().as_secs_f64());
         metrics::histogram!("vault_raft_log_fsync_batch_size").record(batch.len() as f64);
+        let res = match (res, &anchor, last) {
+            (Ok(()), Some(a), Some(l)) => a.saw_log(l).map_err(|e| anchor_err(e).to_string()),
+            (res, _, _) => res,
+        };
         for cb in batch {
             cb.log_io_completed(res.clone().map_err(|e| std::io::Error::other(e.clone())));
         }
@@ -273,6 +314,7 @@ impl LogStore {
             .collect::<Result<Vec<_>, SErr>>()?;
         let db = self.db.clone();
         let durable = self.flusher.is_none();
+        let (anchor, last) = (self.anchor.clone(), entries.last().map(|e| e.log_id));
         off_worker(move || {
             let txn = db.begin_write().map_err(w)?;
             {
@@ -285,10 +327,16 @@ impl LogStore {
                 return commit_lazy(txn);
             }
             let started = std::time::Instant::now();
-            let res = commit_durable(txn);
+            commit_durable(txn)?;
             metrics::histogram!("vault_raft_log_fsync_seconds")
                 .record(started.elapsed().as_secs_f64());
-            res
+            if let (Some(a), Some(l)) = (anchor, last) {
+                let started = std::time::Instant::now();
+                a.saw_log(l).map_err(anchor_err)?;
+                metrics::histogram!("vault_raft_anchor_write_seconds")
+                    .record(started.elapsed().as_secs_f64());
+            }
+            Ok(())
         })
         .await
     }
@@ -342,7 +390,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), SErr> {
-        put_meta(&self.db, &VOTE, *vote, commit_durable).await
+        put_meta(&self.db, &VOTE, *vote, commit_durable).await?;
+        if let Some(a) = self.anchor.clone() {
+            let vote = *vote;
+            off_worker(move || a.saw_vote(vote).map_err(anchor_err)).await?;
+        }
+        Ok(())
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, SErr> {
@@ -362,11 +415,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let res = self.write_entries(entries.into_iter().collect()).await;
+        let entries: Vec<_> = entries.into_iter().collect();
+        let last = entries.last().map(|e| e.log_id);
+        let res = self.write_entries(entries).await;
         match &self.flusher {
             Some(f) => {
                 res?;
-                f.send(callback).map_err(|_| w("the log flusher stopped"))
+                f.send((callback, last))
+                    .map_err(|_| w("the log flusher stopped"))
             }
             None => {
                 callback.log_io_completed(
@@ -381,7 +437,25 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), SErr> {
         let db = self.db.clone();
+        let anchor = self.anchor.clone();
         off_worker(move || {
+            if let Some(a) = anchor {
+                // The log's last id once truncated: the entry before, or the
+                // purge point. The anchor goes down first.
+                let kept = {
+                    let txn = db.begin_read().map_err(r)?;
+                    let t = txn.open_table(LOG).map_err(r)?;
+                    let before = t.range::<u64>(..log_id.index).map_err(r)?.next_back();
+                    match before {
+                        Some(item) => {
+                            let (_, v) = item.map_err(r)?;
+                            Some(dec::<Entry<TypeConfig>>(v.value())?.log_id)
+                        }
+                        None => PURGED.read(&db)?.flatten(),
+                    }
+                };
+                a.will_truncate_to(kept).map_err(anchor_err)?;
+            }
             let txn = db.begin_write().map_err(w)?;
             {
                 let mut t = txn.open_table(LOG).map_err(w)?;
@@ -394,6 +468,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), SErr> {
         let db = self.db.clone();
+        let anchor = self.anchor.clone();
         off_worker(move || {
             let txn = db.begin_write().map_err(w)?;
             PURGED.write(&txn, &Some(log_id))?;
@@ -401,7 +476,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 let mut t = txn.open_table(LOG).map_err(w)?;
                 t.retain_in(..=log_id.index, |_, _| false).map_err(w)?;
             }
-            commit_durable(txn)
+            commit_durable(txn)?;
+            // After a snapshot is installed the purge point is the last log id.
+            if let Some(a) = anchor {
+                a.saw_log(log_id).map_err(anchor_err)?;
+            }
+            Ok(())
         })
         .await
     }
