@@ -6,6 +6,7 @@
 //! cargo run --release -p vault-backend --example raft_throughput -- --replicas 5 --concurrency 1
 //! cargo run --release -p vault-backend --example raft_throughput -- --replicas 5 --concurrency 64 --async-flush
 //! cargo run --release -p vault-backend --example raft_throughput -- --replicas 5 --rate 500
+//! cargo run --release -p vault-backend --example raft_throughput -- --replicas 5 --concurrency 64 --anchor
 //! ```
 //!
 //! Closed loop (`--concurrency`): that many writers each wait for their
@@ -21,7 +22,8 @@ use clap::Parser;
 use vault_backend::account::Authorization;
 use vault_backend::pki::{self, Usage};
 use vault_backend::raft::member::ReplicaNode;
-use vault_backend::raft::node::{bind_peer_endpoint, RaftNode, RaftTuning};
+use vault_backend::keyprotect::KeyProtection;
+use vault_backend::raft::node::{bind_peer_endpoint, AnchorSeam, RaftNode, RaftTuning};
 use vault_backend::raft::{Command, CommandResult, Proposal, Raft};
 
 #[derive(Parser)]
@@ -40,6 +42,12 @@ struct Args {
     /// Acknowledge appends from a flusher thread (see `raft::storage`).
     #[arg(long)]
     async_flush: bool,
+    /// Keep each replica's freshness anchor (`raft::freshness`) as the
+    /// software backend does: a sealed two-slot file beside the key, one
+    /// slot rewritten and fdatasync'd after every durable append batch.
+    /// Off: no anchor.
+    #[arg(long)]
+    anchor: bool,
 }
 
 fn pct(sorted: &[Duration], p: f64) -> Duration {
@@ -79,7 +87,19 @@ async fn main() -> anyhow::Result<()> {
         eps.insert(i, ep);
     }
     let mut nodes = Vec::new();
+    let kp = KeyProtection::default();
     for (i, ep) in eps {
+        let seam = match args.anchor {
+            false => None,
+            true => {
+                let keys = dir.path().join(format!("keys-{i}"));
+                std::fs::create_dir_all(&keys)?;
+                Some(AnchorSeam {
+                    store: kp.open_anchor(&keys, "bkv-freshness")?,
+                    protector: kp.open(&keys, true)?.into(),
+                })
+            }
+        };
         nodes.push(
             RaftNode::start(
                 i,
@@ -87,7 +107,7 @@ async fn main() -> anyhow::Result<()> {
                 ep,
                 &dir.path().join(format!("r{i}.redb")),
                 &tuning,
-                None,
+                seam,
             )
             .await?,
         );
@@ -175,9 +195,10 @@ async fn main() -> anyhow::Result<()> {
     let elapsed = started.elapsed().as_secs_f64();
     lat.sort();
     println!(
-        "replicas={} async_flush={} mode={} committed={} failed={} rate={:.0}/s p50={:.2}ms p99={:.2}ms",
+        "replicas={} async_flush={} anchor={} mode={} committed={} failed={} rate={:.0}/s p50={:.2}ms p99={:.2}ms",
         args.replicas,
         args.async_flush,
+        args.anchor,
         args.rate.map(|r| format!("open@{r}/s")).unwrap_or(format!("closed@{}", args.concurrency)),
         done.load(Ordering::Relaxed),
         failed.load(Ordering::Relaxed),

@@ -15,7 +15,7 @@ use openraft::{EntryPayload, Vote};
 use redb::{Database, TableDefinition};
 use vault_backend::account::{StoredAccount, STATE_ACTIVE, STATE_LOCKED_OUT};
 use vault_backend::pki::{self, Usage};
-use vault_backend::raft::codec::{Body, MAX_VERSION};
+use vault_backend::raft::codec::{snapshot_version, Body, MAX_VERSION};
 use vault_backend::raft::member::ReplicaNode;
 use vault_backend::raft::node::{bind_peer_endpoint, RaftNode, RaftTuning};
 use vault_backend::raft::storage::{LogStore, StateMachine};
@@ -56,15 +56,26 @@ fn load_fixture(release: &str, path: &Path) {
 
 #[tokio::test]
 async fn release_0_1_0_storage_is_read_and_served() {
+    read_and_serve("0.1.0", 0).await;
+}
+
+#[tokio::test]
+async fn release_0_2_0_storage_is_read_and_served() {
+    read_and_serve("0.2.0", 1).await;
+}
+
+/// The fixture of `release`, whose cluster wrote command `version`: every
+/// value reads back as written, and a replica of this release serves it.
+async fn read_and_serve(release: &str, version: u32) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("vault.redb");
-    load_fixture("0.1.0", &path);
+    load_fixture(release, &path);
 
     {
         let db = vault_backend::raft::storage::open_database(&path).unwrap();
         let mut log = LogStore::new(db.clone(), false).unwrap();
         let mut sm = StateMachine::new(db.clone()).unwrap();
-        assert_eq!(sm.active_version().get(), 0);
+        assert_eq!(sm.active_version().get(), version);
         assert_eq!(
             log.read_vote().await.unwrap(),
             Some(Vote::new_committed(2, 1))
@@ -77,7 +88,7 @@ async fn release_0_1_0_storage_is_read_and_served() {
         assert_eq!(entries.len(), 5);
         let command = |i: usize| match &entries[i].payload {
             EntryPayload::Normal(p) => {
-                assert_eq!(p.version, 0, "release 0.1.0 wrote untagged commands");
+                assert_eq!(p.version, version, "{release} wrote version {version}");
                 p.command().unwrap().clone()
             }
             other => panic!("{other:?}"),
@@ -104,8 +115,14 @@ async fn release_0_1_0_storage_is_read_and_served() {
             membership.membership().voter_ids().collect::<Vec<_>>(),
             vec![1]
         );
+        // Release 0.1.0 knew members by their peer address alone.
+        let node = membership.nodes().next().unwrap().1.clone();
+        assert_eq!(node.peer, "127.0.0.1:7901");
+        assert_eq!(node.serve.is_some(), version > 0, "{node:?}");
         let snap = sm.get_current_snapshot().await.unwrap().unwrap();
         assert_eq!(snap.meta.last_log_id, Some(log_id(2, 1, 15)));
+        let data = snap.snapshot.into_inner();
+        assert_eq!(snapshot_version(&data).unwrap().0, version);
         let store = Store::from_db(db.clone());
         let alice = store.get("alice").unwrap().unwrap();
         assert_eq!((alice.state, alice.guesses_used), (STATE_ACTIVE, 0));
@@ -119,6 +136,7 @@ async fn release_0_1_0_storage_is_read_and_served() {
             (STATE_ACTIVE, 3, 24),
             "the verified last guess restored the held record"
         );
+        assert_eq!(carol.version, version);
         assert!(store.get("dave").unwrap().is_none(), "disabled");
         assert_eq!(
             store.get("bob").unwrap().unwrap().registration_id,
@@ -193,7 +211,11 @@ async fn release_0_1_0_storage_is_read_and_served() {
         .unwrap();
     let alice = store.get("alice").unwrap().unwrap();
     assert_eq!((alice.version, alice.guesses_used), (MAX_VERSION, 1));
-    assert_eq!(store.get("bob").unwrap().unwrap().version, 0, "untouched");
+    assert_eq!(
+        store.get("bob").unwrap().unwrap().version,
+        version,
+        "untouched"
+    );
     node.shutdown().await;
 }
 

@@ -289,6 +289,6 @@ mod tests {
         // Another replica's anchor, or a forged file, does not open.
         std::fs::write(dir.path().join("freshness-7.anchor"), b"forged").unwrap();
         let err = open(now).unwrap_err().to_string();
-        assert!(err.contains("unreadable"), "{err}");
+        assert!(err.contains("no valid record"), "{err}");
     }
 }
