@@ -182,7 +182,9 @@ impl KeyProtection {
             KeyProtection::Software { key_file } => {
                 let key = state_dir.join(key_file);
                 let dir = key.parent().unwrap_or(state_dir);
-                Ok(Box::new(AnchorFile::new(dir.join(format!("{name}.anchor")))))
+                Ok(Box::new(AnchorFile::new(
+                    dir.join(format!("{name}.anchor")),
+                )))
             }
             KeyProtection::Pkcs11 {
                 module,
@@ -283,7 +285,11 @@ impl AnchorStore for AnchorFile {
             .lock()
             .map_err(|_| KeyProtectError::Config("anchor file lock poisoned".into()))?;
         let next = match std::fs::read(&self.path) {
-            Ok(b) => Self::slots(&b).iter().map(|(s, _)| s + 1).max().unwrap_or(1),
+            Ok(b) => Self::slots(&b)
+                .iter()
+                .map(|(s, _)| s + 1)
+                .max()
+                .unwrap_or(1),
             Err(_) => 1,
         };
         if guard.is_none() {
@@ -689,7 +695,10 @@ mod tests {
     fn the_anchor_file_survives_a_torn_write() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let kp = KeyProtection::default();
-        let open = || kp.open_anchor(dir.path(), "a").unwrap_or_else(|e| panic!("{e}"));
+        let open = || {
+            kp.open_anchor(dir.path(), "a")
+                .unwrap_or_else(|e| panic!("{e}"))
+        };
         assert_eq!(open().read().ok(), Some(None));
         let a = open();
         for v in [b"one".as_slice(), b"two", b"three"] {
