@@ -103,20 +103,9 @@ impl DeviceIdentity {
     }
 }
 
-/// Writes a file readable by its owner only (secrets: device key, backup key).
-pub fn write_private(p: &Path, bytes: &[u8]) -> Result<(), ClientError> {
-    if let Some(parent) = p.parent() {
-        std::fs::create_dir_all(parent).map_err(|e| ClientError::Config(e.to_string()))?;
-    }
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
-    }
-    use std::io::Write;
-    opts.open(p)
-        .and_then(|mut file| file.write_all(bytes).and_then(|()| file.sync_all()))
-        .map_err(|e| ClientError::Config(format!("cannot write {}: {e}", p.display())))
+/// Writes `bytes` to `p` owner-only (0600), replacing any earlier version
+/// atomically (a crash leaves the old or the new file, never a torn one).
+pub(crate) fn write_private(p: &Path, bytes: &[u8]) -> Result<(), ClientError> {
+    service_kit::files::write_private(p, bytes, service_kit::files::Existing::Replace)
+        .map_err(|e| ClientError::Config(e.to_string()))
 }

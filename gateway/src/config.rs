@@ -36,7 +36,7 @@ impl Default for GatewayConfig {
                 replicas: (7801..=7805)
                     .map(|p| SocketAddr::from(([127, 0, 0, 1], p)))
                     .collect(),
-                server_name: vault_backend::pki::REPLICA_ROLE_NAME.into(),
+                server_name: service_kit::pki::REPLICA_ROLE_NAME.into(),
             }],
             admin_listen: None,
         }

@@ -9,8 +9,8 @@
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
-use vault_backend::pki::{self, CertAndKey, Usage};
-use vault_backend::secrets::write_private;
+use service_kit::files::{create_private_dir, write_private, Existing};
+use service_kit::pki::{self, CertAndKey, Usage};
 use zeroize::Zeroizing;
 
 /// File names inside the gateway state folder.
@@ -67,7 +67,7 @@ impl std::fmt::Debug for GatewayKeys {
 /// account-service key pair), skipping any that exist. The vault client
 /// certificate comes from the vault fleet (`vault-backend issue-gateway-cert`).
 pub fn init(dir: &Path, names: &[&str]) -> anyhow::Result<()> {
-    std::fs::create_dir_all(dir)?;
+    create_private_dir(dir)?;
     if !dir.join(format!("{}.pem", files::GATEWAY_TLS)).exists() {
         let ca = pki::new_ca("bkv gateway CA")?;
         pki::write(dir, files::GATEWAY_CA, &ca)?;
@@ -81,13 +81,18 @@ pub fn init(dir: &Path, names: &[&str]) -> anyhow::Result<()> {
             private_hex: hex::encode(private),
             public_hex: hex::encode(public),
         };
-        write_private(&dir.join(files::NOISE_KEY), toml::to_string(&f)?.as_bytes())?;
+        write_private(
+            &dir.join(files::NOISE_KEY),
+            toml::to_string(&f)?.as_bytes(),
+            Existing::Refuse,
+        )?;
     }
     if !dir.join(files::ACCOUNT_SERVICE_PUBLIC).exists() {
         let (secret, public) = protocol_spec::credential::generate_signing_key()?;
         write_private(
             &dir.join(files::ACCOUNT_SERVICE_SECRET),
             hex::encode(secret).as_bytes(),
+            Existing::Refuse,
         )?;
         std::fs::write(dir.join(files::ACCOUNT_SERVICE_PUBLIC), hex::encode(public))?;
     }

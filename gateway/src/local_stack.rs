@@ -710,7 +710,7 @@ fn cluster_configs(clusters: &[LocalCluster]) -> Vec<ClusterConfig> {
         .map(|c| ClusterConfig {
             name: c.name.clone(),
             replicas: c.configs.iter().map(|r| r.listen).collect(),
-            server_name: vault_backend::pki::REPLICA_ROLE_NAME.into(),
+            server_name: service_kit::pki::REPLICA_ROLE_NAME.into(),
         })
         .collect()
 }

@@ -65,7 +65,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    vault_backend::observability::init_tracing("info,openraft=warn");
+    service_kit::observability::init_tracing("info,openraft=warn");
     match Cli::parse().cmd {
         Cmd::Init { state_dir, name } => {
             let names: Vec<&str> = name.iter().map(String::as_str).collect();
@@ -116,13 +116,13 @@ async fn main() -> anyhow::Result<()> {
                 cfg.vault_clusters = vec![gateway::vault_client::ClusterConfig {
                     name: "default".into(),
                     replicas: vault_replicas,
-                    server_name: vault_backend::pki::REPLICA_ROLE_NAME.into(),
+                    server_name: service_kit::pki::REPLICA_ROLE_NAME.into(),
                 }];
             }
             if admin_listen.is_some() {
                 cfg.admin_listen = admin_listen;
             }
-            vault_backend::observability::install_metrics(cfg.admin_listen)?;
+            service_kit::observability::install_metrics(cfg.admin_listen)?;
             let keys = GatewayKeys::load(&cfg.state_dir)?;
             let gw = Gateway::start(cfg.listen, &keys, &cfg.vault_clusters)?;
             tracing::info!(addr = %gw.local_addr()?, "gateway serving");

@@ -18,7 +18,7 @@ use protocol_spec::noise::{self, EXPORTER_LEN};
 use protocol_spec::stream_io::{read_frame, write_frame, write_message, StreamError};
 use protocol_spec::CloseCode;
 use quinn::crypto::rustls::QuicServerConfig;
-use vault_backend::pki;
+use service_kit::pki;
 
 use crate::keys::GatewayKeys;
 use crate::vault_client::{ClusterConfig, VaultClusters};
@@ -129,17 +129,12 @@ impl Gateway {
 
     /// Tells clients to go away, then waits for the endpoint to drain.
     pub async fn shutdown(self) {
-        self.endpoint.close(
-            (CloseCode::GoingAway as u32).into(),
-            CloseCode::GoingAway.reason(),
-        );
         self.task.abort();
         self.shared.vault.close();
-        // Close frames are sent; waiting out every peer's draining period
-        // (up to 3 PTOs each) only delays the caller.
-        let _ = tokio::time::timeout(
-            std::time::Duration::from_millis(300),
-            self.endpoint.wait_idle(),
+        service_kit::quic::close_endpoint(
+            &self.endpoint,
+            CloseCode::GoingAway as u32,
+            CloseCode::GoingAway.reason(),
         )
         .await;
     }

@@ -25,9 +25,9 @@ use protocol_spec::msg::{self, request::Kind, ErrorCode};
 use protocol_spec::stream_io::{read_message, write_message};
 use quinn::crypto::rustls::QuicClientConfig;
 use serde::{Deserialize, Serialize};
+use service_kit::pki::{self, CertAndKey};
 use sha2::{Digest, Sha256};
 use tokio::sync::Mutex;
-use vault_backend::pki::{self, CertAndKey};
 
 /// How long to wait for a QUIC handshake with one replica before trying the
 /// next (loopback and a data-center network answer in well under this).
@@ -48,7 +48,7 @@ pub struct ClusterConfig {
 }
 
 fn default_server_name() -> String {
-    vault_backend::pki::REPLICA_ROLE_NAME.into()
+    service_kit::pki::REPLICA_ROLE_NAME.into()
 }
 
 /// Mutual-TLS client config for the vault links.

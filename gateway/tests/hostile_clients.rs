@@ -272,15 +272,14 @@ async fn the_vault_refuses_peers_without_a_gateway_certificate() {
 
     // Trusts the vault, presents no client certificate.
     let mut roots = rustls::RootCertStore::empty();
-    for c in vault_backend::pki::certs(&ca_pem).unwrap() {
+    for c in service_kit::pki::certs(&ca_pem).unwrap() {
         roots.add(c).unwrap();
     }
-    let mut tls =
-        rustls::ClientConfig::builder_with_provider(vault_backend::pki::crypto_provider())
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+    let mut tls = rustls::ClientConfig::builder_with_provider(service_kit::pki::crypto_provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
     tls.alpn_protocols = vec![protocol_spec::noise::VAULT_ALPN.to_vec()];
     let cfg = quinn::ClientConfig::new(std::sync::Arc::new(
         quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap(),
@@ -289,7 +288,7 @@ async fn the_vault_refuses_peers_without_a_gateway_certificate() {
     ep.set_default_client_config(cfg);
     let attempt = async {
         let conn = ep
-            .connect(vault_addr, vault_backend::pki::REPLICA_ROLE_NAME)
+            .connect(vault_addr, service_kit::pki::REPLICA_ROLE_NAME)
             .map_err(|e| e.to_string())?
             .await
             .map_err(|e| e.to_string())?;
@@ -318,19 +317,19 @@ async fn the_vault_refuses_peers_without_a_gateway_certificate() {
     );
 
     // A certificate from another CA is refused too.
-    let rogue_ca = vault_backend::pki::new_ca("rogue").unwrap();
-    let rogue = vault_backend::pki::issue(
+    let rogue_ca = service_kit::pki::new_ca("rogue").unwrap();
+    let rogue = service_kit::pki::issue(
         &rogue_ca,
         "rogue gateway",
         &["gw"],
-        vault_backend::pki::Usage::Client,
+        service_kit::pki::Usage::Client,
     )
     .unwrap();
     let link = gateway::vault_client::VaultClusters::new(
         &[gateway::vault_client::ClusterConfig {
             name: "c".into(),
             replicas: vec![vault_addr],
-            server_name: vault_backend::pki::REPLICA_ROLE_NAME.into(),
+            server_name: service_kit::pki::REPLICA_ROLE_NAME.into(),
         }],
         &rogue,
         &ca_pem,

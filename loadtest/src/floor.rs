@@ -110,26 +110,26 @@ fn timed<T>(acc: &mut Duration, f: impl FnOnce() -> T) -> T {
 
 /// TLS 1.3 full handshake, in memory, as quinn configures it (ring, P-256).
 fn tls_handshake() -> anyhow::Result<OpCost> {
-    let ca = vault_backend::pki::new_ca("floor CA")?;
-    let leaf = vault_backend::pki::issue(
+    let ca = service_kit::pki::new_ca("floor CA")?;
+    let leaf = service_kit::pki::issue(
         &ca,
         "floor",
         &["localhost"],
-        vault_backend::pki::Usage::Server,
+        service_kit::pki::Usage::Server,
     )?;
-    let provider = vault_backend::pki::crypto_provider();
+    let provider = service_kit::pki::crypto_provider();
     let server = Arc::new(
         rustls::ServerConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .with_no_client_auth()
             .with_single_cert(
-                vault_backend::pki::certs(&leaf.cert_pem)?,
-                vault_backend::pki::key(&leaf.key_pem)?,
+                service_kit::pki::certs(&leaf.cert_pem)?,
+                service_kit::pki::key(&leaf.key_pem)?,
             )?,
     );
     let mut client = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_root_certificates(vault_backend::pki::root_store(&ca.cert_pem)?)
+        .with_root_certificates(service_kit::pki::root_store(&ca.cert_pem)?)
         .with_no_client_auth();
     // A new phone has no session to resume; neither do the load generator's.
     client.resumption = rustls::client::Resumption::disabled();

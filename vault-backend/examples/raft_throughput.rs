@@ -19,9 +19,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use service_kit::pki::{self, Usage};
 use vault_backend::account::Authorization;
 use vault_backend::keyprotect::KeyProtection;
-use vault_backend::pki::{self, Usage};
 use vault_backend::raft::member::ReplicaNode;
 use vault_backend::raft::node::{bind_peer_endpoint, AnchorSeam, RaftNode, RaftTuning};
 use vault_backend::raft::{Command, CommandResult, Proposal, Raft};

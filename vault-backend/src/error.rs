@@ -76,6 +76,18 @@ impl VaultError {
     }
 }
 
+impl From<service_kit::files::FileError> for VaultError {
+    fn from(e: service_kit::files::FileError) -> Self {
+        Self::Internal(e.to_string())
+    }
+}
+
+impl From<service_kit::pki::PkiError> for VaultError {
+    fn from(e: service_kit::pki::PkiError) -> Self {
+        Self::Internal(e.to_string())
+    }
+}
+
 impl From<redb::Error> for VaultError {
     fn from(e: redb::Error) -> Self {
         Self::Storage(e.to_string())

@@ -492,8 +492,12 @@ impl SoftwareKey {
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && create => {
                 OsRng.fill_bytes(key.as_mut());
-                crate::secrets::write_private(path, key.as_ref())
-                    .map_err(|e| KeyProtectError::Config(e.to_string()))?;
+                service_kit::files::write_private(
+                    path,
+                    key.as_ref(),
+                    service_kit::files::Existing::Refuse,
+                )
+                .map_err(|e| KeyProtectError::Config(e.to_string()))?;
             }
             Err(e) => {
                 return Err(KeyProtectError::Config(format!(

@@ -16,8 +16,6 @@ pub mod config;
 pub mod error;
 pub mod keyprotect;
 pub mod ledger;
-pub mod observability;
-pub mod pki;
 pub mod raft;
 pub mod replica;
 pub mod secrets;

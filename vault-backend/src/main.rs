@@ -162,7 +162,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    vault_backend::observability::init_tracing("info,openraft=warn");
+    service_kit::observability::init_tracing("info,openraft=warn");
     match run(Cli::parse()).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
@@ -294,7 +294,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if admin_listen.is_some() {
                 cfg.admin_listen = admin_listen;
             }
-            vault_backend::observability::install_recorder()?;
+            service_kit::observability::install_recorder()?;
             let replica = Replica::start(&cfg)
                 .await
                 .context("cannot start the replica")?;

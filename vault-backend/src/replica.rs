@@ -18,7 +18,6 @@ use crate::admin;
 use crate::config::{files, Member, VaultConfig};
 use crate::keyprotect::KeyProtection;
 use crate::ledger::Ledger;
-use crate::pki::{self, CertAndKey, Usage};
 use crate::raft::member::ReplicaNode;
 use crate::raft::node::{self, AnchorSeam, RaftNode};
 use crate::raft::NodeId;
@@ -26,6 +25,7 @@ use crate::secrets::FleetSecrets;
 use crate::server::VaultServer;
 use crate::service::{Policy, Vault};
 use crate::store::Store;
+use service_kit::pki::{self, CertAndKey, Usage};
 
 /// Public facts about a fleet that clients pin and gateways need.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -141,7 +141,7 @@ pub fn init_cluster(
         ),
     };
     let ca_dir = out.join(layout::CA_DIR);
-    crate::secrets::create_private_dir(&ca_dir)?;
+    service_kit::files::create_private_dir(&ca_dir)?;
     pki::write(&ca_dir, files::CLUSTER_CA, &ca)?;
     // The fleet folder's copy is sealed by a software key of its own.
     secrets.save(
@@ -158,7 +158,7 @@ pub fn init_cluster(
     let mut replicas = Vec::new();
     for m in members {
         let dir = out.join(layout::replica_dir(m.id));
-        crate::secrets::create_private_dir(&dir)?;
+        service_kit::files::create_private_dir(&dir)?;
         let key_protection = &key_protection.for_replica(m.id);
         secrets.save(
             &dir.join(files::SECRETS),
@@ -226,7 +226,7 @@ pub fn new_replica(
         member.id
     );
     let fleet = FleetMaterial::from_cluster(cluster_dir)?;
-    crate::secrets::create_private_dir(&dir)?;
+    service_kit::files::create_private_dir(&dir)?;
     let key_protection = &key_protection.for_replica(member.id);
     fleet.secrets.save(
         &dir.join(files::SECRETS),
@@ -303,7 +303,7 @@ pub fn issue_gateway_cert(ca_dir: &Path, out_dir: &Path, stem: &str) -> anyhow::
 fn prepare_data_dir(cfg: &VaultConfig) -> anyhow::Result<std::path::PathBuf> {
     let db = cfg.database_path();
     let data = db.parent().unwrap_or(&cfg.state_dir);
-    crate::secrets::create_private_dir(data)
+    service_kit::files::create_private_dir(data)
         .map_err(|e| anyhow::anyhow!("cannot create the data folder {}: {e}", data.display()))?;
     let legacy = cfg.state_dir.join(files::DATABASE);
     if legacy.exists() && !db.exists() {
@@ -436,7 +436,7 @@ impl Replica {
                 node.raft.clone(),
                 store,
                 node.version.clone(),
-                crate::observability::prometheus(),
+                service_kit::observability::prometheus(),
             ));
         }
         Ok(Self {

@@ -6,7 +6,6 @@
 //! on disk is useless without the backend's key. Must never be logged, sent
 //! anywhere, or written unsealed; only the public key and fleet id leave.
 
-use std::io::Write as _;
 use std::path::Path;
 
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
@@ -21,6 +20,7 @@ use zeroize::Zeroizing;
 
 use crate::keyprotect::KeyProtector;
 use crate::VaultError;
+use service_kit::files::{write_private, Existing};
 
 /// File name of the secrets inside the state folder.
 pub const SECRETS_FILE: &str = "fleet-secrets.sealed";
@@ -114,7 +114,8 @@ impl FleetSecrets {
             sealed_hex: hex::encode(sealed),
         })
         .map_err(|e| VaultError::Internal(e.to_string()))?;
-        write_private(path, out.as_bytes())
+        write_private(path, out.as_bytes(), Existing::Refuse)?;
+        Ok(())
     }
 
     /// Loads secrets written by [`save`](Self::save), unsealing them with
@@ -212,33 +213,4 @@ impl FleetSecrets {
 
 fn record_aad(fleet_id: &str, account_id: &str, registration_id: &[u8]) -> Vec<u8> {
     protocol_spec::opaque_profile::credential_identifier(fleet_id, account_id, registration_id)
-}
-
-/// Creates `path` with mode 0600 and writes `bytes`; fails if it exists.
-pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), VaultError> {
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
-    }
-    let mut f = opts
-        .open(path)
-        .map_err(|e| VaultError::Internal(format!("cannot create {}: {e}", path.display())))?;
-    f.write_all(bytes)
-        .and_then(|_| f.sync_all())
-        .map_err(|e| VaultError::Internal(format!("cannot write {}: {e}", path.display())))
-}
-
-/// Creates `path` (and missing parents) as an owner-only folder (0700), or
-/// makes an existing one owner-only.
-pub fn create_private_dir(path: &Path) -> std::io::Result<()> {
-    std::fs::create_dir_all(path)?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))?;
-    }
-    Ok(())
 }

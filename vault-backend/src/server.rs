@@ -20,8 +20,8 @@ use protocol_spec::msg::{self, ErrorCode};
 use protocol_spec::stream_io::{read_message, write_message};
 use quinn::crypto::rustls::QuicServerConfig;
 
-use crate::pki::{self, CertAndKey};
 use crate::service::{Outcome, Vault};
+use service_kit::pki::{self, CertAndKey};
 
 /// Builds the mutual-TLS QUIC server config.
 pub fn server_config(
@@ -90,15 +90,8 @@ impl VaultServer {
 
     /// Stops accepting, closes connections, waits for the endpoint to go idle.
     pub async fn shutdown(self) {
-        self.endpoint.close(0u32.into(), b"shutting down");
         self.task.abort();
-        // Close frames are sent; waiting out every peer's draining period
-        // (up to 3 PTOs each) only delays the caller.
-        let _ = tokio::time::timeout(
-            std::time::Duration::from_millis(300),
-            self.endpoint.wait_idle(),
-        )
-        .await;
+        service_kit::quic::close_endpoint(&self.endpoint, 0, b"shutting down").await;
     }
 }
 

@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use service_kit::pki::{self, CertAndKey, Usage};
 use vault_backend::account::{Authorization, StoredAccount, STATE_ACTIVE};
-use vault_backend::pki::{self, CertAndKey, Usage};
 use vault_backend::raft::codec::MAX_VERSION;
 use vault_backend::raft::member::ReplicaNode;
 use vault_backend::raft::node::{bind_peer_endpoint, RaftNode, RaftTuning};

@@ -43,7 +43,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    vault_backend::observability::init_tracing("warn,openraft=off");
+    service_kit::observability::init_tracing("warn,openraft=off");
     let args = Args::parse();
     let stack = LocalStack::start(StackOptions {
         state_dir: Some(args.state_dir.clone()),

@@ -2,7 +2,7 @@
 //!
 //! Both ends present certificates from the cluster CA, and a replica accepts
 //! Raft traffic only from peers whose certificate carries the replica role
-//! name ([`crate::pki::REPLICA_ROLE_NAME`]) — a gateway's certificate, from
+//! name ([`service_kit::pki::REPLICA_ROLE_NAME`]) — a gateway's certificate, from
 //! the same CA, is refused. Each RPC is one bidirectional stream: a
 //! length-prefixed postcard request, then the reply.
 //!
@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 
 use super::member::ReplicaNode;
 use super::{NodeId, Raft, TypeConfig};
-use crate::pki::{self, CertAndKey};
+use service_kit::pki::{self, CertAndKey};
 
 /// ALPN of replica-to-replica links.
 pub const RAFT_ALPN: &[u8] = b"bkv-raft/1";

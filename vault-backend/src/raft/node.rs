@@ -22,7 +22,7 @@ use super::network::{self, Network};
 use super::storage::{self, ActiveVersion, LogStore, StateMachine};
 use super::{codec, Command, NodeId, Proposal, Raft};
 use crate::keyprotect::{AnchorStore, KeyProtector};
-use crate::pki::CertAndKey;
+use service_kit::pki::CertAndKey;
 
 /// Timing and compaction knobs of the Raft group.
 #[derive(Debug, Clone)]
@@ -236,15 +236,8 @@ impl RaftNode {
         self.scrubber.abort();
         self.upgrader.abort();
         let _ = self.raft.shutdown().await;
-        self.endpoint.close(0u32.into(), b"shutting down");
         self.server.abort();
-        // Close frames are sent; waiting out every peer's draining period
-        // (up to 3 PTOs each) only delays the caller.
-        let _ = tokio::time::timeout(
-            std::time::Duration::from_millis(300),
-            self.endpoint.wait_idle(),
-        )
-        .await;
+        service_kit::quic::close_endpoint(&self.endpoint, 0, b"shutting down").await;
     }
 }
 

@@ -1,8 +1,13 @@
 //! Certificates for the local stack and for operators: a cluster CA, server
 //! certificates for vault replicas and the gateway, client certificates for
 //! gateways. Generation uses rcgen; loading uses rustls' PEM parsers.
+//!
+//! Must never: write a private key readable by others, or build a TLS
+//! configuration that accepts anything but TLS 1.3 and the given CA.
 
 use std::path::Path;
+
+use crate::files::Existing;
 
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
@@ -25,6 +30,15 @@ pub enum PkiError {
         /// Why.
         msg: String,
     },
+    /// A certificate or key file could not be written.
+    #[error(transparent)]
+    Write(#[from] crate::files::FileError),
+    /// rustls refused the certificates or keys.
+    #[error("TLS configuration: {0}")]
+    Tls(#[from] rustls::Error),
+    /// The client-certificate verifier could not be built (no CA given).
+    #[error("TLS client verifier: {0}")]
+    Verifier(#[from] rustls::server::VerifierBuilderError),
 }
 
 /// A PEM certificate and its PEM private key.
@@ -64,7 +78,7 @@ pub enum Usage {
 }
 
 /// A root store holding the cluster CA certificate(s) from PEM.
-pub fn root_store(cluster_ca_pem: &str) -> anyhow::Result<rustls::RootCertStore> {
+pub fn root_store(cluster_ca_pem: &str) -> Result<rustls::RootCertStore, PkiError> {
     let mut roots = rustls::RootCertStore::empty();
     for c in certs(cluster_ca_pem)? {
         roots.add(c)?;
@@ -79,7 +93,7 @@ pub fn mtls_server_config(
     identity: &CertAndKey,
     cluster_ca_pem: &str,
     alpn: &[u8],
-) -> anyhow::Result<rustls::ServerConfig> {
+) -> Result<rustls::ServerConfig, PkiError> {
     let provider = crypto_provider();
     let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
         std::sync::Arc::new(root_store(cluster_ca_pem)?),
@@ -101,7 +115,7 @@ pub fn mtls_client_config(
     identity: &CertAndKey,
     cluster_ca_pem: &str,
     alpn: &[u8],
-) -> anyhow::Result<rustls::ClientConfig> {
+) -> Result<rustls::ClientConfig, PkiError> {
     let mut tls = rustls::ClientConfig::builder_with_provider(crypto_provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_root_certificates(root_store(cluster_ca_pem)?)
@@ -160,11 +174,19 @@ pub fn issue(
     })
 }
 
-/// Writes a certificate and key as `<stem>.pem` and `<stem>.key` (key 0600).
-pub fn write(dir: &Path, stem: &str, ck: &CertAndKey) -> Result<(), crate::VaultError> {
-    std::fs::write(dir.join(format!("{stem}.pem")), &ck.cert_pem)
-        .map_err(|e| crate::VaultError::Internal(e.to_string()))?;
-    crate::secrets::write_private(&dir.join(format!("{stem}.key")), ck.key_pem.as_bytes())
+/// Writes a certificate and key as `<stem>.pem` and `<stem>.key` (key
+/// 0600, refused if it exists: a key is made once; the certificate is
+/// public and written after the key).
+pub fn write(dir: &Path, stem: &str, ck: &CertAndKey) -> Result<(), PkiError> {
+    let cert = dir.join(format!("{stem}.pem"));
+    let key = dir.join(format!("{stem}.key"));
+    crate::files::write_private(&key, ck.key_pem.as_bytes(), Existing::Refuse)?;
+    std::fs::write(&cert, &ck.cert_pem).map_err(|source| crate::files::FileError {
+        op: "write",
+        path: cert,
+        source,
+    })?;
+    Ok(())
 }
 
 /// Reads `<stem>.pem` and `<stem>.key`.
