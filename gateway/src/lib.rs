@@ -7,7 +7,6 @@
 
 pub mod config;
 pub mod keys;
-pub mod local_stack;
 pub mod server;
 pub mod udp;
 pub mod vault_client;

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use client::{ClientProfile, DeviceIdentity};
-use gateway::local_stack::{LocalStack, StackOptions};
+use testing::local_stack::{LocalStack, StackOptions};
 
 /// A gateway to drive and the means to enroll phones for it.
 pub struct Target {

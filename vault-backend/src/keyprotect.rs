@@ -712,7 +712,8 @@ mod tests {
         // The newest slot torn half-way: the one before it is read.
         let path = dir.path().join("a.anchor");
         let mut bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{e}"));
-        let newest = 3 % 2 * ANCHOR_SLOT;
+        // Three writes, sequence numbers 1..=3: the third went to slot 3 % 2.
+        let newest = ANCHOR_SLOT;
         bytes[newest + 20] ^= 0xff;
         std::fs::write(&path, &bytes).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(open().read().ok().flatten(), Some(b"two".to_vec()));

@@ -12,7 +12,7 @@ use client::{
     backups, BackupKey, BackupSettings, BackupStore, ClientError, GatewayConnection, Protection,
     VaultClient,
 };
-use gateway::local_stack::{LocalStack, StackOptions, PROFILE_FILE};
+use testing::local_stack::{LocalStack, StackOptions, PROFILE_FILE};
 
 struct World {
     stack: LocalStack,
@@ -49,7 +49,7 @@ impl World {
     }
 
     async fn cli(&self, phone: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
-        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_backup-client"));
+        let mut cmd = tokio::process::Command::new(testing::bins::backup_client());
         cmd.arg("--profile")
             .arg(self.stack.dir.join(PROFILE_FILE))
             .arg("--device")

@@ -8,11 +8,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use client::{BackupKey, ClientError, GatewayConnection, Status, VaultClient};
-use gateway::local_stack::{LocalStack, StackOptions};
-use opaque_ke::ClientLogin;
-use protocol_spec::msg::{self, request::Kind as Req, response::Kind as Resp, ErrorCode};
-use protocol_spec::opaque_profile::{cheap_ksf_for_load_tests, Suite};
-use rand::rngs::OsRng;
+use protocol_spec::msg::{self, response::Kind as Resp, ErrorCode};
+use protocol_spec::opaque_profile::cheap_ksf_for_load_tests;
+use testing::helpers::{
+    connect, login_start, recover_eventually, register, register_eventually, vault,
+};
+use testing::local_stack::{LocalStack, StackOptions};
 use vault_backend::config::RaftSettings;
 
 const CLUSTER: usize = 0;
@@ -21,66 +22,11 @@ async fn stack(max_attempts: u32, raft: RaftSettings) -> LocalStack {
     LocalStack::start(StackOptions {
         max_attempts,
         raft,
-        replica_binary: Some(env!("CARGO_BIN_EXE_vault-backend").into()),
+        replica_binary: Some(testing::bins::vault_backend()),
         ..Default::default()
     })
     .await
     .unwrap()
-}
-
-async fn connect(stack: &LocalStack, account: &str) -> GatewayConnection {
-    let dev = stack.enroll_device(account).unwrap();
-    GatewayConnection::connect(&stack.profile, &dev)
-        .await
-        .unwrap()
-}
-
-fn vault<'c>(conn: &'c GatewayConnection, stack: &LocalStack) -> VaultClient<'c> {
-    VaultClient::new(conn, &stack.profile)
-        .unwrap()
-        .with_ksf(cheap_ksf_for_load_tests())
-}
-
-/// Registers, retrying while the cluster is unavailable; returns whether
-/// the registration was acknowledged.
-async fn register(stack: &LocalStack, account: &str, pw: &[u8], key: &BackupKey) -> bool {
-    let conn = connect(stack, account).await;
-    let out = vault(&conn, stack).register(pw, key, false).await;
-    conn.close().await;
-    match out {
-        Ok(_) => true,
-        Err(ClientError::Unavailable(_)) => false,
-        Err(e) => panic!("registration failed with {e:?}"),
-    }
-}
-
-/// Recovers with the right password, retrying (bounded) while the cluster
-/// answers the typed "unavailable, retry"; any other error fails the test.
-async fn recover_eventually(
-    conn: &GatewayConnection,
-    stack: &LocalStack,
-    pw: &[u8],
-) -> Option<BackupKey> {
-    for _ in 0..25 {
-        match vault(conn, stack).recover(pw).await {
-            Ok(k) => return Some(k),
-            Err(ClientError::Unavailable(_)) => {
-                tokio::time::sleep(Duration::from_millis(200)).await
-            }
-            Err(e) => panic!("{e:?}"),
-        }
-    }
-    None
-}
-
-fn login_start() -> msg::Request {
-    let start = ClientLogin::<Suite>::start(&mut OsRng, b"a wrong guess").unwrap();
-    msg::Request {
-        kind: Some(Req::LoginStart(msg::LoginStartRequest {
-            credential_request: start.message.serialize().to_vec(),
-            purpose: msg::LoginPurpose::Recover as i32,
-        })),
-    }
 }
 
 async fn kill_leader(stack: &mut LocalStack) -> usize {
@@ -259,7 +205,7 @@ async fn two_of_five_down_serves_three_down_refuses_without_answering_a_login() 
     let third = (0..5).find(|&i| i != leader && i != follower).unwrap();
     stack.stop_replica(CLUSTER, third).await;
     for _ in 0..3 {
-        let resp = conn.request(&login_start()).await;
+        let resp = conn.request(&login_start(b"a wrong guess")).await;
         match resp {
             Ok(msg::Response {
                 kind: Some(Resp::Error(e)),
@@ -305,7 +251,7 @@ async fn history_check_no_registration_yields_more_evaluations_than_the_limit() 
             attackers.push(tokio::spawn(async move {
                 let (mut evaluations, mut refused) = (0u32, 0u32);
                 while !stop.load(Ordering::Relaxed) {
-                    match conn.request(&login_start()).await {
+                    match conn.request(&login_start(b"a wrong guess")).await {
                         Ok(msg::Response {
                             kind: Some(Resp::LoginStart(_)),
                         }) => evaluations += 1,
@@ -481,17 +427,6 @@ impl LoginLoop {
     }
 }
 
-/// Registers, retrying (bounded) while the cluster is unavailable.
-async fn register_eventually(stack: &LocalStack, account: &str, pw: &[u8], key: &BackupKey) {
-    for _ in 0..50 {
-        if register(stack, account, pw, key).await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    panic!("{account}: registration never acknowledged");
-}
-
 /// Waits until replica `i` runs, has compacted (a snapshot, a purged log),
 /// and has applied the leader's whole log; fails with its log if the
 /// process exited instead.
@@ -585,7 +520,7 @@ async fn every_replica_restarts_after_snapshot_and_purge_with_sigterm_and_sigkil
     register_eventually(&stack, "victim", b"right", &BackupKey::generate()).await;
     let conn = connect(&stack, "victim").await;
     for _ in 0..3 {
-        let _ = conn.request(&login_start()).await.unwrap();
+        let _ = conn.request(&login_start(b"a wrong guess")).await.unwrap();
     }
     conn.close().await;
     let logins = LoginLoop::start(&stack, "owner", b"right", key).await;

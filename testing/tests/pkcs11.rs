@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use client::{BackupKey, GatewayConnection, VaultClient};
-use gateway::local_stack::{LocalStack, StackOptions};
 use protocol_spec::opaque_profile::cheap_ksf_for_load_tests;
+use testing::local_stack::{LocalStack, StackOptions};
 use vault_backend::config::files;
 use vault_backend::keyprotect::{KeyProtection, Pkcs11Key};
 use vault_backend::secrets::FleetSecrets;

@@ -13,11 +13,10 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use client::{BackupKey, ClientError, GatewayConnection, Status, VaultClient};
-use gateway::local_stack::{LocalStack, StackOptions};
-use opaque_ke::ClientLogin;
-use protocol_spec::msg::{self, request::Kind as Req, response::Kind as Resp, ErrorCode};
-use protocol_spec::opaque_profile::{cheap_ksf_for_load_tests, Suite};
-use rand::rngs::OsRng;
+use protocol_spec::msg::{self, response::Kind as Resp, ErrorCode};
+use protocol_spec::opaque_profile::cheap_ksf_for_load_tests;
+use testing::helpers::{connect, login_start};
+use testing::local_stack::{LocalStack, StackOptions};
 use vault_backend::keyprotect::KeyProtection;
 
 const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
@@ -70,7 +69,7 @@ fn tokens() -> tempfile::TempDir {
 async fn start_stack(name: &str) -> LocalStack {
     LocalStack::start(StackOptions {
         max_attempts: LIMIT,
-        replica_binary: Some(env!("CARGO_BIN_EXE_vault-backend").into()),
+        replica_binary: Some(testing::bins::vault_backend()),
         key_protection: KeyProtection::Pkcs11 {
             module: MODULE.into(),
             token_label: format!("bkv-{name}-{{id}}"),
@@ -122,27 +121,10 @@ async fn snapshot_data(stack: &mut LocalStack, i: usize, to: &Path) {
     wait_caught_up(stack).await;
 }
 
-async fn connect(stack: &LocalStack, account: &str) -> GatewayConnection {
-    let dev = stack.enroll_device(account).unwrap();
-    GatewayConnection::connect(&stack.profile, &dev)
-        .await
-        .unwrap()
-}
-
-fn wrong_guess() -> msg::Request {
-    let start = ClientLogin::<Suite>::start(&mut OsRng, b"a wrong guess").unwrap();
-    msg::Request {
-        kind: Some(Req::LoginStart(msg::LoginStartRequest {
-            credential_request: start.message.serialize().to_vec(),
-            purpose: msg::LoginPurpose::Recover as i32,
-        })),
-    }
-}
-
 /// One login start: `Some(attempts_left)` if the vault evaluated the OPRF,
 /// `None` if it refused as unavailable.
 async fn guess(conn: &GatewayConnection) -> Option<u32> {
-    match conn.request(&wrong_guess()).await {
+    match conn.request(&login_start(b"a wrong guess")).await {
         Ok(msg::Response {
             kind: Some(Resp::LoginStart(s)),
         }) => Some(s.attempts_left),

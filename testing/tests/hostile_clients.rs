@@ -6,7 +6,6 @@
 use std::time::Duration;
 
 use client::{BackupKey, ClientError, DeviceIdentity, GatewayConnection, Status, VaultClient};
-use gateway::local_stack::{LocalStack, StackOptions};
 use opaque_ke::ClientLogin;
 use protocol_spec::msg::{
     self, request::Kind as Req, response::Kind as Resp, ErrorCode, LoginPurpose,
@@ -15,6 +14,7 @@ use protocol_spec::opaque_profile::Suite;
 use protocol_spec::stream_io::read_message;
 use protocol_spec::CloseCode;
 use rand::rngs::OsRng;
+use testing::local_stack::{LocalStack, StackOptions};
 
 async fn stack() -> LocalStack {
     LocalStack::start(StackOptions::default())

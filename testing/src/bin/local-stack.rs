@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use clap::Parser;
 use client::{BackupKey, BackupStore, ClientError, GatewayConnection, VaultClient};
-use gateway::local_stack::{LocalStack, StackOptions, PROFILE_FILE};
+use testing::local_stack::{LocalStack, StackOptions, PROFILE_FILE};
 
 #[derive(Parser)]
 #[command(

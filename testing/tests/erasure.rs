@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use client::{BackupKey, ClientError, GatewayConnection, VaultClient};
-use gateway::local_stack::{LocalStack, StackOptions};
 use protocol_spec::opaque_profile::cheap_ksf_for_load_tests;
+use testing::local_stack::{LocalStack, StackOptions};
 
 fn files_under(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();

@@ -1,8 +1,9 @@
-//! The whole stack on loopback in one process: one or more vault clusters
-//! (5 replicas each by default, real Raft over real QUIC sockets and real
-//! redb files) and a gateway, with every key and certificate generated into
-//! a state folder on first use. Used by the `local-stack` command and, as the
-//! shared harness, by the integration tests of every crate.
+//! The whole stack on loopback: one or more vault clusters (5 replicas each
+//! by default, real Raft over real QUIC sockets and real redb files, in this
+//! process or as `vault-backend run` child processes) and a gateway, with
+//! every key and certificate generated into a state folder on first use.
+//! Used by the `local-stack` command, the load generator's `--embedded`
+//! mode, and the whole-system tests of this crate.
 //!
 //! Must never: listen beyond loopback, or share one database between
 //! replicas.
@@ -18,9 +19,9 @@ use vault_backend::config::{files as vfiles, Member, RaftSettings, VaultConfig};
 use vault_backend::keyprotect::KeyProtection;
 use vault_backend::replica::{self, layout, BoundSockets, FleetMaterial, FleetPublic, Replica};
 
-use crate::keys::{self, GatewayKeys};
-use crate::server::Gateway;
-use crate::vault_client::ClusterConfig;
+use gateway::keys::{self, GatewayKeys};
+use gateway::server::Gateway;
+use gateway::vault_client::ClusterConfig;
 
 /// How to start a stack.
 #[derive(Debug, Clone)]
@@ -356,7 +357,7 @@ impl LocalStack {
 
     /// Index of the cluster the gateway places `account_id` on.
     pub fn cluster_of(&self, account_id: &str) -> usize {
-        crate::vault_client::place(account_id, self.clusters.iter().map(|c| c.name.as_str()))
+        gateway::vault_client::place(account_id, self.clusters.iter().map(|c| c.name.as_str()))
     }
 
     /// Each running replica's view of cluster `k` (`None`: stopped or not

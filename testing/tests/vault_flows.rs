@@ -6,24 +6,18 @@ use std::time::Duration;
 
 use client::connection::ConnectOptions;
 use client::{BackupKey, ClientError, GatewayConnection, Status, VaultClient};
-use gateway::local_stack::{LocalStack, StackOptions};
 use opaque_ke::{ClientLogin, ClientLoginFinishParameters, CredentialResponse};
 use protocol_spec::msg::{self, request::Kind as Req, response::Kind as Resp, LoginPurpose};
 use protocol_spec::opaque_profile::{self as op, Suite};
 use rand::rngs::OsRng;
+use testing::helpers::connect;
+use testing::local_stack::{LocalStack, StackOptions};
 use vault_backend::replica::FleetPublic;
 
 async fn stack() -> LocalStack {
     LocalStack::start(StackOptions::default())
         .await
         .expect("stack starts")
-}
-
-async fn connect(stack: &LocalStack, account: &str) -> GatewayConnection {
-    let dev = stack.enroll_device(account).expect("enroll");
-    GatewayConnection::connect(&stack.profile, &dev)
-        .await
-        .expect("connect")
 }
 
 #[tokio::test]

@@ -1,0 +1,67 @@
+//! Finding the other packages' binaries (`vault-backend`, `backup-client`)
+//! for the multi-process tests, as multi-process test crates do: cargo puts
+//! every binary of the workspace in the target folder of the profile, next
+//! to the `deps/` folder that holds this test executable.
+//!
+//! `cargo test --workspace` (the README's test command) builds those
+//! binaries in the same invocation, so they are current. Run alone
+//! (`cargo test -p testing`), a missing binary is built once with the same
+//! profile before the first test uses it.
+//!
+//! Must never: pick a binary from another profile or another target folder
+//! (a stale build would test code that is not in the tree).
+
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+/// The `vault-backend` binary (a vault replica, `vault-backend run`).
+pub fn vault_backend() -> PathBuf {
+    binary("vault-backend", "vault-backend")
+}
+
+/// The phone's command-line client, `backup-client`.
+pub fn backup_client() -> PathBuf {
+    binary("client", "backup-client")
+}
+
+static BUILD: Mutex<()> = Mutex::new(());
+
+/// The binary `name` of workspace package `package`, built if missing.
+///
+/// # Panics
+///
+/// If the binary is missing and cannot be built: a test cannot run
+/// without it, and the message says what to run.
+pub fn binary(package: &str, name: &str) -> PathBuf {
+    let dir = profile_dir();
+    let path = dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+    let _one_build_at_a_time = BUILD.lock().unwrap_or_else(|p| p.into_inner());
+    if path.exists() {
+        return path;
+    }
+    let release = dir.file_name().is_some_and(|n| n == "release");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = std::process::Command::new(cargo);
+    cmd.args(["build", "--quiet", "-p", package, "--bin", name]);
+    if release {
+        cmd.arg("--release");
+    }
+    let ok = cmd.status().is_ok_and(|s| s.success());
+    assert!(
+        ok && path.exists(),
+        "{} is missing and `cargo build -p {package} --bin {name}` did not make it; \
+         build it (or run `cargo test --workspace`) and run the test again",
+        path.display()
+    );
+    path
+}
+
+/// `target/<profile>/`: the folder above this executable's `deps/`.
+fn profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test executable has a path");
+    let mut dir = exe.parent().expect("in a folder").to_path_buf();
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir.pop();
+    }
+    dir
+}

@@ -1,0 +1,112 @@
+//! What the whole-system tests share: connecting a phone, the vault client
+//! with the cheap test KSF, and retry loops for while a cluster elects.
+//!
+//! Must never: hide a failure the test is about: every loop retries only
+//! the typed "unavailable, retry" answer, is bounded, and panics on any
+//! other error.
+
+use std::time::Duration;
+
+use client::{BackupKey, ClientError, GatewayConnection, VaultClient};
+use opaque_ke::ClientLogin;
+use protocol_spec::msg::{self, request::Kind as Req};
+use protocol_spec::opaque_profile::{cheap_ksf_for_load_tests, Suite};
+use rand::rngs::OsRng;
+
+use crate::local_stack::LocalStack;
+
+/// A phone of `account`: a freshly enrolled device, connected and
+/// authenticated (QUIC + Noise) to the stack's gateway.
+///
+/// # Panics
+///
+/// If enrolment or the connection fails.
+pub async fn connect(stack: &LocalStack, account: &str) -> GatewayConnection {
+    let dev = stack.enroll_device(account).expect("enroll a device");
+    GatewayConnection::connect(&stack.profile, &dev)
+        .await
+        .expect("connect to the gateway")
+}
+
+/// The vault client of `conn` with the cheap KSF of the load tests (the
+/// vault's work is unchanged; Argon2id would cost each call ~21 ms).
+///
+/// # Panics
+///
+/// If the stack's profile is unusable.
+pub fn vault<'c>(conn: &'c GatewayConnection, stack: &LocalStack) -> VaultClient<'c> {
+    VaultClient::new(conn, &stack.profile)
+        .expect("a vault client from the stack's profile")
+        .with_ksf(cheap_ksf_for_load_tests())
+}
+
+/// A raw OPAQUE `LoginStart` request (purpose recover) for `password`: one
+/// guess when the vault counts it.
+///
+/// # Panics
+///
+/// Never in practice (OPAQUE's client start only fails on RNG failure).
+pub fn login_start(password: &[u8]) -> msg::Request {
+    let start = ClientLogin::<Suite>::start(&mut OsRng, password).expect("OPAQUE login start");
+    msg::Request {
+        kind: Some(Req::LoginStart(msg::LoginStartRequest {
+            credential_request: start.message.serialize().to_vec(),
+            purpose: msg::LoginPurpose::Recover as i32,
+        })),
+    }
+}
+
+/// Registers once on a new connection; whether it was acknowledged
+/// (`false`: the cluster answered "unavailable").
+///
+/// # Panics
+///
+/// On any other error.
+pub async fn register(stack: &LocalStack, account: &str, pw: &[u8], key: &BackupKey) -> bool {
+    let conn = connect(stack, account).await;
+    let out = vault(&conn, stack).register(pw, key, false).await;
+    conn.close().await;
+    match out {
+        Ok(_) => true,
+        Err(ClientError::Unavailable(_)) => false,
+        Err(e) => panic!("registration failed with {e:?}"),
+    }
+}
+
+/// Registers, retrying (bounded: 10 s) while the cluster is unavailable.
+///
+/// # Panics
+///
+/// If it is not acknowledged within the bound, or fails otherwise.
+pub async fn register_eventually(stack: &LocalStack, account: &str, pw: &[u8], key: &BackupKey) {
+    for _ in 0..50 {
+        if register(stack, account, pw, key).await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("registering {account} stayed unavailable for 10 s");
+}
+
+/// Recovers with the right password, retrying (bounded: 25 tries, 200 ms
+/// apart) while the cluster answers the typed "unavailable, retry".
+///
+/// # Panics
+///
+/// On any other error.
+pub async fn recover_eventually(
+    conn: &GatewayConnection,
+    stack: &LocalStack,
+    pw: &[u8],
+) -> Option<BackupKey> {
+    for _ in 0..25 {
+        match vault(conn, stack).recover(pw).await {
+            Ok(k) => return Some(k),
+            Err(ClientError::Unavailable(_)) => {
+                tokio::time::sleep(Duration::from_millis(200)).await
+            }
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+    None
+}
