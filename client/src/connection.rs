@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use protocol_spec::handshake::{Initiator, InitiatorStep};
+use protocol_spec::limits::CLIENT_REQUEST_TIMEOUT;
 use protocol_spec::msg;
 use protocol_spec::noise::{self, EXPORTER_LEN};
 use protocol_spec::stream_io::{read_frame, read_message, write_frame, write_message};
@@ -220,7 +221,15 @@ impl GatewayConnection {
     /// Sends one request on its own stream and waits for the response.
     pub async fn request(&self, req: &msg::Request) -> Result<msg::Response, ClientError> {
         let started = Instant::now();
-        let out = self.exchange(req).await;
+        // The outermost budget (`limits`): the gateway and the vault give up
+        // earlier and say so, so running out here means the gateway itself
+        // did not answer.
+        let out = match tokio::time::timeout(CLIENT_REQUEST_TIMEOUT, self.exchange(req)).await {
+            Ok(out) => out,
+            Err(_) => Err(ClientError::Unavailable(
+                "the gateway did not answer in time; retry in a moment".into(),
+            )),
+        };
         if let Some(o) = &self.observer {
             o(request_kind(req), started.elapsed());
         }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use protocol_spec::credential::CredentialVerifier;
 use protocol_spec::framing;
 use protocol_spec::handshake::{AuthenticatedDevice, Responder, ResponderStep};
-use protocol_spec::limits::{HANDSHAKE_TIMEOUT, MAX_CONCURRENT_REQUESTS, REQUEST_TIMEOUT};
+use protocol_spec::limits::{HANDSHAKE_TIMEOUT, MAX_CONCURRENT_REQUESTS, RELAY_TIMEOUT};
 use protocol_spec::msg::{self, ErrorCode};
 use protocol_spec::noise::{self, EXPORTER_LEN};
 use protocol_spec::stream_io::{read_frame, write_frame, write_message, StreamError};
@@ -167,8 +167,7 @@ async fn serve_connection(shared: Arc<Shared>, conn: quinn::Connection) {
         let conn2 = conn.clone();
         let account = account.clone();
         tokio::spawn(async move {
-            match tokio::time::timeout(REQUEST_TIMEOUT, relay(&shared, &account, send, recv)).await
-            {
+            match tokio::time::timeout(RELAY_TIMEOUT, relay(&shared, &account, send, recv)).await {
                 Ok(Ok(())) => {}
                 Ok(Err(code)) => close(&conn2, code),
                 Err(_) => {}

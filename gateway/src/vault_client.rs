@@ -20,8 +20,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use protocol_spec::internal::{vault_response, MembersQuery, VaultRequest, VaultResponse};
-use protocol_spec::limits::REQUEST_TIMEOUT;
-use protocol_spec::msg::{self, request::Kind, ErrorCode};
+use protocol_spec::limits::VAULT_CALL_DEADLINE;
+
+use crate::retry::{self, Decision, Failure, GaveUp, Retry};
+use protocol_spec::msg::{self, ErrorCode};
 use protocol_spec::stream_io::{read_message, write_message};
 use quinn::crypto::rustls::QuicClientConfig;
 use serde::{Deserialize, Serialize};
@@ -378,100 +380,105 @@ impl ClusterLink {
         }
     }
 
-    /// Relays one request to this cluster's leader.
+    /// The phone's `UNAVAILABLE` for a call that gave up (counted by
+    /// reason; the replica details were logged as they happened).
+    fn gave_up(&self, why: GaveUp) -> msg::Response {
+        metrics::counter!("gateway_vault_gave_up_total", "reason" => why.label()).increment(1);
+        unavailable(why.reason())
+    }
+
+    /// Logs once that a replica named a leader outside this cluster's
+    /// membership; later ones are only counted.
+    fn warn_redirect_ignored(&self, target: SocketAddr, named: Option<SocketAddr>) {
+        metrics::counter!("gateway_vault_redirects_ignored_total").increment(1);
+        if !self.warned_redirect.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                cluster = %self.config.name,
+                replica = %target,
+                named = ?named,
+                "a replica named a leader that is not a member of this cluster; \
+                 ignored (check the replicas' `serve` addresses against the gateway's `vault_clusters`; \
+                 further ones are counted in gateway_vault_redirects_ignored_total)"
+            );
+        }
+    }
+
+    /// Relays one request to this cluster's leader, following redirects
+    /// and retrying as [`Retry`] decides, within [`VAULT_CALL_DEADLINE`].
     pub async fn call(&self, account_id: &str, request: msg::Request) -> msg::Response {
-        // Requests that change nothing may be re-sent after an unknown outcome.
-        let idempotent = matches!(
-            request.kind,
-            Some(Kind::Status(_)) | Some(Kind::RegisterStart(_))
-        );
+        let idempotent = retry::is_idempotent(request.kind.as_ref());
         let req = VaultRequest {
             account_id: account_id.to_owned(),
             request: Some(request),
             members: None,
         };
         let started = Instant::now();
-        let deadline = started + REQUEST_TIMEOUT;
-        let mut target = self.cached_leader().unwrap_or_else(|| self.next_replica());
-        let mut backoff = Duration::from_millis(25);
-        let mut last_error = String::from("no replica answered");
         let n = self.replicas().len().max(self.config.replicas.len());
-        // Enough for a few rounds over the replicas through an election.
-        let mut tries_left = 4 * n + 4;
-        // A dead cluster is reported after one round of failed connects.
-        let mut unreachable_left = n + 1;
+        let mut policy = Retry::new(started, VAULT_CALL_DEADLINE, n, idempotent);
+        let mut target = self.cached_leader().unwrap_or_else(|| self.next_replica());
         let out = loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() || tries_left == 0 {
-                break unavailable(&last_error);
-            }
-            tries_left -= 1;
-            let attempt = match tokio::time::timeout(left, self.attempt(target, &req)).await {
-                Ok(a) => a,
-                Err(_) => Attempt::Lost("timed out waiting for the vault".into()),
+            let left = match policy.next_attempt(Instant::now()) {
+                Ok(left) => left,
+                Err(gave_up) => break self.gave_up(gave_up),
             };
-            match attempt {
-                Attempt::Answer(r) => {
+            let attempt = tokio::time::timeout(left, self.attempt(target, &req)).await;
+            let decision = match attempt {
+                Ok(Attempt::Answer(r)) => {
                     self.set_leader(Some(target));
                     break r;
                 }
-                Attempt::NotLeader(named) => {
+                Ok(Attempt::NotLeader(named)) => {
                     // A leader the link does not know yet may have joined.
                     if named.is_some_and(|n| !self.is_member(n)) {
                         self.learn_members(target).await;
                     }
-                    if let Some(leader) = redirect(|a| self.is_member(a), target, named) {
-                        self.set_leader(Some(leader));
-                        target = leader;
-                        continue;
-                    }
-                    if named.is_some_and(|n| n != target) {
-                        metrics::counter!("gateway_vault_redirects_ignored_total").increment(1);
-                        if !self.warned_redirect.swap(true, Ordering::Relaxed) {
-                            tracing::warn!(
-                                cluster = %self.config.name,
-                                replica = %target,
-                                named = ?named,
-                                "a replica named a leader that is not a member of this cluster; \
-                                 ignored (check the replicas' `serve` addresses against the gateway's `vault_clusters`; \
-                                 further ones are counted in gateway_vault_redirects_ignored_total)"
-                            );
+                    let redirect = redirect(|a| self.is_member(a), target, named);
+                    if redirect.is_none() {
+                        if named.is_some_and(|n| n != target) {
+                            self.warn_redirect_ignored(target, named);
                         }
+                        self.set_leader(None);
                     }
-                    // Election under way: wait a little, then ask another.
-                    last_error = "the vault cluster is electing a leader".into();
-                    self.set_leader(None);
+                    policy.failed(Failure::NotLeader { redirect }, Instant::now())
                 }
-                Attempt::NotSent(e) => {
+                Ok(Attempt::NotSent(e)) => {
                     tracing::debug!(replica = %target, error = %e, "vault replica unreachable");
-                    unreachable_left = unreachable_left.saturating_sub(1);
-                    if unreachable_left == 0 {
-                        break unavailable(&format!("no replica reachable; last: {e}"));
-                    }
-                    last_error = format!("replica {target} unreachable: {e}");
                     if self.cached_leader() == Some(target) {
                         self.set_leader(None);
                     }
+                    policy.failed(Failure::NotSent(e), Instant::now())
                 }
-                Attempt::Refused(e) => {
+                Ok(Attempt::Refused(e)) => {
                     tracing::error!(error = %e, "vault refused the gateway's certificate");
-                    break unavailable(&e);
+                    policy.failed(Failure::Refused(e), Instant::now())
                 }
-                Attempt::Lost(e) if idempotent => {
-                    last_error = format!("replica {target}: {e}");
+                Ok(Attempt::Lost(e)) => {
                     self.set_leader(None);
+                    if !idempotent {
+                        tracing::warn!(error = %e, "vault link lost after sending; not retried");
+                    }
+                    policy.failed(
+                        Failure::Lost(format!("replica {target}: {e}")),
+                        Instant::now(),
+                    )
                 }
-                Attempt::Lost(e) => {
-                    tracing::warn!(error = %e, "vault link lost after sending; not retried");
+                Err(_) => {
                     self.set_leader(None);
-                    break unavailable(&e);
+                    policy.timed_out(Instant::now())
                 }
+            };
+            match decision {
+                Decision::Redirect(leader) => {
+                    self.set_leader(Some(leader));
+                    target = leader;
+                }
+                Decision::Retry { after } => {
+                    metrics::counter!("gateway_vault_retries_total").increment(1);
+                    tokio::time::sleep(after).await;
+                    target = self.next_replica();
+                }
+                Decision::GiveUp(gave_up) => break self.gave_up(gave_up),
             }
-            metrics::counter!("gateway_vault_retries_total").increment(1);
-            tokio::time::sleep(backoff.min(deadline.saturating_duration_since(Instant::now())))
-                .await;
-            backoff = (backoff * 2).min(Duration::from_millis(400));
-            target = self.next_replica();
         };
         metrics::histogram!("gateway_vault_request_seconds")
             .record(started.elapsed().as_secs_f64());

@@ -420,3 +420,55 @@ async fn accounts_are_sharded_across_two_clusters_by_rendezvous_hashing() {
     assert_eq!(a, b);
     stack.shutdown().await;
 }
+
+/// The timeouts nest (`protocol_spec::limits`): a cluster that cannot
+/// commit, or has no leader, answers the phone a typed `UNAVAILABLE` with
+/// `retry_after_ms` before any outer timer drops the stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vault_that_cannot_commit_answers_unavailable_with_a_retry_hint() {
+    let mut stack = stack().await;
+    let conn = connect(&stack, "nest").await;
+    VaultClient::new(&conn, &stack.profile)
+        .unwrap()
+        .with_ksf(op::cheap_ksf_for_load_tests())
+        .register(b"pw", &BackupKey::generate(), false)
+        .await
+        .unwrap();
+    let leader = stack
+        .wait_for_leader(0, Duration::from_secs(20))
+        .await
+        .unwrap();
+    let expect_unavailable = |r: Result<msg::Response, ClientError>, what: &str| match r {
+        Ok(msg::Response {
+            kind: Some(Resp::Error(e)),
+        }) => {
+            assert_eq!(e.code(), msg::ErrorCode::Unavailable, "{what}: {e:?}");
+            assert!(e.retry_after_ms > 0, "{what}: no retry hint in {e:?}");
+            assert!(
+                !e.message.contains("127.0.0.1"),
+                "{what}: an internal address reached the phone: {}",
+                e.message
+            );
+        }
+        other => panic!("{what}: the phone got {other:?}, not a typed UNAVAILABLE"),
+    };
+
+    // The leader and one follower stay: the leader cannot commit the guess.
+    let followers: Vec<usize> = (0..5).filter(|&i| i != leader).collect();
+    for &i in &followers[..3] {
+        stack.stop_replica(0, i).await;
+    }
+    let started = std::time::Instant::now();
+    expect_unavailable(conn.request(&login_start_request()).await, "no majority");
+    let took = started.elapsed();
+    assert!(
+        took < protocol_spec::limits::VAULT_CALL_DEADLINE,
+        "answered after {took:?}"
+    );
+
+    // And without a leader at all: the gateway's own deadline answers.
+    stack.stop_replica(0, leader).await;
+    expect_unavailable(conn.request(&login_start_request()).await, "no leader");
+    conn.close().await;
+    stack.shutdown().await;
+}

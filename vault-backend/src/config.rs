@@ -98,7 +98,10 @@ pub struct RaftSettings {
     /// Default 5000.
     pub snapshot_every: u64,
     /// How long a request waits for its change to commit before answering
-    /// "unavailable" (no majority reachable). Default 3000 ms.
+    /// "unavailable" (no majority reachable). Default 3000 ms; at most
+    /// `limits::MAX_COMMIT_TIMEOUT` (7 s), so that two commits fit inside
+    /// the replica's per-request budget and the typed answer reaches the
+    /// gateway before its deadline.
     pub commit_timeout_ms: u64,
     /// Lockouts and deletes arriving within this share one scrub pass
     /// (snapshot, log purge, free-page overwrite); an erased record is gone
@@ -146,6 +149,20 @@ impl RaftSettings {
     pub fn commit_timeout(&self) -> Duration {
         Duration::from_millis(self.commit_timeout_ms)
     }
+
+    /// Refuses settings that break the nesting of timeouts.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let max = protocol_spec::limits::MAX_COMMIT_TIMEOUT;
+        anyhow::ensure!(
+            self.commit_timeout_ms > 0 && self.commit_timeout() <= max,
+            "raft.commit_timeout_ms = {} is outside 1..={}: a commit must fit twice in the \
+             replica's {} s request budget; lower it",
+            self.commit_timeout_ms,
+            max.as_millis(),
+            protocol_spec::limits::VAULT_REQUEST_TIMEOUT.as_secs()
+        );
+        Ok(())
+    }
 }
 
 impl Default for VaultConfig {
@@ -180,6 +197,9 @@ impl VaultConfig {
                 cfg.state_dir = parent.join(&cfg.state_dir);
             }
         }
+        cfg.raft
+            .validate()
+            .map_err(|e| anyhow::anyhow!("invalid config {}: {e}", path.display()))?;
         Ok(cfg)
     }
 
@@ -262,4 +282,29 @@ pub mod files {
     pub const FLEET_PUBLIC: &str = "fleet-public.toml";
     /// A replica's config inside its folder, as `init-cluster` writes it.
     pub const CONFIG: &str = "replica.toml";
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RaftSettings;
+
+    #[test]
+    fn a_commit_timeout_that_breaks_the_nesting_is_refused() {
+        let ok = RaftSettings::default();
+        assert!(ok.validate().is_ok());
+        let max = protocol_spec::limits::MAX_COMMIT_TIMEOUT.as_millis() as u64;
+        for bad in [0, max + 1, 30_000] {
+            let s = RaftSettings {
+                commit_timeout_ms: bad,
+                ..Default::default()
+            };
+            let err = s.validate().unwrap_err().to_string();
+            assert!(err.contains("raft.commit_timeout_ms"), "{err}");
+        }
+        let edge = RaftSettings {
+            commit_timeout_ms: max,
+            ..Default::default()
+        };
+        assert!(edge.validate().is_ok());
+    }
 }

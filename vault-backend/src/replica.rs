@@ -364,6 +364,7 @@ impl Replica {
 
     /// As [`Replica::start`] on sockets the caller bound.
     pub async fn start_on(cfg: &VaultConfig, sockets: BoundSockets) -> anyhow::Result<Self> {
+        cfg.raft.validate()?;
         let dir = &cfg.state_dir;
         if cfg.max_attempts == 0 {
             anyhow::bail!("max_attempts must be at least 1");

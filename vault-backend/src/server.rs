@@ -15,7 +15,7 @@ use protocol_spec::framing;
 use protocol_spec::internal::{
     vault_response, ClusterMember, ClusterMembers, NotLeader, VaultRequest, VaultResponse,
 };
-use protocol_spec::limits::REQUEST_TIMEOUT;
+use protocol_spec::limits::VAULT_REQUEST_TIMEOUT;
 use protocol_spec::msg::{self, ErrorCode};
 use protocol_spec::stream_io::{read_message, write_message};
 use quinn::crypto::rustls::QuicServerConfig;
@@ -103,20 +103,37 @@ async fn serve_connection(vault: Arc<Vault>, conn: quinn::Connection) {
         };
         let vault = vault.clone();
         tokio::spawn(async move {
+            let started = tokio::time::Instant::now();
+            let deadline = started + VAULT_REQUEST_TIMEOUT;
             let work = async {
-                let response = match read_message::<VaultRequest, _>(&mut recv).await {
+                match read_message::<VaultRequest, _>(&mut recv).await {
                     Ok(req) => handle(&vault, req).await,
                     Err(e) => reply(msg::Response::error(
                         ErrorCode::ProtocolError,
                         e.to_string(),
                     )),
-                };
-                let _ = write_message(&mut send, &response).await;
-                let _ = send.finish();
+                }
             };
-            if tokio::time::timeout(REQUEST_TIMEOUT, work).await.is_err() {
-                tracing::warn!("vault request timed out");
-            }
+            // The answer must leave before the gateway's deadline for this
+            // call (`limits` nests the budgets): out of time, the gateway
+            // hears a typed UNAVAILABLE, not a dropped stream.
+            let response = match tokio::time::timeout_at(deadline, work).await {
+                Ok(r) => r,
+                Err(_) => {
+                    tracing::warn!("vault request ran out of its time budget");
+                    metrics::counter!("vault_request_timeouts_total").increment(1);
+                    let late = crate::VaultError::Unavailable(
+                        "the request did not finish in time; retry in a moment".into(),
+                    );
+                    let mut r = reply(msg::Response {
+                        kind: Some(msg::response::Kind::Error(late.to_wire())),
+                    });
+                    r.membership_id = vault.ledger().membership_id();
+                    r
+                }
+            };
+            let _ = write_message(&mut send, &response).await;
+            let _ = send.finish();
         });
     }
 }
