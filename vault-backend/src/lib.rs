@@ -16,6 +16,7 @@ pub mod config;
 pub mod error;
 pub mod keyprotect;
 pub mod ledger;
+pub mod pending;
 pub mod raft;
 pub mod replica;
 pub mod secrets;

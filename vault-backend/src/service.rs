@@ -4,15 +4,15 @@
 //! then commits the guess through the replicated [`Ledger`] (on a majority
 //! of replicas, each fsync'd) and only then evaluates the OPRF and answers.
 //! Bad input is rejected before any state changes. Pending logins live in
-//! the memory of the replica that counted the guess; if leadership moves
+//! the memory of the replica that counted the guess ([`crate::pending`]
+//! owns that table and its rules); if leadership moves
 //! before the finish, the finish gets "session expired" and the client
 //! starts again (counting another guess, the safe direction).
 //!
 //! Must never: send an OPRF evaluation whose guess is not committed, release
 //! a key without a verified `CredentialFinalization`, or log account ids.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use hmac::{Hmac, Mac};
@@ -29,20 +29,13 @@ use sha2::Sha256;
 
 use crate::account::{self, Authorization, Refusal, SealedRecord, Status, StoredAccount};
 use crate::ledger::Ledger;
+use crate::pending::{Pending, PendingLogins};
 use crate::raft::{Command, CommandResult};
 use crate::secrets::FleetSecrets;
 use crate::VaultError;
 
 /// Most logins that may be pending at once (memory bound).
 pub const MAX_PENDING_LOGINS: usize = 100_000;
-
-struct PendingLogin {
-    account_id: String,
-    registration_id: Vec<u8>,
-    purpose: LoginPurpose,
-    created: Instant,
-    state: PendingState,
-}
 
 enum PendingState {
     /// Between LoginStart and LoginFinish.
@@ -86,7 +79,7 @@ pub struct Vault {
     secrets: Arc<FleetSecrets>,
     ledger: Ledger,
     policy: Policy,
-    sessions: Mutex<HashMap<[u8; 16], PendingLogin>>,
+    sessions: Mutex<PendingLogins<PendingState>>,
 }
 
 impl std::fmt::Debug for Vault {
@@ -117,8 +110,16 @@ impl Vault {
             secrets,
             ledger,
             policy,
-            sessions: Mutex::new(HashMap::new()),
+            sessions: Mutex::new(PendingLogins::new(MAX_PENDING_LOGINS, LOGIN_SESSION_TTL)),
         }
+    }
+
+    /// The pending-login table (a poisoned lock means a handler panicked
+    /// while holding it: refuse rather than trust its contents).
+    fn sessions(&self) -> Result<MutexGuard<'_, PendingLogins<PendingState>>, VaultError> {
+        self.sessions
+            .lock()
+            .map_err(|_| VaultError::Internal("the pending-login table is poisoned".into()))
     }
 
     /// The replicated ledger.
@@ -289,24 +290,18 @@ impl Vault {
         account_id: &str,
         session: &[u8],
     ) -> Result<Vec<u8>, VaultError> {
-        let key: [u8; 16] = session.try_into().map_err(|_| VaultError::SessionExpired)?;
-        let mut sessions = self
-            .sessions
-            .lock()
-            .map_err(|_| VaultError::Internal("lock".into()))?;
-        let ok = matches!(sessions.get(&key), Some(p) if p.account_id == account_id
-            && p.purpose == LoginPurpose::ChangePassword
-            && matches!(p.state, PendingState::ChangeAuthorized)
-            && p.created.elapsed() < LOGIN_SESSION_TTL);
-        if !ok {
-            return Err(VaultError::PermissionDenied(
+        let taken = self
+            .sessions()?
+            .take(session, account_id, Instant::now(), |p| {
+                p.purpose == LoginPurpose::ChangePassword
+                    && matches!(p.state, PendingState::ChangeAuthorized)
+            });
+        match taken {
+            Some(p) => Ok(p.registration_id),
+            None => Err(VaultError::PermissionDenied(
                 "changing the password needs a verified change-password login in this session",
-            ));
+            )),
         }
-        Ok(sessions
-            .remove(&key)
-            .map(|p| p.registration_id)
-            .unwrap_or_default())
     }
 
     async fn login_start(
@@ -391,7 +386,7 @@ impl Vault {
 
         let mut session = [0u8; 16];
         OsRng.fill_bytes(&mut session);
-        let pending = PendingLogin {
+        let pending = Pending {
             account_id: account_id.to_owned(),
             registration_id: guess.record.registration_id.clone(),
             purpose,
@@ -404,10 +399,7 @@ impl Vault {
                 seq: guess.seq,
             },
         };
-        self.sessions
-            .lock()
-            .map_err(|_| VaultError::Internal("lock".into()))?
-            .insert(session, pending);
+        self.sessions()?.insert(session, pending);
         metrics::counter!("vault_oprf_evaluations_total").increment(1);
         Ok(response::Kind::LoginStart(msg::LoginStartResponse {
             credential_response: start.message.serialize().to_vec(),
@@ -417,17 +409,9 @@ impl Vault {
     }
 
     fn reserve_session_slot(&self) -> Result<(), VaultError> {
-        let mut sessions = self
-            .sessions
-            .lock()
-            .map_err(|_| VaultError::Internal("lock".into()))?;
-        if sessions.len() >= MAX_PENDING_LOGINS {
-            sessions.retain(|_, p| p.created.elapsed() < LOGIN_SESSION_TTL);
-        }
-        if sessions.len() >= MAX_PENDING_LOGINS {
-            return Err(VaultError::Busy);
-        }
-        Ok(())
+        self.sessions()?
+            .reserve(Instant::now())
+            .map_err(|_| VaultError::Busy)
     }
 
     async fn login_finish(
@@ -442,23 +426,13 @@ impl Vault {
             .as_slice()
             .try_into()
             .map_err(|_| VaultError::SessionExpired)?;
-        let pending = {
-            let mut sessions = self
-                .sessions
-                .lock()
-                .map_err(|_| VaultError::Internal("lock".into()))?;
-            // Only the account that started a login can finish it.
-            match sessions.get(&key) {
-                Some(p)
-                    if p.account_id == account_id
-                        && matches!(p.state, PendingState::AwaitFinish { .. }) => {}
-                _ => return Err(VaultError::SessionExpired),
-            }
-            sessions.remove(&key).ok_or(VaultError::SessionExpired)?
-        };
-        if pending.created.elapsed() >= LOGIN_SESSION_TTL {
-            return Err(VaultError::SessionExpired);
-        }
+        // Only the account that started a login can finish it.
+        let pending = self
+            .sessions()?
+            .take(&key, account_id, Instant::now(), |p| {
+                matches!(p.state, PendingState::AwaitFinish { .. })
+            })
+            .ok_or(VaultError::SessionExpired)?;
         let PendingState::AwaitFinish {
             server_login,
             held,
@@ -519,19 +493,16 @@ impl Vault {
                 let sealed_key = op::seal_release(&session_key, &key, &wrapped_key)
                     .map_err(|e| VaultError::Internal(e.to_string()))?;
                 if pending.purpose == LoginPurpose::ChangePassword {
-                    self.sessions
-                        .lock()
-                        .map_err(|_| VaultError::Internal("lock".into()))?
-                        .insert(
-                            key,
-                            PendingLogin {
-                                account_id: account_id.to_owned(),
-                                registration_id: pending.registration_id,
-                                purpose: LoginPurpose::ChangePassword,
-                                created: Instant::now(),
-                                state: PendingState::ChangeAuthorized,
-                            },
-                        );
+                    self.sessions()?.insert(
+                        key,
+                        Pending {
+                            account_id: account_id.to_owned(),
+                            registration_id: pending.registration_id,
+                            purpose: LoginPurpose::ChangePassword,
+                            created: Instant::now(),
+                            state: PendingState::ChangeAuthorized,
+                        },
+                    );
                 }
                 metrics::counter!("vault_keys_released_total").increment(1);
                 Ok(response::Kind::LoginFinish(msg::LoginFinishResponse {
