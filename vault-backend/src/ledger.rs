@@ -27,6 +27,35 @@ use crate::raft::{Command, CommandResult, NodeId, Proposal, Raft};
 use crate::store::Store;
 use crate::VaultError;
 
+/// What the vault service needs of its ledger: commit a command and get
+/// what applying it produced, and read a row linearizably. [`Ledger`] is
+/// the replicated one; the service's unit tests run on an in-memory one
+/// (`service::tests`) that applies commands with the same
+/// [`crate::raft::apply`] rules.
+pub trait AccountLedger: Send + Sync + 'static {
+    /// Commits `cmd` and returns what applying it produced.
+    fn write(
+        &self,
+        cmd: Command,
+    ) -> impl std::future::Future<Output = Result<CommandResult, VaultError>> + Send;
+
+    /// Reads one row, as of after every write acknowledged before the call.
+    fn read(
+        &self,
+        account_id: &str,
+    ) -> impl std::future::Future<Output = Result<Option<StoredAccount>, VaultError>> + Send;
+}
+
+impl AccountLedger for Ledger {
+    async fn write(&self, cmd: Command) -> Result<CommandResult, VaultError> {
+        Ledger::write(self, cmd).await
+    }
+
+    async fn read(&self, account_id: &str) -> Result<Option<StoredAccount>, VaultError> {
+        Ledger::read(self, account_id).await
+    }
+}
+
 /// Handle to the replicated ledger of one replica (cheap to clone).
 #[derive(Clone)]
 pub struct Ledger {

@@ -28,7 +28,7 @@ use rand::{rngs::OsRng, RngCore};
 use sha2::Sha256;
 
 use crate::account::{self, Authorization, Refusal, SealedRecord, Status, StoredAccount};
-use crate::ledger::Ledger;
+use crate::ledger::{AccountLedger, Ledger};
 use crate::pending::{Pending, PendingLogins};
 use crate::raft::{Command, CommandResult};
 use crate::secrets::FleetSecrets;
@@ -74,15 +74,16 @@ pub struct Policy {
     pub max_attempts: u32,
 }
 
-/// One replica's request handler.
-pub struct Vault {
+/// One replica's request handler, over the replicated [`Ledger`] (or, in
+/// unit tests, any [`AccountLedger`]).
+pub struct Vault<L = Ledger> {
     secrets: Arc<FleetSecrets>,
-    ledger: Ledger,
+    ledger: L,
     policy: Policy,
     sessions: Mutex<PendingLogins<PendingState>>,
 }
 
-impl std::fmt::Debug for Vault {
+impl<L> std::fmt::Debug for Vault<L> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Vault")
             .field("policy", &self.policy)
@@ -103,9 +104,9 @@ fn proto<E: std::fmt::Debug>(what: &'static str) -> impl Fn(E) -> VaultError {
     move |e| VaultError::Protocol(format!("{what}: {e:?}"))
 }
 
-impl Vault {
+impl<L: AccountLedger> Vault<L> {
     /// A vault over a replica's ledger.
-    pub fn new(secrets: Arc<FleetSecrets>, ledger: Ledger, policy: Policy) -> Self {
+    pub fn new(secrets: Arc<FleetSecrets>, ledger: L, policy: Policy) -> Self {
         Self {
             secrets,
             ledger,
@@ -122,8 +123,8 @@ impl Vault {
             .map_err(|_| VaultError::Internal("the pending-login table is poisoned".into()))
     }
 
-    /// The replicated ledger.
-    pub fn ledger(&self) -> &Ledger {
+    /// The ledger.
+    pub fn ledger(&self) -> &L {
         &self.ledger
     }
 
@@ -545,3 +546,6 @@ fn error_label(e: &VaultError) -> &'static str {
         VaultError::Internal(_) => "internal",
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -8,6 +8,7 @@
 //! apply a transition outside the log, or put account ids or record bytes in
 //! log messages (the `Debug`/`Display` of commands omit them).
 
+pub mod apply;
 pub mod codec;
 pub mod erasure;
 pub mod freshness;

@@ -37,8 +37,8 @@ use serde::{Deserialize, Serialize};
 
 use super::freshness::{Anchor, Freshness};
 use super::member::ReplicaNode;
-use super::{codec, Command, CommandResult, NodeId, TypeConfig};
-use crate::account::{self, StoredAccount, Write};
+use super::{apply, codec, Command, CommandResult, NodeId, TypeConfig};
+use crate::account::{StoredAccount, Write};
 use crate::store::ACCOUNTS;
 
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
@@ -563,8 +563,8 @@ fn decode_row(b: &[u8]) -> Result<StoredAccount, SErr> {
     codec::decode_row(b).map_err(r)
 }
 
-/// Applies one command to the accounts table; the flag says whether a
-/// sealed record was erased (dropped or replaced).
+/// Applies one command to the accounts table ([`apply::to_row`] decides);
+/// the flag says whether a sealed record was erased.
 fn apply_command(
     t: &mut redb::Table<'_, &'static str, &'static [u8]>,
     id: &str,
@@ -575,68 +575,8 @@ fn apply_command(
         Some(v) => Some(decode_row(v.value())?),
         None => None,
     };
-    let had_record = row.as_ref().is_some_and(|r| !r.sealed_record.is_empty());
-    let (write, result) = match cmd {
-        Command::LoginStart { max_attempts, .. } => {
-            match account::login_start(row, *max_attempts) {
-                Ok((write, g)) => (
-                    write,
-                    CommandResult::Guess {
-                        record: g.record.encode_to_vec(),
-                        attempts_left: g.attempts_left,
-                        last: g.last,
-                        seq: g.seq,
-                    },
-                ),
-                Err(e) => (Write::Keep, CommandResult::Refused(e)),
-            }
-        }
-        Command::LoginVerified {
-            registration_id,
-            held,
-            seq,
-            ..
-        } => {
-            let held = held.as_deref().map(decode_row).transpose()?;
-            match account::login_verified(row, registration_id, held.as_ref(), *seq) {
-                Ok(write) => (write, CommandResult::Done),
-                Err(e) => (Write::Keep, CommandResult::Refused(e)),
-            }
-        }
-        Command::Register {
-            authorization,
-            registration_id,
-            sealed_record,
-            ..
-        } => match account::register(
-            row,
-            authorization,
-            registration_id.clone(),
-            sealed_record.clone(),
-        ) {
-            Ok(write) => (write, CommandResult::Done),
-            Err(e) => (Write::Keep, CommandResult::Refused(e)),
-        },
-        Command::Disable {
-            registration_id, ..
-        } => match account::disable(row, registration_id) {
-            Ok(write) => (write, CommandResult::Done),
-            Err(e) => (Write::Keep, CommandResult::Refused(e)),
-        },
-        // Not an account command; `apply` handles it.
-        Command::UseVersion { .. } => (Write::Keep, CommandResult::Nothing),
-    };
-    // Lockouts and deletes; a replaced deposit's old record goes with the
-    // next snapshot and log purge, but does not trigger a scrub pass (a
-    // password change is the user's own act, and re-registration is common
-    // enough that a pass for each would cost too much).
-    let erased = had_record
-        && match &write {
-            Write::Keep => false,
-            Write::Put(new) => new.sealed_record.is_empty(),
-            Write::Delete => true,
-        };
-    match write {
+    let applied = apply::to_row(row, cmd).map_err(r)?;
+    match applied.write {
         Write::Keep => {}
         Write::Put(mut row) => {
             row.version = row_version;
@@ -646,7 +586,7 @@ fn apply_command(
             t.remove(id).map_err(w)?;
         }
     }
-    Ok((result, erased))
+    Ok((applied.result, applied.erased))
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
