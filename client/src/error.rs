@@ -16,7 +16,7 @@ pub enum ClientError {
     Connect {
         /// Gateway address.
         addr: String,
-        /// Why.
+        /// What the QUIC or TLS layer said.
         reason: String,
     },
     /// Device authentication failed.
@@ -25,9 +25,9 @@ pub enum ClientError {
     /// The vault presented a key that is not the pinned fleet key.
     #[error("the vault's public key {got} is not the pinned fleet key {pinned}; refusing to continue (possible impostor vault or wrong profile)")]
     VaultKeyMismatch {
-        /// Presented.
+        /// The key the vault presented, hex.
         got: String,
-        /// Pinned.
+        /// The key the profile pins, hex.
         pinned: String,
     },
     /// Wrong password.
@@ -66,7 +66,7 @@ pub enum ClientError {
     /// Other server-side refusal.
     #[error("the vault refused the request ({code:?}): {message}")]
     Refused {
-        /// Code.
+        /// The wire error code.
         code: ErrorCode,
         /// Server message.
         message: String,
@@ -92,6 +92,17 @@ impl ClientError {
                 code,
                 message: e.message.clone(),
             },
+        }
+    }
+
+    /// Whether the same operation, started again, may succeed (the shared
+    /// classification of `protocol_spec::classify`; an expired login
+    /// session is retried by starting the login again).
+    pub fn retryable(&self) -> bool {
+        match self {
+            Self::Unavailable(_) | Self::Connect { .. } | Self::Io(_) => true,
+            Self::Refused { code, .. } => protocol_spec::classify::classify(*code).retryable(),
+            _ => false,
         }
     }
 }

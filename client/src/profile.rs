@@ -45,8 +45,8 @@ impl ClientProfile {
     /// Writes a profile.
     pub fn save(&self, path: &Path) -> Result<(), ClientError> {
         let t = toml::to_string(self).map_err(|e| ClientError::Config(e.to_string()))?;
-        std::fs::write(path, t)
-            .map_err(|e| ClientError::Config(format!("cannot write {}: {e}", path.display())))
+        service_kit::files::write_public(path, t.as_bytes())
+            .map_err(|e| ClientError::Config(e.to_string()))
     }
 
     /// Decoded fleet key pin.

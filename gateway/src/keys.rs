@@ -94,7 +94,10 @@ pub fn init(dir: &Path, names: &[&str]) -> anyhow::Result<()> {
             hex::encode(secret).as_bytes(),
             Existing::Refuse,
         )?;
-        std::fs::write(dir.join(files::ACCOUNT_SERVICE_PUBLIC), hex::encode(public))?;
+        service_kit::files::write_public(
+            &dir.join(files::ACCOUNT_SERVICE_PUBLIC),
+            hex::encode(public).as_bytes(),
+        )?;
     }
     Ok(())
 }

@@ -515,7 +515,7 @@ fn unavailable(why: &str) -> msg::Response {
         ErrorCode::Unavailable,
         format!("the vault is unavailable ({why}); retry in a moment"),
     );
-    e.retry_after_ms = 1000;
+    e.retry_after_ms = protocol_spec::classify::classify(ErrorCode::Unavailable).retry_after_ms();
     msg::Response {
         kind: Some(msg::response::Kind::Error(e)),
     }

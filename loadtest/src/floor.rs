@@ -22,7 +22,7 @@ use opaque_ke::{
 };
 use protocol_spec::credential::{self, CredentialVerifier};
 use protocol_spec::handshake::{Initiator, InitiatorStep, Responder, ResponderStep};
-use protocol_spec::noise_resolver::{set_dh_backend, DhBackend};
+use protocol_spec::noise_resolver::DhBackend;
 use protocol_spec::opaque_profile::{self as op, Suite};
 use rand::rngs::OsRng;
 use serde::Serialize;
@@ -167,13 +167,6 @@ fn tls_handshake() -> anyhow::Result<OpCost> {
 /// The Noise device handshake (IK or XX) including the credential check,
 /// with X25519 from `backend`.
 fn noise(force_xx: bool, backend: DhBackend) -> anyhow::Result<OpCost> {
-    set_dh_backend(backend);
-    let out = noise_inner(force_xx);
-    set_dh_backend(DhBackend::AwsLc);
-    out
-}
-
-fn noise_inner(force_xx: bool) -> anyhow::Result<OpCost> {
     let (sk, pk) = credential::generate_signing_key()?;
     let verifier = CredentialVerifier::new(&pk)?;
     let (gw_private, gw_public) = protocol_spec::noise::generate_static_keypair()?;
@@ -196,8 +189,9 @@ fn noise_inner(force_xx: bool) -> anyhow::Result<OpCost> {
                 exporter,
                 &token,
                 "floor",
-            );
-            let mut r = Responder::new(gw_private, exporter, &verifier);
+            )
+            .with_dh_backend(backend);
+            let mut r = Responder::new(gw_private, exporter, &verifier).with_dh_backend(backend);
             // Frames come with their length header; handlers take bodies.
             let body = |f: Vec<u8>| f[protocol_spec::framing::HEADER_LEN..].to_vec();
             let mut to_server = vec![body(timed(&mut ct, || i.start())?)];

@@ -134,7 +134,7 @@ async fn main() -> anyhow::Result<()> {
                 f.session_with_snow_default_dh.server_us, f.session_with_snow_default_dh.client_us
             );
             if let Some(p) = report_json {
-                std::fs::write(&p, serde_json::to_string_pretty(&f)?)?;
+                service_kit::files::write_public(&p, serde_json::to_string_pretty(&f)?.as_bytes())?;
             }
             return Ok(());
         }
@@ -302,8 +302,7 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     if let Some(p) = &c.report_json {
-        std::fs::write(p, serde_json::to_string_pretty(&report)?)
-            .with_context(|| format!("cannot write {}", p.display()))?;
+        service_kit::files::write_public(p, serde_json::to_string_pretty(&report)?.as_bytes())?;
     }
     if let Some(p) = &c.plot {
         // Idle opens connections and holds them: its latency is the handshake.

@@ -23,7 +23,7 @@ const MAX_US: u64 = 60_000_000;
 /// One phase's latency summary, in microseconds.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct PhaseStats {
-    /// Median.
+    /// 50th percentile (median).
     pub p50: u64,
     /// 90th percentile.
     pub p90: u64,
@@ -31,9 +31,9 @@ pub struct PhaseStats {
     pub p99: u64,
     /// 99.9th percentile.
     pub p999: u64,
-    /// Largest.
+    /// Largest sample.
     pub max: u64,
-    /// Samples.
+    /// Number of samples.
     pub count: u64,
 }
 

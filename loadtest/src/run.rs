@@ -69,7 +69,7 @@ pub struct Phone {
 /// Run parameters.
 #[derive(Debug, Clone)]
 pub struct Plan {
-    /// Workload.
+    /// The workload to run.
     pub scenario: Scenario,
     /// Open loop: sessions per second.
     pub rate: Option<f64>,
@@ -141,11 +141,11 @@ pub fn endpoints(profile: &ClientProfile, n: usize) -> anyhow::Result<Vec<quinn:
 pub struct World {
     /// The target.
     pub target: Arc<Target>,
-    /// Phones.
+    /// The simulated phones (credentials and accounts).
     pub phones: Arc<Vec<Phone>>,
     /// Shared endpoints.
     pub endpoints: Vec<quinn::Endpoint>,
-    /// Recorder.
+    /// Where every latency and error is recorded.
     pub rec: Arc<Recorder>,
 }
 
@@ -153,6 +153,8 @@ impl World {
     /// Enrolls `plan.phones` phones; for scenarios that log in, registers
     /// each first (not measured).
     pub async fn prepare(target: Target, plan: &Plan) -> anyhow::Result<Arc<Self>> {
+        // A label that keeps runs' accounts apart, not a secret.
+        #[allow(clippy::disallowed_methods)]
         let run_id: u32 = rand::thread_rng().gen();
         let phones = (0..plan.phones)
             .map(|i| {
@@ -269,6 +271,8 @@ impl World {
             Scenario::Register => v.register(&p.password, &BackupKey::generate(), true).await,
             Scenario::Recover => v.recover(&p.password).await.map(|_| ()),
             Scenario::Mixed => {
+                // The workload mix, not a secret.
+                #[allow(clippy::disallowed_methods)]
                 let roll: u32 = rand::thread_rng().gen_range(0..100);
                 match roll {
                     0..=59 => v.recover(&p.password).await.map(|_| ()),

@@ -15,6 +15,7 @@ use crate::limits::MAX_FRAME_LEN;
 use crate::limits::{MAX_CLIENT_VERSION_LEN, MAX_CREDENTIAL_LEN};
 use crate::msg::{self, ErrorCode, NoisePattern};
 use crate::noise::{self, EXPORTER_LEN, KEY_LEN};
+use crate::noise_resolver::DhBackend;
 
 /// Why a handshake failed.
 #[derive(Debug, thiserror::Error)]
@@ -64,12 +65,13 @@ fn build(
     remote_public: Option<&[u8; KEY_LEN]>,
     exporter: &[u8; EXPORTER_LEN],
     initiator: bool,
+    backend: DhBackend,
 ) -> Result<snow::HandshakeState, HandshakeError> {
     let name = noise::params_for(pattern)
         .ok_or_else(|| HandshakeError::Protocol("unknown noise pattern".into()))?;
     let params: snow::params::NoiseParams = name.parse()?;
     let prologue = noise::prologue(pattern, exporter);
-    let mut b = snow::Builder::with_resolver(params, crate::noise_resolver::resolver())
+    let mut b = snow::Builder::with_resolver(params, crate::noise_resolver::resolver(backend))
         .local_private_key(local_private)?
         .prologue(&prologue)?;
     if let Some(r) = remote_public {
@@ -111,6 +113,7 @@ pub struct Initiator {
     gateway_pin: Option<[u8; KEY_LEN]>,
     exporter: [u8; EXPORTER_LEN],
     payload: Vec<u8>,
+    backend: DhBackend,
 }
 
 impl std::fmt::Debug for Initiator {
@@ -152,7 +155,14 @@ impl Initiator {
             gateway_pin: gateway_key,
             exporter,
             payload,
+            backend: DhBackend::default(),
         }
+    }
+
+    /// Uses `backend` for X25519 (default: aws-lc-rs).
+    pub fn with_dh_backend(mut self, backend: DhBackend) -> Self {
+        self.backend = backend;
+        self
     }
 
     /// The pattern this initiator runs.
@@ -173,6 +183,7 @@ impl Initiator {
                 .filter(|_| self.pattern == NoisePattern::Ik),
             &self.exporter,
             true,
+            self.backend,
         )?;
         let mut buf = vec![0u8; MAX_FRAME_LEN];
         let payload: &[u8] = if self.pattern == NoisePattern::Ik {
@@ -276,6 +287,7 @@ pub struct Responder<'v> {
     exporter: [u8; EXPORTER_LEN],
     verifier: &'v CredentialVerifier,
     state: RState,
+    backend: DhBackend,
 }
 
 impl std::fmt::Debug for Responder<'_> {
@@ -296,7 +308,14 @@ impl<'v> Responder<'v> {
             exporter,
             verifier,
             state: RState::Start,
+            backend: DhBackend::default(),
         }
+    }
+
+    /// Uses `backend` for X25519 (default: aws-lc-rs).
+    pub fn with_dh_backend(mut self, backend: DhBackend) -> Self {
+        self.backend = backend;
+        self
     }
 
     /// Feeds one received frame body.
@@ -309,7 +328,14 @@ impl<'v> Responder<'v> {
                     .ok()
                     .filter(|p| *p != NoisePattern::Unspecified)
                     .ok_or_else(|| HandshakeError::Protocol("unknown noise pattern".into()))?;
-                let mut hs = build(pattern, &self.static_private, None, &self.exporter, false)?;
+                let mut hs = build(
+                    pattern,
+                    &self.static_private,
+                    None,
+                    &self.exporter,
+                    false,
+                    self.backend,
+                )?;
                 let n = hs.read_message(&m.noise, &mut scratch)?;
                 match pattern {
                     NoisePattern::Ik => {

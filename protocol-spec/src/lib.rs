@@ -10,6 +10,7 @@
 //! text; the test vectors in `tests/vectors.rs` pin the two together.
 
 pub mod backup_format;
+pub mod classify;
 pub mod credential;
 pub mod framing;
 pub mod handshake;

@@ -51,8 +51,9 @@ pub fn params_for(pattern: NoisePattern) -> Option<&'static str> {
 /// A fresh X25519 static key pair `(private, public)`.
 pub fn generate_static_keypair() -> Result<([u8; KEY_LEN], [u8; KEY_LEN]), snow::Error> {
     let params = IK_PARAMS.parse::<snow::params::NoiseParams>()?;
-    let kp = snow::Builder::with_resolver(params, crate::noise_resolver::resolver())
-        .generate_keypair()?;
+    let kp =
+        snow::Builder::with_resolver(params, crate::noise_resolver::resolver(Default::default()))
+            .generate_keypair()?;
     let mut private = [0u8; KEY_LEN];
     let mut public = [0u8; KEY_LEN];
     private.copy_from_slice(&kp.private);

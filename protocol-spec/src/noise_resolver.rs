@@ -7,48 +7,27 @@
 //! Must never: change a handshake's transcript (same primitives, same
 //! names), or accept a low-order peer key the default would refuse.
 
-use std::sync::atomic::{AtomicU8, Ordering};
-
 use aws_lc_rs::agreement::{self, PrivateKey, UnparsedPublicKey, X25519};
 use snow::params::{CipherChoice, DHChoice, HashChoice};
 use snow::resolvers::{BoxedCryptoResolver, CryptoResolver, DefaultResolver, FallbackResolver};
 use snow::types::{Cipher, Dh, Hash, Random};
 use zeroize::Zeroizing;
 
-/// The X25519 implementation behind the handshakes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The X25519 implementation behind a handshake, chosen per handshake
+/// (`Initiator::with_dh_backend`, `Responder::with_dh_backend`): the
+/// crypto-floor benchmark measures both side by side in one process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum DhBackend {
     /// snow's default resolver (curve25519-dalek).
     SnowDefault,
     /// aws-lc-rs (the default).
+    #[default]
     AwsLc,
 }
 
-static BACKEND: AtomicU8 = AtomicU8::new(1);
-
-/// Chooses the backend for handshakes built from now on (process-wide; the
-/// crypto-floor benchmark measures both).
-pub fn set_dh_backend(b: DhBackend) {
-    BACKEND.store(
-        match b {
-            DhBackend::SnowDefault => 0,
-            DhBackend::AwsLc => 1,
-        },
-        Ordering::Relaxed,
-    );
-}
-
-/// The backend in use.
-pub fn dh_backend() -> DhBackend {
-    match BACKEND.load(Ordering::Relaxed) {
-        0 => DhBackend::SnowDefault,
-        _ => DhBackend::AwsLc,
-    }
-}
-
-/// The resolver for the current backend.
-pub fn resolver() -> BoxedCryptoResolver {
-    match dh_backend() {
+/// The resolver for `backend`.
+pub fn resolver(backend: DhBackend) -> BoxedCryptoResolver {
+    match backend {
         DhBackend::SnowDefault => Box::new(DefaultResolver),
         DhBackend::AwsLc => Box::new(FallbackResolver::new(
             Box::new(AwsLcResolver),
@@ -163,19 +142,17 @@ mod tests {
         let params: snow::params::NoiseParams = crate::noise::IK_PARAMS
             .parse()
             .unwrap_or_else(|e| panic!("{e}"));
-        set_dh_backend(resp);
-        let rk = snow::Builder::with_resolver(params.clone(), resolver())
+        let rk = snow::Builder::with_resolver(params.clone(), resolver(resp))
             .generate_keypair()
             .unwrap_or_else(|e| panic!("{e}"));
-        let mut r = snow::Builder::with_resolver(params.clone(), resolver())
+        let mut r = snow::Builder::with_resolver(params.clone(), resolver(resp))
             .local_private_key(&rk.private)
             .and_then(|b| b.build_responder())
             .unwrap_or_else(|e| panic!("{e}"));
-        set_dh_backend(init);
-        let ik = snow::Builder::with_resolver(params.clone(), resolver())
+        let ik = snow::Builder::with_resolver(params.clone(), resolver(init))
             .generate_keypair()
             .unwrap_or_else(|e| panic!("{e}"));
-        let mut i = snow::Builder::with_resolver(params, resolver())
+        let mut i = snow::Builder::with_resolver(params, resolver(init))
             .local_private_key(&ik.private)
             .and_then(|b| b.remote_public_key(&rk.public))
             .and_then(|b| b.build_initiator())
@@ -191,7 +168,6 @@ mod tests {
             .unwrap_or_else(|e| panic!("{e}"));
         i.read_message(&a[..n], &mut b)
             .unwrap_or_else(|e| panic!("{e}"));
-        set_dh_backend(DhBackend::AwsLc);
         i.get_handshake_hash().to_vec()
     }
 

@@ -98,6 +98,36 @@ fn sync_parent(path: &Path) -> Result<(), FileError> {
     Ok(())
 }
 
+/// Writes a file that holds nothing secret (a certificate, a public key, a
+/// config without secrets, a report) readable by others, replacing any
+/// earlier version atomically. Secrets go through [`write_private`].
+pub fn write_public(path: &Path, bytes: &[u8]) -> Result<(), FileError> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o644);
+    }
+    let mut f = opts
+        .open(&tmp)
+        .map_err(|e| FileError::new("create", &tmp, e))?;
+    f.write_all(bytes)
+        .and_then(|()| f.sync_all())
+        .map_err(|e| FileError::new("write", &tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        FileError::new("replace", path, e)
+    })?;
+    sync_parent(path)
+}
+
 /// Creates `path` (and missing parents) as an owner-only folder (0700), or
 /// makes an existing one owner-only.
 pub fn create_private_dir(path: &Path) -> Result<(), FileError> {
@@ -151,6 +181,18 @@ mod tests {
         assert_eq!(names, vec![std::ffi::OsString::from("device.toml")]);
         #[cfg(unix)]
         assert_eq!(mode(&p), 0o600);
+    }
+
+    #[test]
+    fn a_public_file_is_replaced_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("ca.pem");
+        write_public(&p, b"first, longer").unwrap();
+        write_public(&p, b"second").unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"second");
+        #[cfg(unix)]
+        assert_eq!(mode(&p), 0o644);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 
     #[cfg(unix)]

@@ -12,7 +12,7 @@ pub enum ObservabilityError {
     Listener {
         /// The configured address.
         addr: SocketAddr,
-        /// Why.
+        /// What the exporter said (typically: the address is in use).
         #[source]
         source: metrics_exporter_prometheus::BuildError,
     },

@@ -25,9 +25,9 @@ pub enum PkiError {
     /// A PEM file is missing or unreadable.
     #[error("cannot read {path}: {msg}")]
     Read {
-        /// File.
+        /// The file (or "certificate PEM" for text passed in).
         path: String,
-        /// Why.
+        /// What the reader or parser said.
         msg: String,
     },
     /// A certificate or key file could not be written.
@@ -181,11 +181,7 @@ pub fn write(dir: &Path, stem: &str, ck: &CertAndKey) -> Result<(), PkiError> {
     let cert = dir.join(format!("{stem}.pem"));
     let key = dir.join(format!("{stem}.key"));
     crate::files::write_private(&key, ck.key_pem.as_bytes(), Existing::Refuse)?;
-    std::fs::write(&cert, &ck.cert_pem).map_err(|source| crate::files::FileError {
-        op: "write",
-        path: cert,
-        source,
-    })?;
+    crate::files::write_public(&cert, ck.cert_pem.as_bytes())?;
     Ok(())
 }
 

@@ -1,4 +1,6 @@
 #![allow(clippy::unwrap_used)]
+// Tests write fixtures and forged files directly.
+#![allow(clippy::disallowed_methods)]
 //! What a person does, over the real stack on loopback (QUIC gateway, Noise,
 //! OPAQUE vault, redb): turn backup on, back up a folder, lose the phone,
 //! restore on a new one — with the password, or with the 64-digit key while

@@ -1,4 +1,6 @@
 #![allow(clippy::unwrap_used)]
+// Tests write fixtures and forged files directly.
+#![allow(clippy::disallowed_methods)]
 //! The PKCS#11 key-protection backend against SoftHSM2: a cluster whose
 //! replicas' fleet secrets are sealed by a key inside a token initializes
 //! and serves; the sealed files are useless without that token and PIN.

@@ -1,4 +1,6 @@
 #![allow(clippy::unwrap_used)]
+// Tests write fixtures and forged files directly.
+#![allow(clippy::disallowed_methods)]
 //! Rolling back a disk gains nothing (DESIGN.md invariant 11): replicas run
 //! as separate processes whose secrets and freshness anchors are in a
 //! SoftHSM2 token; data folders are copied, guesses are counted, and the

@@ -64,7 +64,7 @@ pub enum Write {
 pub enum Refusal {
     /// No row.
     NotRegistered,
-    /// Tombstone.
+    /// The row is a tombstone: the guess limit erased the deposit.
     LockedOut,
     /// Active deposit and no authorization to replace it.
     AlreadyRegistered,

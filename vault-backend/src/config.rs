@@ -212,8 +212,11 @@ impl VaultConfig {
             state_dir: PathBuf::from("."),
             ..self.clone()
         };
-        std::fs::write(&path, toml::to_string(&on_disk)?)
-            .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
+        service_kit::files::write_private(
+            &path,
+            toml::to_string(&on_disk)?.as_bytes(),
+            service_kit::files::Existing::Replace,
+        )?;
         Ok(path)
     }
 

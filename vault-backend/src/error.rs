@@ -1,5 +1,6 @@
 //! The vault's error type and its mapping onto wire error codes.
 
+use protocol_spec::classify::classify;
 use protocol_spec::msg::{self, ErrorCode};
 
 /// Everything a vault request can fail with.
@@ -54,24 +55,46 @@ pub enum VaultError {
 }
 
 impl VaultError {
-    /// The wire error for this failure.
+    /// The wire code for this failure.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Self::Protocol(_) => ErrorCode::ProtocolError,
+            Self::NotRegistered => ErrorCode::NotRegistered,
+            Self::LockedOut => ErrorCode::LockedOut,
+            Self::WrongPassword { .. } => ErrorCode::WrongPassword,
+            Self::AlreadyRegistered => ErrorCode::AlreadyRegistered,
+            Self::SessionExpired => ErrorCode::SessionExpired,
+            Self::PermissionDenied(_) => ErrorCode::PermissionDenied,
+            Self::Busy => ErrorCode::Busy,
+            Self::NotLeader { .. } | Self::Unavailable(_) | Self::Storage(_) => {
+                ErrorCode::Unavailable
+            }
+            Self::Internal(_) => ErrorCode::Internal,
+        }
+    }
+
+    /// The wire error for this failure, with the retry hint of its class
+    /// (`protocol_spec::classify`). Storage and internal failures reach
+    /// the phone without their details (paths, causes), which go to the
+    /// replica's log instead.
     pub fn to_wire(&self) -> msg::Error {
-        let (code, attempts_left, retry) = match self {
-            Self::Protocol(_) => (ErrorCode::ProtocolError, 0, 0),
-            Self::NotRegistered => (ErrorCode::NotRegistered, 0, 0),
-            Self::LockedOut => (ErrorCode::LockedOut, 0, 0),
-            Self::WrongPassword { attempts_left } => (ErrorCode::WrongPassword, *attempts_left, 0),
-            Self::AlreadyRegistered => (ErrorCode::AlreadyRegistered, 0, 0),
-            Self::SessionExpired => (ErrorCode::SessionExpired, 0, 0),
-            Self::PermissionDenied(_) => (ErrorCode::PermissionDenied, 0, 0),
-            Self::Busy => (ErrorCode::Busy, 0, 500),
-            Self::NotLeader { .. } | Self::Unavailable(_) => (ErrorCode::Unavailable, 0, 1000),
-            Self::Storage(_) => (ErrorCode::Unavailable, 0, 1000),
-            Self::Internal(_) => (ErrorCode::Internal, 0, 0),
+        let code = self.code();
+        let message = match self {
+            Self::Storage(_) => {
+                tracing::error!(error = %self, "vault storage failed");
+                "the vault could not use its storage; retry in a moment".to_owned()
+            }
+            Self::Internal(_) => {
+                tracing::error!(error = %self, "vault request failed");
+                "the vault failed on its side; retry later and report it if it persists".to_owned()
+            }
+            other => other.to_string(),
         };
-        let mut e = msg::Error::new(code, self.to_string());
-        e.attempts_left = attempts_left;
-        e.retry_after_ms = retry;
+        let mut e = msg::Error::new(code, message);
+        if let Self::WrongPassword { attempts_left } = self {
+            e.attempts_left = *attempts_left;
+        }
+        e.retry_after_ms = classify(code).retry_after_ms();
         e
     }
 }

@@ -696,6 +696,8 @@ mod tests {
     use super::*;
 
     #[test]
+    // Forges and tears files on purpose.
+    #[allow(clippy::disallowed_methods)]
     fn the_anchor_file_survives_a_torn_write() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let kp = KeyProtection::default();

@@ -19,6 +19,7 @@ pub mod ledger;
 pub mod pending;
 pub mod raft;
 pub mod replica;
+pub mod request;
 pub mod secrets;
 pub mod server;
 pub mod service;

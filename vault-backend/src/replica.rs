@@ -50,7 +50,10 @@ impl FleetPublic {
     }
 
     fn write(&self, dir: &Path) -> anyhow::Result<()> {
-        std::fs::write(dir.join(files::FLEET_PUBLIC), toml::to_string(self)?)?;
+        service_kit::files::write_public(
+            &dir.join(files::FLEET_PUBLIC),
+            toml::to_string(self)?.as_bytes(),
+        )?;
         Ok(())
     }
 }
@@ -164,7 +167,10 @@ pub fn init_cluster(
             &dir.join(files::SECRETS),
             key_protection.open(&dir, true)?.as_ref(),
         )?;
-        std::fs::write(dir.join(format!("{}.pem", files::CLUSTER_CA)), &ca.cert_pem)?;
+        service_kit::files::write_public(
+            &dir.join(format!("{}.pem", files::CLUSTER_CA)),
+            ca.cert_pem.as_bytes(),
+        )?;
         let cert = pki::issue(
             &ca,
             &format!("bkv vault replica {}", m.id),
@@ -232,9 +238,9 @@ pub fn new_replica(
         &dir.join(files::SECRETS),
         key_protection.open(&dir, true)?.as_ref(),
     )?;
-    std::fs::write(
-        dir.join(format!("{}.pem", files::CLUSTER_CA)),
-        &fleet.ca.cert_pem,
+    service_kit::files::write_public(
+        &dir.join(format!("{}.pem", files::CLUSTER_CA)),
+        fleet.ca.cert_pem.as_bytes(),
     )?;
     let mut cert_names: Vec<&str> = names.to_vec();
     cert_names.push(pki::REPLICA_ROLE_NAME);
@@ -293,7 +299,10 @@ pub fn issue_gateway_cert(ca_dir: &Path, out_dir: &Path, stem: &str) -> anyhow::
     std::fs::create_dir_all(out_dir)?;
     let cert = pki::issue(&ca, "bkv gateway", &["gateway.bkv.internal"], Usage::Client)?;
     pki::write(out_dir, stem, &cert)?;
-    std::fs::write(out_dir.join(layout::GATEWAY_CA_FILE), &ca.cert_pem)?;
+    service_kit::files::write_public(
+        &out_dir.join(layout::GATEWAY_CA_FILE),
+        ca.cert_pem.as_bytes(),
+    )?;
     Ok(())
 }
 

@@ -11,7 +11,6 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use protocol_spec::framing;
 use protocol_spec::internal::{
     vault_response, ClusterMember, ClusterMembers, NotLeader, VaultRequest, VaultResponse,
 };
@@ -162,25 +161,18 @@ async fn answer(vault: &Vault, req: VaultRequest) -> VaultResponse {
             membership_id: 0,
         };
     }
-    if !protocol_spec::credential::valid_account_id(&req.account_id) {
-        return reply(msg::Response::error(
-            ErrorCode::ProtocolError,
-            "invalid account id",
-        ));
-    }
     let Some(inner) = req.request else {
         return reply(msg::Response::error(
             ErrorCode::ProtocolError,
             "vault request has no request",
         ));
     };
-    if let Err(e) = framing::validate_request(&inner) {
-        return reply(msg::Response::error(
-            ErrorCode::ProtocolError,
-            e.to_string(),
-        ));
-    }
-    match vault.handle(&req.account_id, inner).await {
+    // The boundary with the gateway: checked once, here.
+    let valid = match crate::request::validate(&req.account_id, inner) {
+        Ok(v) => v,
+        Err(e) => return reply(crate::service::err(e)),
+    };
+    match vault.handle(valid).await {
         Outcome::Answer(r) => reply(r),
         Outcome::NotLeader {
             leader_id,

@@ -17,20 +17,21 @@ use std::time::Instant;
 
 use hmac::{Hmac, Mac};
 use opaque_ke::{
-    CredentialFinalization, CredentialRequest, RegistrationRequest, RegistrationUpload,
-    ServerLogin, ServerLoginParameters, ServerRegistration,
+    CredentialFinalization, CredentialRequest, RegistrationRequest, ServerLogin,
+    ServerLoginParameters, ServerRegistration,
 };
 use prost::Message;
 use protocol_spec::limits::LOGIN_SESSION_TTL;
-use protocol_spec::msg::{self, request::Kind, response, AccountState, LoginPurpose};
+use protocol_spec::msg::{self, response, AccountState, LoginPurpose};
 use protocol_spec::opaque_profile::{self as op, Suite};
 use rand::{rngs::OsRng, RngCore};
 use sha2::Sha256;
 
 use crate::account::{self, Authorization, Refusal, SealedRecord, Status, StoredAccount};
 use crate::ledger::{AccountLedger, Ledger};
-use crate::pending::{Pending, PendingLogins};
+use crate::pending::{Pending, PendingLogins, SessionId};
 use crate::raft::{Command, CommandResult};
+use crate::request::{self, Op, RegisterFinish, Valid};
 use crate::secrets::FleetSecrets;
 use crate::VaultError;
 
@@ -133,21 +134,23 @@ impl<L: AccountLedger> Vault<L> {
         &self.secrets
     }
 
-    /// Handles one request for an authenticated account.
-    pub async fn handle(&self, account_id: &str, req: msg::Request) -> Outcome {
-        let kind = match req.kind {
-            Some(k) => k,
-            None => {
-                return Outcome::Answer(err(VaultError::Protocol("request has no kind".into())))
+    /// Handles one validated request ([`crate::request`]) of an
+    /// authenticated account.
+    pub async fn handle(&self, req: Valid) -> Outcome {
+        let Valid { account_id, op } = req;
+        let account_id = account_id.as_str();
+        let label = op.label();
+        let result = match op {
+            Op::Status => self.status(account_id).await,
+            Op::RegisterStart(r) => self.register_start(account_id, *r),
+            Op::RegisterFinish(r) => self.register_finish(account_id, *r).await,
+            Op::LoginStart { request, purpose } => {
+                self.login_start(account_id, *request, purpose).await
             }
-        };
-        let label = kind_label(&kind);
-        let result = match kind {
-            Kind::Status(_) => self.status(account_id).await,
-            Kind::RegisterStart(r) => self.register_start(account_id, r),
-            Kind::RegisterFinish(r) => self.register_finish(account_id, r).await,
-            Kind::LoginStart(r) => self.login_start(account_id, r).await,
-            Kind::LoginFinish(r) => self.login_finish(account_id, r).await,
+            Op::LoginFinish {
+                session,
+                finalization,
+            } => self.login_finish(account_id, session, *finalization).await,
         };
         let outcome = match &result {
             Ok(_) => "ok",
@@ -203,10 +206,8 @@ impl<L: AccountLedger> Vault<L> {
     fn register_start(
         &self,
         account_id: &str,
-        r: msg::RegisterStartRequest,
+        request: RegistrationRequest<Suite>,
     ) -> Result<response::Kind, VaultError> {
-        let request = RegistrationRequest::<Suite>::deserialize(&r.registration_request)
-            .map_err(proto("registration_request"))?;
         // A fresh registration id gives this registration its own OPRF key, so
         // registration starts are no oracle for an existing deposit.
         let mut registration_id = [0u8; 16];
@@ -231,31 +232,21 @@ impl<L: AccountLedger> Vault<L> {
     async fn register_finish(
         &self,
         account_id: &str,
-        r: msg::RegisterFinishRequest,
+        r: RegisterFinish,
     ) -> Result<response::Kind, VaultError> {
-        if r.registration_ticket.len() != op::REGISTRATION_TICKET_LEN
-            || r.wrapped_key.len() != op::WRAPPED_KEY_LEN
-        {
-            return Err(VaultError::Protocol(
-                "ticket or wrapped key has the wrong size".into(),
-            ));
-        }
-        let (registration_id, tag) = r.registration_ticket.split_at(16);
+        let registration_id = &r.registration_id[..];
         self.ticket_mac(account_id, registration_id)
-            .verify_truncated_left(tag)
+            .verify_truncated_left(&r.tag)
             .map_err(|_| {
                 VaultError::PermissionDenied("registration ticket was not issued to this account")
             })?;
-        let upload = RegistrationUpload::<Suite>::deserialize(&r.registration_upload)
-            .map_err(proto("registration_upload"))?;
-        let password_file = ServerRegistration::<Suite>::finish(upload)
+        let password_file = ServerRegistration::<Suite>::finish(r.upload)
             .serialize()
             .to_vec();
-        use msg::register_finish_request::Authorization as A;
         let auth = match r.authorization {
-            None | Some(A::ReplaceExisting(false)) => Authorization::None,
-            Some(A::ReplaceExisting(true)) => Authorization::ReplaceExisting,
-            Some(A::LoginSession(s)) => {
+            request::Authorization::None => Authorization::None,
+            request::Authorization::ReplaceExisting => Authorization::ReplaceExisting,
+            request::Authorization::LoginSession(s) => {
                 let reg = self.take_change_authorization(account_id, &s)?;
                 Authorization::VerifiedLogin {
                     registration_id: reg,
@@ -308,19 +299,12 @@ impl<L: AccountLedger> Vault<L> {
     async fn login_start(
         &self,
         account_id: &str,
-        r: msg::LoginStartRequest,
+        request: CredentialRequest<Suite>,
+        purpose: LoginPurpose,
     ) -> Result<response::Kind, VaultError> {
-        // Everything that can be checked without state is checked first.
-        let request = CredentialRequest::<Suite>::deserialize(&r.credential_request)
-            .map_err(proto("credential_request"))?;
-        let purpose = match LoginPurpose::try_from(r.purpose) {
-            Ok(p) if p != LoginPurpose::Unspecified => p,
-            _ => {
-                return Err(VaultError::Protocol(
-                    "login purpose missing or unknown".into(),
-                ))
-            }
-        };
+        // Everything that can be checked without state was checked at the
+        // boundary (`request::validate`); a full table refuses before the
+        // guess is counted.
         self.reserve_session_slot()?;
 
         // Count before answer: this commit (on a majority) happens before any
@@ -418,15 +402,9 @@ impl<L: AccountLedger> Vault<L> {
     async fn login_finish(
         &self,
         account_id: &str,
-        r: msg::LoginFinishRequest,
+        key: SessionId,
+        finalization: CredentialFinalization<Suite>,
     ) -> Result<response::Kind, VaultError> {
-        let finalization = CredentialFinalization::<Suite>::deserialize(&r.credential_finalization)
-            .map_err(proto("credential_finalization"))?;
-        let key: [u8; 16] = r
-            .login_session
-            .as_slice()
-            .try_into()
-            .map_err(|_| VaultError::SessionExpired)?;
         // Only the account that started a login can finish it.
         let pending = self
             .sessions()?
@@ -515,19 +493,10 @@ impl<L: AccountLedger> Vault<L> {
     }
 }
 
-fn err(e: VaultError) -> msg::Response {
+/// The wire answer for an error.
+pub fn err(e: VaultError) -> msg::Response {
     msg::Response {
         kind: Some(response::Kind::Error(e.to_wire())),
-    }
-}
-
-fn kind_label(k: &Kind) -> &'static str {
-    match k {
-        Kind::Status(_) => "status",
-        Kind::RegisterStart(_) => "register_start",
-        Kind::RegisterFinish(_) => "register_finish",
-        Kind::LoginStart(_) => "login_start",
-        Kind::LoginFinish(_) => "login_finish",
     }
 }
 

@@ -106,8 +106,8 @@ async fn main() -> anyhow::Result<()> {
     // Phone A backs up a small chat history to the local "cloud drive".
     let history = stack.dir.join("demo-history");
     std::fs::create_dir_all(history.join("media"))?;
-    std::fs::write(history.join("msgstore.txt"), b"hi from phone A\n")?;
-    std::fs::write(history.join("media/photo.bin"), vec![7u8; 200_000])?;
+    service_kit::files::write_public(&history.join("msgstore.txt"), b"hi from phone A\n")?;
+    service_kit::files::write_public(&history.join("media/photo.bin"), &[7u8; 200_000])?;
     let drive = stack.dir.join("cloud-drive");
     let store = BackupStore::open(drive.to_str().unwrap_or("cloud-drive"), &account, 3)?;
     let v = client::backups::backup_path(&store, &key, &history, &|_| {}).await?;

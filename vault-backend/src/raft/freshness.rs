@@ -260,6 +260,8 @@ mod tests {
     }
 
     #[test]
+    // Forges and tears files on purpose.
+    #[allow(clippy::disallowed_methods)]
     fn the_anchor_survives_a_reopen_and_refuses_older_data() {
         let dir = tempfile::tempdir().unwrap();
         let kp = KeyProtection::default();

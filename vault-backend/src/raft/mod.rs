@@ -56,7 +56,7 @@ pub enum Command {
     /// Count one guess (login start); the OPRF answer may be sent only after
     /// this is committed.
     LoginStart {
-        /// Account.
+        /// The account the command applies to.
         account_id: String,
         /// Guess limit in force.
         max_attempts: u32,
@@ -64,7 +64,7 @@ pub enum Command {
     /// A login finished verified: forgive the guesses counted up to its own
     /// (and restore a record held after the last guess).
     LoginVerified {
-        /// Account.
+        /// The account the command applies to.
         account_id: String,
         /// Registration the login was for.
         registration_id: Vec<u8>,
@@ -75,7 +75,7 @@ pub enum Command {
     },
     /// Deposit (or replace) a record.
     Register {
-        /// Account.
+        /// The account the command applies to.
         account_id: String,
         /// Why a replacement is allowed.
         authorization: Authorization,
@@ -86,7 +86,7 @@ pub enum Command {
     },
     /// Delete the deposit after a verified login.
     Disable {
-        /// Account.
+        /// The account the command applies to.
         account_id: String,
         /// Registration the login was for.
         registration_id: Vec<u8>,
