@@ -17,7 +17,8 @@ use vault_backend::account::StoredAccount;
 use vault_backend::admin::{self, ClusterStatus};
 use vault_backend::config::{files as vfiles, Member, RaftSettings, VaultConfig};
 use vault_backend::keyprotect::KeyProtection;
-use vault_backend::replica::{self, layout, BoundSockets, FleetMaterial, FleetPublic, Replica};
+use vault_backend::provision::{self, layout, FleetMaterial, FleetPublic};
+use vault_backend::replica::{BoundSockets, Replica};
 
 use gateway::keys::{self, GatewayKeys};
 use gateway::server::Gateway;
@@ -191,7 +192,7 @@ impl LocalStack {
             .join(format!("{}.pem", keys::files::VAULT_CLIENT))
             .exists()
         {
-            replica::issue_gateway_cert(
+            provision::issue_gateway_cert(
                 &clusters[0].dir.join(layout::CA_DIR),
                 &gw_dir,
                 keys::files::VAULT_CLIENT,
@@ -277,7 +278,7 @@ impl LocalStack {
                     admin,
                 });
             }
-            let mut configs = replica::init_cluster(
+            let mut configs = provision::init_cluster(
                 &cdir,
                 "bkv-local-fleet",
                 &members,
@@ -368,11 +369,7 @@ impl LocalStack {
         for (i, r) in c.replicas.iter().enumerate() {
             out.push(match r {
                 ReplicaHandle::Stopped => None,
-                ReplicaHandle::InProcess(r) => Some(admin::status(
-                    &r.node.raft,
-                    r.vault.ledger().store(),
-                    r.node.version.get(),
-                )),
+                ReplicaHandle::InProcess(r) => Some(r.status()),
                 ReplicaHandle::Process(_) => match c.configs[i].admin_listen {
                     Some(a) => admin::fetch_status(a).await.ok(),
                     None => None,
@@ -453,7 +450,7 @@ impl LocalStack {
             .replicas
             .iter()
             .filter_map(ReplicaHandle::in_process)
-            .map(|r| Ok(r.vault.ledger().store().get(account_id)?))
+            .map(|r| Ok(r.stored_row(account_id)?))
             .collect()
     }
 
@@ -545,7 +542,7 @@ impl LocalStack {
             peer: free()?,
             admin,
         };
-        let mut cfg = replica::new_replica(
+        let mut cfg = provision::new_replica(
             &c.dir,
             &like,
             member,

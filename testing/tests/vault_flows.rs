@@ -12,7 +12,7 @@ use protocol_spec::opaque_profile::{self as op, Suite};
 use rand::rngs::OsRng;
 use testing::helpers::connect;
 use testing::local_stack::{LocalStack, StackOptions};
-use vault_backend::replica::FleetPublic;
+use vault_backend::provision::FleetPublic;
 
 async fn stack() -> LocalStack {
     LocalStack::start(StackOptions::default())

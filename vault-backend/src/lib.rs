@@ -17,6 +17,7 @@ pub mod error;
 pub mod keyprotect;
 pub mod ledger;
 pub mod pending;
+pub mod provision;
 pub mod raft;
 pub mod replica;
 pub mod request;

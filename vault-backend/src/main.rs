@@ -9,9 +9,10 @@ use clap::{Parser, Subcommand};
 use vault_backend::admin;
 use vault_backend::config::{files, Member, VaultConfig};
 use vault_backend::keyprotect::KeyProtection;
+use vault_backend::provision::{self, layout};
 use vault_backend::raft::member::ReplicaNode;
 use vault_backend::raft::network::{self, AdminRequest};
-use vault_backend::replica::{self, layout, Replica};
+use vault_backend::replica::Replica;
 
 #[derive(Parser)]
 #[command(name = "vault-backend", version, about = "Backup Key Vault replica")]
@@ -218,7 +219,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let fleet = fleet_from
                 .as_deref()
-                .map(replica::FleetMaterial::from_cluster)
+                .map(provision::FleetMaterial::from_cluster)
                 .transpose()?;
             anyhow::ensure!(
                 (1..=7).contains(&replicas),
@@ -238,7 +239,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 })
                 .collect::<anyhow::Result<Vec<_>>>()?;
             let names: Vec<&str> = name.iter().map(String::as_str).collect();
-            let init = replica::init_cluster(
+            let init = provision::init_cluster(
                 &out,
                 &fleet_id,
                 &members,
@@ -268,7 +269,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             );
         }
         Cmd::IssueGatewayCert { fleet_dir, out_dir } => {
-            replica::issue_gateway_cert(&fleet_dir, &out_dir, layout::GATEWAY_CERT)?;
+            provision::issue_gateway_cert(&fleet_dir, &out_dir, layout::GATEWAY_CERT)?;
             println!("gateway certificate written to {}", out_dir.display());
         }
         Cmd::Run {
@@ -300,13 +301,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .context("cannot start the replica")?;
             tracing::info!(
                 id = cfg.node_id,
-                addr = %replica.server.local_addr()?,
+                addr = %replica.serve_addr()?,
                 peer = %cfg.peer_listen,
                 "vault replica serving"
             );
             tokio::select! {
                 r = shutdown_signal() => r?,
-                why = replica.node.stopped() => {
+                why = replica.stopped() => {
                     replica.shutdown().await;
                     anyhow::bail!("this replica's consensus engine stopped: {why}");
                 }
@@ -350,7 +351,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 (_, Some(_)) => anyhow::bail!("--pkcs11-token: the cluster does not use PKCS#11"),
                 (kp, None) => kp,
             };
-            let cfg = replica::new_replica(&cluster_dir, &like, member, &names, &kp)?;
+            let cfg = provision::new_replica(&cluster_dir, &like, member, &names, &kp)?;
             let path = cfg.state_dir.join(files::CONFIG);
             println!(
                 "replica {id}: start it with `vault-backend run --config {p}`, then \
@@ -513,7 +514,7 @@ async fn membership_request(
     req: AdminRequest,
     skip_self: bool,
 ) -> anyhow::Result<u64> {
-    let ep = replica::operator_endpoint(cfg)?;
+    let ep = provision::operator_endpoint(cfg)?;
     let seeds: Vec<SocketAddr> = cfg
         .cluster()?
         .values()

@@ -287,7 +287,7 @@ async fn a_replica_process_with_a_newer_entry_in_its_log_refuses_to_start() {
         peer: free(),
         admin: None,
     };
-    let init = vault_backend::replica::init_cluster(
+    let init = vault_backend::provision::init_cluster(
         dir.path(),
         "upgrade-fleet",
         &[member],
