@@ -1,0 +1,258 @@
+//! Every persisted value through a real close and reopen; openraft's
+//! storage suite.
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+
+use openraft::testing::log_id;
+use openraft::Membership;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use openraft::storage::{RaftLogStorage, RaftStateMachine};
+use openraft::{
+    Entry, EntryPayload, LogId, RaftLogReader, RaftSnapshotBuilder, SnapshotMeta, StoredMembership,
+    Vote,
+};
+use redb::{Database, ReadableDatabase, ReadableTable};
+
+use super::db::*;
+use super::log_store::*;
+use super::state_machine::*;
+use crate::account::Authorization;
+use crate::raft::member::ReplicaNode;
+use crate::raft::Proposal;
+use crate::raft::{codec, Command, NodeId, TypeConfig};
+use crate::store::ACCOUNTS;
+
+type E = Entry<TypeConfig>;
+
+fn entry(term: u64, index: u64, payload: EntryPayload<TypeConfig>) -> E {
+    Entry {
+        log_id: log_id(term, 1, index),
+        payload,
+    }
+}
+
+fn register(account: &str, id: u8) -> EntryPayload<TypeConfig> {
+    EntryPayload::Normal(Proposal::current(Command::Register {
+        account_id: account.into(),
+        authorization: Authorization::None,
+        registration_id: vec![id; 16],
+        sealed_record: vec![id; 40],
+    }))
+}
+
+fn membership(ids: &[u64]) -> EntryPayload<TypeConfig> {
+    let nodes: BTreeMap<u64, ReplicaNode> = ids
+        .iter()
+        .map(|i| {
+            let a = |p: u64| std::net::SocketAddr::from(([127, 0, 0, 1], (p + i) as u16));
+            (*i, ReplicaNode::new(a(7900), a(7800), None))
+        })
+        .collect();
+    EntryPayload::Membership(Membership::new(vec![ids.iter().copied().collect()], nodes))
+}
+
+/// Everything openraft can ask of a store after a restart.
+#[derive(Debug, PartialEq)]
+struct Seen {
+    vote: Option<Vote<NodeId>>,
+    committed: Option<LogId<NodeId>>,
+    log: (Option<LogId<NodeId>>, Option<LogId<NodeId>>),
+    entries: Vec<String>,
+    applied: (Option<LogId<NodeId>>, StoredMembership<NodeId, ReplicaNode>),
+    snapshot: Option<(SnapshotMeta<NodeId, ReplicaNode>, Vec<u8>)>,
+    accounts: Vec<(String, Vec<u8>)>,
+}
+
+async fn seen(db: &Arc<Database>) -> Seen {
+    let mut log = LogStore::new(db.clone(), false).unwrap();
+    let mut sm = StateMachine::new(db.clone()).unwrap();
+    let st = log.get_log_state().await.unwrap();
+    let entries = log
+        .try_get_log_entries(0..u64::MAX)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| format!("{e:?}"))
+        .collect();
+    let snapshot = sm
+        .get_current_snapshot()
+        .await
+        .unwrap()
+        .map(|s| (s.meta, s.snapshot.into_inner()));
+    let txn = db.begin_read().unwrap();
+    let accounts = txn
+        .open_table(ACCOUNTS)
+        .unwrap()
+        .iter()
+        .unwrap()
+        .map(|r| {
+            let (k, v) = r.unwrap();
+            (k.value().to_owned(), v.value().to_vec())
+        })
+        .collect();
+    Seen {
+        vote: log.read_vote().await.unwrap(),
+        committed: log.read_committed().await.unwrap(),
+        log: (st.last_purged_log_id, st.last_log_id),
+        entries,
+        applied: sm.applied_state().await.unwrap(),
+        snapshot,
+        accounts,
+    }
+}
+
+/// Closes the database for real: every handle is dropped, and redb lets
+/// the file be opened again only once the last one is gone.
+fn reopen(db: Arc<Database>, path: &Path) -> Arc<Database> {
+    assert_eq!(Arc::strong_count(&db), 1, "a handle still holds the file");
+    drop(db);
+    open_database(path).unwrap()
+}
+
+#[tokio::test]
+async fn every_persisted_value_survives_a_close_and_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("vault.redb");
+    let db = open_database(&path).unwrap();
+    {
+        let mut log = LogStore::new(db.clone(), false).unwrap();
+        let mut sm = StateMachine::new(db.clone()).unwrap();
+        log.save_vote(&Vote::new_committed(3, 2)).await.unwrap();
+        let first: Vec<E> = vec![
+            entry(1, 1, membership(&[1, 2, 3])),
+            entry(2, 2, EntryPayload::Blank),
+            entry(2, 3, register("alice", 1)),
+            entry(2, 4, register("bob", 2)),
+            entry(
+                3,
+                5,
+                EntryPayload::Normal(Proposal::current(Command::LoginStart {
+                    account_id: "alice".into(),
+                    max_attempts: 10,
+                })),
+            ),
+            entry(3, 6, register("carol", 3)),
+        ];
+        log.write_entries(first.clone()).await.unwrap();
+        log.save_committed(Some(log_id(3, 1, 6))).await.unwrap();
+        sm.apply(first).await.unwrap();
+        sm.get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+        log.purge(log_id(2, 1, 4)).await.unwrap();
+        // Written after the snapshot and purge, one of them then truncated.
+        log.write_entries(vec![
+            entry(3, 7, register("dave", 4)),
+            entry(3, 8, register("erin", 5)),
+            entry(3, 9, register("frank", 6)),
+        ])
+        .await
+        .unwrap();
+        log.truncate(log_id(3, 1, 9)).await.unwrap();
+    }
+    let before = seen(&db).await;
+    assert_eq!(before.log, (Some(log_id(2, 1, 4)), Some(log_id(3, 1, 8))));
+    assert_eq!(before.entries.len(), 4, "{:?}", before.entries);
+    assert_eq!(before.accounts.len(), 3);
+    assert!(before.snapshot.is_some());
+    let db = reopen(db, &path);
+    assert_eq!(seen(&db).await, before);
+    // And a second time, with nothing written in between.
+    let db = reopen(db, &path);
+    assert_eq!(seen(&db).await, before);
+}
+
+#[tokio::test]
+async fn an_installed_snapshot_survives_a_close_and_reopen() {
+    for version in [codec::LEGACY_VERSION, codec::MAX_VERSION] {
+        let dir = tempfile::tempdir().unwrap();
+        // A snapshot built on one replica, in the cluster's version ...
+        let src = open_database(&dir.path().join("a.redb")).unwrap();
+        let mut entries = vec![entry(1, 1, membership(&[1, 2, 3]))];
+        if version > 0 {
+            let up = Command::UseVersion { version };
+            entries.push(entry(1, 2, EntryPayload::Normal(Proposal::current(up))));
+        } else {
+            entries.push(entry(1, 2, EntryPayload::Blank));
+        }
+        entries.push(entry(1, 3, register("alice", 1)));
+        entries.push(entry(1, 4, register("bob", 2)));
+        let mut sm = StateMachine::new(src.clone()).unwrap();
+        sm.apply(entries).await.unwrap();
+        assert_eq!(sm.active_version().get(), version);
+        let snap = sm
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+        assert_eq!(
+            codec::snapshot_version(snap.snapshot.get_ref()).unwrap().0,
+            version
+        );
+        // ... installed on an empty one, as openraft does: install, then purge.
+        let path = dir.path().join("b.redb");
+        let db = open_database(&path).unwrap();
+        {
+            let mut sm = StateMachine::new(db.clone()).unwrap();
+            let mut log = LogStore::new(db.clone(), false).unwrap();
+            sm.install_snapshot(&snap.meta, snap.snapshot)
+                .await
+                .unwrap();
+            assert_eq!(sm.active_version().get(), version);
+            log.purge(log_id(1, 1, 4)).await.unwrap();
+        }
+        let before = seen(&db).await;
+        assert_eq!(before.log, (Some(log_id(1, 1, 4)), Some(log_id(1, 1, 4))));
+        assert_eq!(before.applied.0, Some(log_id(1, 1, 4)));
+        assert_eq!(before.accounts.len(), 2);
+        let db = reopen(db, &path);
+        assert_eq!(seen(&db).await, before);
+        let sm = StateMachine::new(db.clone()).unwrap();
+        assert_eq!(sm.active_version().get(), version, "survives the reopen");
+        let row = crate::store::Store::from_db(db)
+            .get("alice")
+            .unwrap()
+            .unwrap();
+        assert_eq!(row.version, version);
+    }
+}
+
+#[tokio::test]
+async fn a_file_of_a_newer_storage_format_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("vault.redb");
+    let db = open_database(&path).unwrap();
+    let txn = db.begin_write().unwrap();
+    FORMAT.write(&txn, &(codec::STORAGE_FORMAT + 1)).unwrap();
+    txn.commit().unwrap();
+    drop(db);
+    let err = open_database(&path).unwrap_err().to_string();
+    assert!(err.contains("newer release"), "{err}");
+}
+
+struct OnDisk;
+
+impl openraft::testing::StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir>
+    for OnDisk
+{
+    async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateMachine), SErr> {
+        let dir = tempfile::tempdir().map_err(w)?;
+        let db = open_database(&dir.path().join("vault.redb")).map_err(w)?;
+        let log = LogStore::new(db.clone(), false).map_err(w)?;
+        Ok((dir, log, StateMachine::new(db)?))
+    }
+}
+
+/// openraft's own conformance suite for storage implementations.
+#[test]
+fn openraft_storage_suite() {
+    openraft::testing::Suite::test_all(OnDisk).unwrap();
+}
