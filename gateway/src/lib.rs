@@ -7,6 +7,7 @@
 
 pub mod config;
 pub mod keys;
+pub mod placement;
 pub mod retry;
 pub mod server;
 pub mod udp;

@@ -358,7 +358,7 @@ impl LocalStack {
 
     /// Index of the cluster the gateway places `account_id` on.
     pub fn cluster_of(&self, account_id: &str) -> usize {
-        gateway::vault_client::place(account_id, self.clusters.iter().map(|c| c.name.as_str()))
+        gateway::placement::place(account_id, self.clusters.iter().map(|c| c.name.as_str()))
     }
 
     /// Each running replica's view of cluster `k` (`None`: stopped or not
