@@ -12,6 +12,9 @@
 // openraft's trait signatures fix the (large) error types.
 #![allow(clippy::result_large_err)]
 
+use protocol_spec::framing::FrameError;
+use protocol_spec::stream_io;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -138,33 +141,24 @@ pub fn fuzz_decode(body: &[u8]) -> bool {
 }
 
 async fn write_frame(send: &mut quinn::SendStream, body: &[u8]) -> Result<(), LinkError> {
-    if body.len() > MAX_RPC_LEN {
-        return Err(LinkError::TooLarge(body.len()));
-    }
-    let len = u32::try_from(body.len()).map_err(|_| LinkError::TooLarge(body.len()))?;
-    send.write_all(&len.to_be_bytes())
+    stream_io::write_body_limited(send, body, MAX_RPC_LEN)
         .await
-        .map_err(|e| LinkError::Io(e.to_string()))?;
-    send.write_all(body)
-        .await
-        .map_err(|e| LinkError::Io(e.to_string()))?;
+        .map_err(link_error)?;
     send.finish().map_err(|e| LinkError::Io(e.to_string()))
 }
 
 async fn read_frame(recv: &mut quinn::RecvStream) -> Result<Vec<u8>, LinkError> {
-    let mut len = [0u8; 4];
-    recv.read_exact(&mut len)
+    stream_io::read_frame_limited(recv, MAX_RPC_LEN)
         .await
-        .map_err(|e| LinkError::Io(e.to_string()))?;
-    let len = u32::from_be_bytes(len) as usize;
-    if len > MAX_RPC_LEN {
-        return Err(LinkError::TooLarge(len));
+        .map_err(link_error)?
+        .ok_or_else(|| LinkError::Io("the stream ended before a frame".into()))
+}
+
+fn link_error(e: stream_io::StreamError) -> LinkError {
+    match e {
+        stream_io::StreamError::Frame(FrameError::TooLarge { len, .. }) => LinkError::TooLarge(len),
+        other => LinkError::Io(other.to_string()),
     }
-    let mut body = vec![0u8; len];
-    recv.read_exact(&mut body)
-        .await
-        .map_err(|e| LinkError::Io(e.to_string()))?;
-    Ok(body)
 }
 
 fn transport() -> Arc<quinn::TransportConfig> {
