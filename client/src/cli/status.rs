@@ -1,0 +1,58 @@
+//! `backup-client status`: what this device and the vault say about the backup.
+
+use std::time::Duration;
+
+use client::{BackupSettings, BackupStore, Protection, Status, VaultClient};
+
+use crate::cli::common::*;
+use crate::Cli;
+
+pub(crate) async fn status(cli: &Cli) -> anyhow::Result<()> {
+    let Some(s) = BackupSettings::load(&cli.device)? else {
+        println!("encrypted backup: off on this device");
+        return Ok(());
+    };
+    println!(
+        "encrypted backup: on, protected by {}",
+        match s.protection {
+            Protection::Password => "a password (key deposited in the vault)",
+            Protection::KeyOnly => "a 64-digit key only",
+        }
+    );
+    println!("location: {} (keeping {} versions)", s.location, s.keep);
+    let store = BackupStore::open(&s.location, &s.account_id, s.keep)?;
+    match store.list().await {
+        Ok(v) if v.is_empty() => println!("backups: none yet"),
+        Ok(v) => {
+            println!("backups: {}", v.len());
+            for b in v.iter().rev() {
+                println!("  {}  {}  {} bytes", b.id, human_time(b.created), b.size);
+            }
+        }
+        Err(e) => println!("backups: cannot list ({e})"),
+    }
+    if s.protection == Protection::Password {
+        let res = tokio::time::timeout(Duration::from_secs(15), async {
+            let (profile, conn) = connect(cli).await?;
+            let st = VaultClient::new(&conn, &profile)?.status().await;
+            conn.close().await;
+            anyhow::Ok(st?)
+        })
+        .await;
+        match res {
+            Ok(Ok(Status::Active {
+                attempts_left,
+                max_attempts,
+            })) => println!(
+                "vault: key deposited; {attempts_left} of {max_attempts} password attempts left"
+            ),
+            Ok(Ok(Status::LockedOut)) => {
+                println!("vault: locked out; the deposited key was erased for good")
+            }
+            Ok(Ok(Status::NotRegistered)) => println!("vault: no key deposited for this account"),
+            Ok(Err(e)) => println!("vault: unreachable ({e:#})"),
+            Err(_) => println!("vault: no answer within 15 s"),
+        }
+    }
+    Ok(())
+}
