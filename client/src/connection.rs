@@ -231,7 +231,7 @@ impl GatewayConnection {
             )),
         };
         if let Some(o) = &self.observer {
-            o(request_kind(req), started.elapsed());
+            o(req.kind_label(), started.elapsed());
         }
         out
     }
@@ -269,17 +269,5 @@ impl GatewayConnection {
         if self.owns_endpoint {
             self.endpoint.wait_idle().await;
         }
-    }
-}
-
-fn request_kind(req: &msg::Request) -> &'static str {
-    use msg::request::Kind;
-    match req.kind {
-        Some(Kind::Status(_)) => "status",
-        Some(Kind::RegisterStart(_)) => "register_start",
-        Some(Kind::RegisterFinish(_)) => "register_finish",
-        Some(Kind::LoginStart(_)) => "login_start",
-        Some(Kind::LoginFinish(_)) => "login_finish",
-        None => "empty",
     }
 }

@@ -51,6 +51,22 @@ impl msg::Error {
     }
 }
 
+impl msg::Request {
+    /// The request's kind as a low-cardinality metric label: the one list
+    /// every crate's metrics use.
+    pub fn kind_label(&self) -> &'static str {
+        use msg::request::Kind;
+        match self.kind {
+            Some(Kind::Status(_)) => "status",
+            Some(Kind::RegisterStart(_)) => "register_start",
+            Some(Kind::RegisterFinish(_)) => "register_finish",
+            Some(Kind::LoginStart(_)) => "login_start",
+            Some(Kind::LoginFinish(_)) => "login_finish",
+            None => "empty",
+        }
+    }
+}
+
 impl msg::Response {
     /// A response carrying only an error.
     pub fn error(code: msg::ErrorCode, message: impl Into<String>) -> Self {

@@ -25,6 +25,8 @@ use crate::VaultError;
 pub struct Valid {
     /// The account, as the gateway authenticated it (well-formed).
     pub account_id: String,
+    /// The request kind's metric label (`msg::Request::kind_label`).
+    pub label: &'static str,
     /// What is asked.
     pub op: Op,
 }
@@ -96,6 +98,7 @@ pub fn validate(account_id: &str, req: msg::Request) -> Result<Valid, VaultError
     }
     protocol_spec::framing::validate_request(&req)
         .map_err(|e| VaultError::Protocol(e.to_string()))?;
+    let label = req.kind_label();
     let op = match req.kind {
         None => return Err(VaultError::Protocol("request has no kind".into())),
         Some(Kind::Status(_)) => Op::Status,
@@ -153,6 +156,7 @@ pub fn validate(account_id: &str, req: msg::Request) -> Result<Valid, VaultError
     };
     Ok(Valid {
         account_id: account_id.to_owned(),
+        label,
         op,
     })
 }
@@ -166,19 +170,6 @@ pub fn fuzz_validate(body: &[u8]) -> bool {
             None => false,
         },
         Err(_) => false,
-    }
-}
-
-impl Op {
-    /// The request-kind metric label.
-    pub fn label(&self) -> &'static str {
-        match self {
-            Op::Status => "status",
-            Op::RegisterStart(_) => "register_start",
-            Op::RegisterFinish(_) => "register_finish",
-            Op::LoginStart { .. } => "login_start",
-            Op::LoginFinish { .. } => "login_finish",
-        }
     }
 }
 

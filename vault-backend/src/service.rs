@@ -137,9 +137,12 @@ impl<L: AccountLedger> Vault<L> {
     /// Handles one validated request ([`crate::request`]) of an
     /// authenticated account.
     pub async fn handle(&self, req: Valid) -> Outcome {
-        let Valid { account_id, op } = req;
+        let Valid {
+            account_id,
+            label,
+            op,
+        } = req;
         let account_id = account_id.as_str();
-        let label = op.label();
         let result = match op {
             Op::Status => self.status(account_id).await,
             Op::RegisterStart(r) => self.register_start(account_id, *r),
