@@ -46,9 +46,15 @@ pub enum VaultError {
     /// No majority of the cluster is reachable (or consensus stopped).
     #[error("vault unavailable: {0}")]
     Unavailable(String),
-    /// Storage failed.
+    /// Storage failed (the database, or a row that does not decode).
     #[error("storage error: {0}")]
-    Storage(String),
+    Storage(#[source] Box<dyn std::error::Error + Send + Sync + 'static>),
+    /// A file of the replica's state could not be read or written.
+    #[error(transparent)]
+    File(#[from] service_kit::files::FileError),
+    /// A certificate or key could not be made or loaded.
+    #[error(transparent)]
+    Pki(#[from] service_kit::pki::PkiError),
     /// Anything else that is our fault.
     #[error("internal error: {0}")]
     Internal(String),
@@ -69,7 +75,7 @@ impl VaultError {
             Self::NotLeader { .. } | Self::Unavailable(_) | Self::Storage(_) => {
                 ErrorCode::Unavailable
             }
-            Self::Internal(_) => ErrorCode::Internal,
+            Self::Internal(_) | Self::File(_) | Self::Pki(_) => ErrorCode::Internal,
         }
     }
 
@@ -84,7 +90,7 @@ impl VaultError {
                 tracing::error!(error = %self, "vault storage failed");
                 "the vault could not use its storage; retry in a moment".to_owned()
             }
-            Self::Internal(_) => {
+            Self::Internal(_) | Self::File(_) | Self::Pki(_) => {
                 tracing::error!(error = %self, "vault request failed");
                 "the vault failed on its side; retry later and report it if it persists".to_owned()
             }
@@ -99,28 +105,16 @@ impl VaultError {
     }
 }
 
-impl From<service_kit::files::FileError> for VaultError {
-    fn from(e: service_kit::files::FileError) -> Self {
-        Self::Internal(e.to_string())
-    }
-}
-
-impl From<service_kit::pki::PkiError> for VaultError {
-    fn from(e: service_kit::pki::PkiError) -> Self {
-        Self::Internal(e.to_string())
-    }
-}
-
 impl From<redb::Error> for VaultError {
     fn from(e: redb::Error) -> Self {
-        Self::Storage(e.to_string())
+        Self::Storage(Box::new(e))
     }
 }
 
 macro_rules! storage_from {
     ($($t:ty),*) => {$(
         impl From<$t> for VaultError {
-            fn from(e: $t) -> Self { Self::Storage(e.to_string()) }
+            fn from(e: $t) -> Self { Self::Storage(Box::new(e)) }
         }
     )*};
 }

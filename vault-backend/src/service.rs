@@ -515,7 +515,7 @@ fn error_label(e: &VaultError) -> &'static str {
         VaultError::Busy => "busy",
         VaultError::Storage(_) | VaultError::Unavailable(_) => "unavailable",
         VaultError::NotLeader { .. } => "not_leader",
-        VaultError::Internal(_) => "internal",
+        VaultError::Internal(_) | VaultError::File(_) | VaultError::Pki(_) => "internal",
     }
 }
 

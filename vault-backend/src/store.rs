@@ -54,5 +54,5 @@ impl Store {
 }
 
 fn decode(bytes: &[u8]) -> Result<StoredAccount, VaultError> {
-    crate::raft::codec::decode_row(bytes).map_err(VaultError::Storage)
+    crate::raft::codec::decode_row(bytes).map_err(|e| VaultError::Storage(e.into()))
 }
