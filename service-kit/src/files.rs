@@ -53,32 +53,26 @@ pub fn write_private(path: &Path, bytes: &[u8], existing: Existing) -> Result<()
         }
     }
     match existing {
-        Existing::Refuse => create_and_write(path, bytes, "create"),
-        Existing::Replace => {
-            let name = path
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            let tmp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
-            let _ = std::fs::remove_file(&tmp);
-            create_and_write(&tmp, bytes, "write")?;
-            std::fs::rename(&tmp, path).map_err(|e| {
-                let _ = std::fs::remove_file(&tmp);
-                FileError::new("replace", path, e)
-            })?;
-            sync_parent(path)
-        }
+        Existing::Refuse => create_and_write(path, bytes, "create", 0o600),
+        Existing::Replace => replace_atomically(path, bytes, 0o600),
     }
 }
 
-fn create_and_write(path: &Path, bytes: &[u8], op: &'static str) -> Result<(), FileError> {
+fn create_and_write(
+    path: &Path,
+    bytes: &[u8],
+    op: &'static str,
+    mode: u32,
+) -> Result<(), FileError> {
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create_new(true);
     #[cfg(unix)]
     {
         use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
+        opts.mode(mode);
     }
+    #[cfg(not(unix))]
+    let _ = mode;
     let mut f = opts.open(path).map_err(|e| FileError::new(op, path, e))?;
     f.write_all(bytes)
         .and_then(|()| f.sync_all())
@@ -102,25 +96,20 @@ fn sync_parent(path: &Path) -> Result<(), FileError> {
 /// config without secrets, a report) readable by others, replacing any
 /// earlier version atomically. Secrets go through [`write_private`].
 pub fn write_public(path: &Path, bytes: &[u8]) -> Result<(), FileError> {
+    replace_atomically(path, bytes, 0o644)
+}
+
+/// Writes `bytes` to a temporary file of `mode` beside `path`, syncs it,
+/// renames it over `path` and syncs the folder: a crash leaves the old or
+/// the new file, never a torn one.
+fn replace_atomically(path: &Path, bytes: &[u8], mode: u32) -> Result<(), FileError> {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let tmp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
     let _ = std::fs::remove_file(&tmp);
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o644);
-    }
-    let mut f = opts
-        .open(&tmp)
-        .map_err(|e| FileError::new("create", &tmp, e))?;
-    f.write_all(bytes)
-        .and_then(|()| f.sync_all())
-        .map_err(|e| FileError::new("write", &tmp, e))?;
+    create_and_write(&tmp, bytes, "write", mode)?;
     std::fs::rename(&tmp, path).map_err(|e| {
         let _ = std::fs::remove_file(&tmp);
         FileError::new("replace", path, e)

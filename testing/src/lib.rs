@@ -10,5 +10,6 @@
 pub mod bins;
 pub mod helpers;
 pub mod local_stack;
+pub mod softhsm;
 
 pub use local_stack::{LocalStack, StackOptions, PROFILE_FILE};

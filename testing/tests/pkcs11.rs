@@ -8,49 +8,23 @@
 //! Needs SoftHSM2 (`apt-get install softhsm2`; `.ci/run` installs it).
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use client::{BackupKey, GatewayConnection, VaultClient};
 use protocol_spec::opaque_profile::cheap_ksf_for_load_tests;
 use testing::local_stack::{LocalStack, StackOptions};
+use testing::softhsm::{SoftHsm, MODULE};
 use vault_backend::config::files;
 use vault_backend::keyprotect::{KeyProtection, Pkcs11Key};
 use vault_backend::secrets::FleetSecrets;
 use zeroize::Zeroizing;
 
-const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
-
-fn init_token(conf: &Path, label: &str, pin: &str) {
-    let out = Command::new("softhsm2-util")
-        .env("SOFTHSM2_CONF", conf)
-        .args(["--init-token", "--free", "--label", label, "--pin", pin])
-        .args(["--so-pin", "87654321"])
-        .output()
-        .expect("softhsm2-util is installed (apt-get install softhsm2)");
-    assert!(out.status.success(), "{out:?}");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pkcs11_sealed_cluster_serves_and_its_secrets_need_the_token() {
-    assert!(
-        Path::new(MODULE).exists(),
-        "SoftHSM2 is missing: apt-get install softhsm2"
-    );
-    let hsm = tempfile::tempdir().unwrap();
-    let tokens = hsm.path().join("tokens");
-    std::fs::create_dir_all(&tokens).unwrap();
-    let conf = hsm.path().join("softhsm2.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
-            tokens.display()
-        ),
-    )
-    .unwrap();
+    let hsm = SoftHsm::new();
+    let conf = hsm.conf.clone();
     // Both tokens exist before the library is first initialized here.
-    init_token(&conf, "bkv-vault", "1234");
-    init_token(&conf, "another-hsm", "1234");
+    hsm.init_token("bkv-vault", "1234");
+    hsm.init_token("another-hsm", "1234");
     // The only test in this binary: nothing else reads the environment.
     std::env::set_var("SOFTHSM2_CONF", &conf);
     std::env::set_var("BKV_PKCS11_PIN", "1234");

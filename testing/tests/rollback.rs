@@ -11,7 +11,6 @@
 //! Needs SoftHSM2 (`apt-get install softhsm2`; `.ci/test` installs it).
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use client::{BackupKey, ClientError, GatewayConnection, Status, VaultClient};
@@ -19,9 +18,9 @@ use protocol_spec::msg::{self, response::Kind as Resp, ErrorCode};
 use protocol_spec::opaque_profile::cheap_ksf_for_load_tests;
 use testing::helpers::{connect, login_start};
 use testing::local_stack::{LocalStack, StackOptions};
+use testing::softhsm::{SoftHsm, MODULE};
 use vault_backend::keyprotect::KeyProtection;
 
-const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
 const CLUSTER: usize = 0;
 const LIMIT: u32 = 10;
 
@@ -29,39 +28,14 @@ const LIMIT: u32 = 10;
 /// the secrets when it creates the clusters) and the replica processes it
 /// starts (they inherit the environment): one token per replica of each of
 /// the two stacks, `bkv-<stack>-<id>`, as each replica host has its own HSM.
-fn tokens() -> tempfile::TempDir {
-    assert!(
-        Path::new(MODULE).exists(),
-        "SoftHSM2 is missing: apt-get install softhsm2"
-    );
-    let hsm = tempfile::tempdir().unwrap();
-    let tokens = hsm.path().join("tokens");
-    std::fs::create_dir_all(&tokens).unwrap();
-    let conf = hsm.path().join("softhsm2.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
-            tokens.display()
-        ),
-    )
-    .unwrap();
+fn tokens() -> SoftHsm {
+    let hsm = SoftHsm::new();
     for stack in ["a", "b"] {
         for id in 1..=5 {
-            let out = Command::new("softhsm2-util")
-                .env("SOFTHSM2_CONF", &conf)
-                .args([
-                    "--init-token",
-                    "--free",
-                    "--label",
-                    &format!("bkv-{stack}-{id}"),
-                ])
-                .args(["--pin", "1234", "--so-pin", "87654321"])
-                .output()
-                .expect("softhsm2-util is installed (apt-get install softhsm2)");
-            assert!(out.status.success(), "{out:?}");
+            hsm.init_token(&format!("bkv-{stack}-{id}"), "1234");
         }
     }
+    let conf = hsm.conf.clone();
     // The only test in this binary: nothing else reads the environment.
     std::env::set_var("SOFTHSM2_CONF", &conf);
     std::env::set_var("BKV_PKCS11_PIN", "1234");

@@ -114,6 +114,15 @@ impl Default for KeyProtection {
     }
 }
 
+/// The user PIN of `token_label`, from the environment variable `pin_env`.
+fn token_pin(pin_env: &str, token_label: &str) -> Result<Zeroizing<String>, KeyProtectError> {
+    std::env::var(pin_env).map(Zeroizing::new).map_err(|_| {
+        KeyProtectError::Config(format!(
+            "set {pin_env} to the user PIN of token `{token_label}`"
+        ))
+    })
+}
+
 impl KeyProtection {
     /// Opens the backend for the replica in `state_dir`. With `create`, a
     /// missing key is generated (a new key file, or a new key in the token);
@@ -134,16 +143,12 @@ impl KeyProtection {
                 key_label,
                 pin_env,
             } => {
-                let pin = std::env::var(pin_env).map_err(|_| {
-                    KeyProtectError::Config(format!(
-                        "set {pin_env} to the user PIN of token `{token_label}`"
-                    ))
-                })?;
+                let pin = token_pin(pin_env, token_label)?;
                 Ok(Box::new(Pkcs11Key::open(
                     module,
                     token_label,
                     key_label,
-                    Zeroizing::new(pin),
+                    pin,
                     create,
                 )?))
             }
@@ -192,16 +197,12 @@ impl KeyProtection {
                 pin_env,
                 ..
             } => {
-                let pin = std::env::var(pin_env).map_err(|_| {
-                    KeyProtectError::Config(format!(
-                        "set {pin_env} to the user PIN of token `{token_label}`"
-                    ))
-                })?;
+                let pin = token_pin(pin_env, token_label)?;
                 Ok(Box::new(Pkcs11Anchor::open(
                     module,
                     token_label,
                     name,
-                    Zeroizing::new(pin),
+                    pin,
                 )?))
             }
         }
