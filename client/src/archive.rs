@@ -84,12 +84,10 @@ pub fn estimate_size(source: &Path) -> u64 {
 
 /// Starts packing `source` (a file or a folder) into a tar stream.
 pub fn pack(source: &Path) -> Result<PackedReader, ClientError> {
-    let meta = std::fs::metadata(source).map_err(|e| {
-        ClientError::Io(format!(
-            "cannot read {}: {e}; check the path to back up",
-            source.display()
-        ))
-    })?;
+    let meta = std::fs::metadata(source).map_err(ClientError::io(format!(
+        "cannot read {} (check the path to back up)",
+        source.display()
+    )))?;
     let (rd, wr) = tokio::io::duplex(PIPE);
     let bridge = SyncIoBridge::new(wr);
     let source: PathBuf = source.to_owned();
@@ -137,13 +135,13 @@ impl Unpacker {
     pub fn start(dest: &Path) -> Result<Self, ClientError> {
         if let Ok(mut rd) = std::fs::read_dir(dest) {
             if rd.next().is_some() {
-                return Err(ClientError::Io(format!(
+                return Err(ClientError::Local(format!(
                     "{} is not empty; restore into a new or empty folder",
                     dest.display()
                 )));
             }
         } else if dest.exists() {
-            return Err(ClientError::Io(format!(
+            return Err(ClientError::Local(format!(
                 "{} exists and is not a folder; restore into a new or empty folder",
                 dest.display()
             )));
@@ -152,15 +150,19 @@ impl Unpacker {
             Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
             _ => PathBuf::from("."),
         };
-        std::fs::create_dir_all(&parent)
-            .map_err(|e| ClientError::Io(format!("cannot create {}: {e}", parent.display())))?;
+        std::fs::create_dir_all(&parent).map_err(ClientError::io(format!(
+            "cannot create {}",
+            parent.display()
+        )))?;
         let name = dest
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| "restore".into());
         let staging = parent.join(format!(".{name}.partial-{:08x}", rand::random::<u32>()));
-        std::fs::create_dir(&staging)
-            .map_err(|e| ClientError::Io(format!("cannot create {}: {e}", staging.display())))?;
+        std::fs::create_dir(&staging).map_err(ClientError::io(format!(
+            "cannot create {}",
+            staging.display()
+        )))?;
         let (rd, wr) = tokio::io::duplex(PIPE);
         let bridge = SyncIoBridge::new(rd);
         let target = staging.clone();
@@ -194,8 +196,8 @@ impl Unpacker {
         drop(self.writer.take());
         let res = (&mut self.task).await;
         let res = match res {
-            Ok(r) => r.map_err(|e| ClientError::Io(format!("unpacking the backup: {e}"))),
-            Err(e) => Err(ClientError::Io(format!("unpacking the backup: {e}"))),
+            Ok(r) => r.map_err(ClientError::io("unpacking the backup")),
+            Err(e) => Err(ClientError::io("unpacking the backup")(io::Error::other(e))),
         };
         if let Err(e) = res {
             let _ = std::fs::remove_dir_all(&self.staging);
@@ -204,12 +206,10 @@ impl Unpacker {
         if self.dest.exists() {
             let _ = std::fs::remove_dir(&self.dest);
         }
-        std::fs::rename(&self.staging, &self.dest).map_err(|e| {
-            ClientError::Io(format!(
-                "moving the restored files to {}: {e}",
-                self.dest.display()
-            ))
-        })?;
+        std::fs::rename(&self.staging, &self.dest).map_err(ClientError::io(format!(
+            "moving the restored files to {}",
+            self.dest.display()
+        )))?;
         Ok(self.dest.clone())
     }
 

@@ -34,7 +34,7 @@ where
         let n = reader
             .read(&mut input)
             .await
-            .map_err(|e| ClientError::Io(format!("reading the data to back up: {e}")))?;
+            .map_err(ClientError::io("reading the data to back up"))?;
         if n == 0 {
             break;
         }
@@ -51,14 +51,12 @@ where
     writer
         .flush()
         .await
-        .map_err(|e| ClientError::Io(format!("writing the backup: {e}")))?;
+        .map_err(ClientError::io("writing the backup"))?;
     Ok(total)
 }
 
 async fn write_all<W: AsyncWrite + Unpin>(w: &mut W, b: &[u8]) -> Result<(), ClientError> {
-    w.write_all(b)
-        .await
-        .map_err(|e| ClientError::Io(format!("writing: {e}")))
+    w.write_all(b).await.map_err(ClientError::io("writing"))
 }
 
 /// Decrypts a backup from `reader` into `writer`. `progress` gets the
@@ -83,7 +81,7 @@ where
         let n = reader
             .read(&mut input)
             .await
-            .map_err(|e| ClientError::Io(format!("reading the backup: {e}")))?;
+            .map_err(ClientError::io("reading the backup"))?;
         if n == 0 {
             break;
         }
@@ -106,6 +104,6 @@ where
     writer
         .flush()
         .await
-        .map_err(|e| ClientError::Io(format!("writing the restored data: {e}")))?;
+        .map_err(ClientError::io("writing the restored data"))?;
     Ok(total)
 }

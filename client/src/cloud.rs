@@ -58,7 +58,10 @@ fn store_err<'a>(
     what: &'a str,
     location: &'a str,
 ) -> impl Fn(object_store::Error) -> ClientError + 'a {
-    move |e| ClientError::Store(format!("{what} at {location}: {e}"))
+    move |source| ClientError::Store {
+        what: format!("{what} at {location}"),
+        source: Box::new(source),
+    }
 }
 
 impl BackupStore {
@@ -165,8 +168,9 @@ impl BackupStore {
             let _ = w.abort().await;
             return Err(e);
         }
-        w.shutdown().await.map_err(|e| {
-            ClientError::Store(format!("uploading the backup to {}: {e}", self.location))
+        w.shutdown().await.map_err(|source| ClientError::Store {
+            what: format!("uploading the backup to {}", self.location),
+            source: Box::new(source),
         })?;
         let meta = self
             .store

@@ -51,12 +51,28 @@ pub enum ClientError {
     /// The server said something the client does not expect.
     #[error("protocol error: {0}")]
     Protocol(String),
-    /// Local file or stream problem.
+    /// A local file or stream failed; the I/O error is the source.
+    #[error("{what}")]
+    Io {
+        /// What the client was doing, and with which path.
+        what: String,
+        /// The operating system's (or the archive reader's) error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A local precondition does not hold (a restore destination that is
+    /// not empty, a path that is not a folder); the message says what to do.
     #[error("{0}")]
-    Io(String),
-    /// The cloud store failed.
-    #[error("cloud storage: {0}; check the backup location and your connection, then retry")]
-    Store(String),
+    Local(String),
+    /// The cloud store failed; the store's error is the source.
+    #[error("cloud storage: {what} (check the backup location and your connection, then retry)")]
+    Store {
+        /// What the client was doing, and where.
+        what: String,
+        /// The object store's error (or the upload stream's).
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync + 'static>,
+    },
     /// The backup could not be opened (wrong key, damaged, tampered...).
     #[error("{0}")]
     Backup(#[from] protocol_spec::backup_format::FormatError),
@@ -74,6 +90,12 @@ pub enum ClientError {
 }
 
 impl ClientError {
+    /// A local I/O failure while doing `what`.
+    pub fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Self {
+        let what = what.into();
+        move |source| Self::Io { what, source }
+    }
+
     /// Maps a wire error.
     pub fn from_wire(e: &protocol_spec::msg::Error) -> Self {
         match e.code() {
@@ -100,7 +122,9 @@ impl ClientError {
     /// session is retried by starting the login again).
     pub fn retryable(&self) -> bool {
         match self {
-            Self::Unavailable(_) | Self::Connect { .. } | Self::Io(_) => true,
+            Self::Unavailable(_) | Self::Connect { .. } | Self::Io { .. } | Self::Store { .. } => {
+                true
+            }
             Self::Refused { code, .. } => protocol_spec::classify::classify(*code).retryable(),
             _ => false,
         }

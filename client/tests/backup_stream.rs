@@ -161,7 +161,7 @@ async fn uploads_are_atomic_and_versioned() {
     let failed = store
         .upload(&key, FailingReader { left: 300_000 }, &|_| {})
         .await;
-    assert!(matches!(failed, Err(ClientError::Io(_))), "{failed:?}");
+    assert!(matches!(failed, Err(ClientError::Io { .. })), "{failed:?}");
     let after: Vec<String> = store
         .list()
         .await

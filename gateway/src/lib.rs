@@ -10,5 +10,6 @@ pub mod keys;
 pub mod placement;
 pub mod retry;
 pub mod server;
+pub mod telemetry;
 pub mod udp;
 pub mod vault_client;

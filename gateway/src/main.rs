@@ -123,6 +123,7 @@ async fn main() -> anyhow::Result<()> {
                 cfg.admin_listen = admin_listen;
             }
             service_kit::observability::install_metrics(cfg.admin_listen)?;
+            gateway::telemetry::describe();
             let keys = GatewayKeys::load(&cfg.state_dir)?;
             let gw = Gateway::start(cfg.listen, &keys, &cfg.vault_clusters)?;
             tracing::info!(addr = %gw.local_addr()?, "gateway serving");

@@ -39,6 +39,8 @@ impl Target {
         let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
             .install_recorder()
             .ok();
+        gateway::telemetry::describe();
+        vault_backend::telemetry::describe();
         let stack = LocalStack::start(StackOptions {
             replicas,
             max_attempts,

@@ -188,6 +188,16 @@ async fn two_of_five_down_serves_three_down_refuses_without_answering_a_login() 
     for name in ["vault_raft_term", "vault_raft_log_entries", "vault_records"] {
         assert!(metrics.contains(name), "{name} missing from /metrics");
     }
+    // Every metric the replica exports says what it measures.
+    for line in metrics.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let name = rest.split_whitespace().next().unwrap();
+            assert!(
+                metrics.contains(&format!("# HELP {name} ")),
+                "{name} has no HELP text"
+            );
+        }
+    }
     let conn = connect(&stack, "quorum").await;
 
     // The leader and one follower die: three of five remain, a majority.

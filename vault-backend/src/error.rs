@@ -55,12 +55,55 @@ pub enum VaultError {
     /// A certificate or key could not be made or loaded.
     #[error(transparent)]
     Pki(#[from] service_kit::pki::PkiError),
-    /// Anything else that is our fault.
-    #[error("internal error: {0}")]
-    Internal(String),
+    /// Anything else that is our fault: what failed, and its cause when
+    /// there is one.
+    #[error("internal error: {what}")]
+    Internal {
+        /// What the vault was doing.
+        what: String,
+        /// The underlying error, if any.
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
+    },
+}
+
+/// The error and its causes, each said once, for the replica's log.
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let text = c.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cur = c.source();
+    }
+    out
 }
 
 impl VaultError {
+    /// An internal failure without an underlying error.
+    pub fn internal(what: impl Into<String>) -> Self {
+        Self::Internal {
+            what: what.into(),
+            source: None,
+        }
+    }
+
+    /// An internal failure while doing `what`, caused by the error the
+    /// returned closure is given (for `map_err`).
+    pub fn internal_from<E>(what: impl Into<String>) -> impl FnOnce(E) -> Self
+    where
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        let what = what.into();
+        move |e| Self::Internal {
+            what,
+            source: Some(Box::new(e)),
+        }
+    }
+
     /// The wire code for this failure.
     pub fn code(&self) -> ErrorCode {
         match self {
@@ -75,7 +118,7 @@ impl VaultError {
             Self::NotLeader { .. } | Self::Unavailable(_) | Self::Storage(_) => {
                 ErrorCode::Unavailable
             }
-            Self::Internal(_) | Self::File(_) | Self::Pki(_) => ErrorCode::Internal,
+            Self::Internal { .. } | Self::File(_) | Self::Pki(_) => ErrorCode::Internal,
         }
     }
 
@@ -87,11 +130,11 @@ impl VaultError {
         let code = self.code();
         let message = match self {
             Self::Storage(_) => {
-                tracing::error!(error = %self, "vault storage failed");
+                tracing::error!(error = %chain(self), "vault storage failed");
                 "the vault could not use its storage; retry in a moment".to_owned()
             }
-            Self::Internal(_) | Self::File(_) | Self::Pki(_) => {
-                tracing::error!(error = %self, "vault request failed");
+            Self::Internal { .. } | Self::File(_) | Self::Pki(_) => {
+                tracing::error!(error = %chain(self), "vault request failed");
                 "the vault failed on its side; retry later and report it if it persists".to_owned()
             }
             other => other.to_string(),

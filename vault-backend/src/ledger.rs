@@ -131,7 +131,7 @@ impl Ledger {
                 Err(self.not_leader(&f))
             }
             Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e)))) => {
-                Err(VaultError::Internal(format!("membership: {e}")))
+                Err(VaultError::internal_from("changing the membership")(e))
             }
             Ok(Err(RaftError::Fatal(e))) => Err(VaultError::Unavailable(format!(
                 "this replica's consensus engine stopped ({e}); retry on another replica"
@@ -189,7 +189,7 @@ impl Ledger {
         let id = account_id.to_owned();
         tokio::task::spawn_blocking(move || store.get(&id))
             .await
-            .map_err(|e| VaultError::Internal(e.to_string()))?
+            .map_err(VaultError::internal_from("reading the account row"))?
     }
 
     /// "Ask the leader", at its gateway-facing address as the membership

@@ -25,5 +25,6 @@ pub mod secrets;
 pub mod server;
 pub mod service;
 pub mod store;
+pub mod telemetry;
 
 pub use error::VaultError;

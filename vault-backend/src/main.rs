@@ -296,6 +296,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 cfg.admin_listen = admin_listen;
             }
             service_kit::observability::install_recorder()?;
+            vault_backend::telemetry::describe();
             let replica = Replica::start(&cfg)
                 .await
                 .context("cannot start the replica")?;

@@ -104,16 +104,19 @@ impl FleetSecrets {
             sealing_key_hex: hex::encode(self.sealing_key.as_ref()),
         };
         let text = Zeroizing::new(
-            toml::to_string(&file).map_err(|e| VaultError::Internal(e.to_string()))?,
+            toml::to_string(&file)
+                .map_err(VaultError::internal_from("encoding the fleet secrets"))?,
         );
         let sealed = protector
             .seal(text.as_bytes(), SEAL_AAD)
-            .map_err(|e| VaultError::Internal(e.to_string()))?;
+            .map_err(VaultError::internal_from("sealing the fleet secrets"))?;
         let out = toml::to_string(&SealedFile {
             sealed_by: protector.describe(),
             sealed_hex: hex::encode(sealed),
         })
-        .map_err(|e| VaultError::Internal(e.to_string()))?;
+        .map_err(VaultError::internal_from(
+            "encoding the sealed secrets file",
+        ))?;
         write_private(path, out.as_bytes(), Existing::Refuse)?;
         Ok(())
     }
@@ -121,40 +124,40 @@ impl FleetSecrets {
     /// Loads secrets written by [`save`](Self::save), unsealing them with
     /// `protector`.
     pub fn load(path: &Path, protector: &dyn KeyProtector) -> Result<Self, VaultError> {
-        let outer = std::fs::read_to_string(path).map_err(|e| {
-            VaultError::Internal(format!(
-                "cannot read fleet secrets {}: {e}; run `vault-backend init-cluster` first",
-                path.display()
-            ))
-        })?;
-        let sealed: SealedFile = toml::from_str(&outer)
-            .map_err(|e| VaultError::Internal(format!("bad sealed secrets file: {e}")))?;
+        let outer = std::fs::read_to_string(path).map_err(VaultError::internal_from(format!(
+            "cannot read fleet secrets {} (run `vault-backend init-cluster` first)",
+            path.display()
+        )))?;
+        let sealed: SealedFile =
+            toml::from_str(&outer).map_err(VaultError::internal_from("bad sealed secrets file"))?;
         let bytes = hex::decode(&sealed.sealed_hex)
-            .map_err(|e| VaultError::Internal(format!("bad sealed secrets file: {e}")))?;
-        let plain = protector.unseal(&bytes, SEAL_AAD).map_err(|e| {
-            VaultError::Internal(format!(
-                "cannot unseal {} (sealed by {}): {e}",
+            .map_err(VaultError::internal_from("bad sealed secrets file"))?;
+        let plain = protector
+            .unseal(&bytes, SEAL_AAD)
+            .map_err(VaultError::internal_from(format!(
+                "cannot unseal {} (sealed by {})",
                 path.display(),
                 sealed.sealed_by
-            ))
-        })?;
+            )))?;
         let text = Zeroizing::new(
             String::from_utf8(plain.to_vec())
-                .map_err(|_| VaultError::Internal("unsealed secrets are not text".into()))?,
+                .map_err(VaultError::internal_from("unsealed secrets are not text"))?,
         );
-        let f: SecretsFile = toml::from_str(&text)
-            .map_err(|e| VaultError::Internal(format!("bad secrets file: {e}")))?;
+        let f: SecretsFile =
+            toml::from_str(&text).map_err(VaultError::internal_from("bad secrets file"))?;
         let setup_bytes = Zeroizing::new(
-            hex::decode(&f.server_setup_hex).map_err(|e| VaultError::Internal(e.to_string()))?,
+            hex::decode(&f.server_setup_hex)
+                .map_err(VaultError::internal_from("bad server setup"))?,
         );
         let server_setup = ServerSetup::<Suite>::deserialize(&setup_bytes)
-            .map_err(|e| VaultError::Internal(format!("bad server setup: {e:?}")))?;
+            .map_err(VaultError::internal_from("bad server setup"))?;
         let key_bytes = Zeroizing::new(
-            hex::decode(&f.sealing_key_hex).map_err(|e| VaultError::Internal(e.to_string()))?,
+            hex::decode(&f.sealing_key_hex)
+                .map_err(VaultError::internal_from("bad sealing key"))?,
         );
         let mut k = Zeroizing::new([0u8; 32]);
         if key_bytes.len() != 32 {
-            return Err(VaultError::Internal("sealing key must be 32 bytes".into()));
+            return Err(VaultError::internal("sealing key must be 32 bytes"));
         }
         k.copy_from_slice(&key_bytes);
         Ok(Self::from_parts(f.fleet_id, server_setup, k))
@@ -179,7 +182,7 @@ impl FleetSecrets {
                     aad: &aad,
                 },
             )
-            .map_err(|_| VaultError::Internal("seal failed".into()))?;
+            .map_err(|_| VaultError::internal("sealing a record failed"))?;
         let mut out = nonce.to_vec();
         out.extend_from_slice(&ct);
         Ok(out)
@@ -193,7 +196,7 @@ impl FleetSecrets {
         sealed: &[u8],
     ) -> Result<Zeroizing<Vec<u8>>, VaultError> {
         if sealed.len() < 12 + 16 {
-            return Err(VaultError::Internal("sealed record too short".into()));
+            return Err(VaultError::internal("sealed record too short"));
         }
         let aad = record_aad(&self.fleet_id, account_id, registration_id);
         ChaCha20Poly1305::new(Key::from_slice(self.sealing_key.as_ref()))
@@ -205,9 +208,7 @@ impl FleetSecrets {
                 },
             )
             .map(Zeroizing::new)
-            .map_err(|_| {
-                VaultError::Internal("sealed record does not open with this fleet's key".into())
-            })
+            .map_err(|_| VaultError::internal("sealed record does not open with this fleet's key"))
     }
 }
 

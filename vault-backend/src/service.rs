@@ -121,7 +121,7 @@ impl<L: AccountLedger> Vault<L> {
     fn sessions(&self) -> Result<MutexGuard<'_, PendingLogins<PendingState>>, VaultError> {
         self.sessions
             .lock()
-            .map_err(|_| VaultError::Internal("the pending-login table is poisoned".into()))
+            .map_err(|_| VaultError::internal("the pending-login table is poisoned"))
     }
 
     /// The ledger.
@@ -326,13 +326,13 @@ impl<L: AccountLedger> Vault<L> {
                 seq,
             } => account::Guess {
                 record: StoredAccount::decode(record.as_slice())
-                    .map_err(|e| VaultError::Internal(format!("counted row: {e}")))?,
+                    .map_err(VaultError::internal_from("decoding the counted row"))?,
                 attempts_left,
                 last,
                 seq,
             },
             other => {
-                return Err(VaultError::Internal(format!(
+                return Err(VaultError::internal(format!(
                     "login start committed as {other:?}"
                 )))
             }
@@ -351,9 +351,9 @@ impl<L: AccountLedger> Vault<L> {
                 )?
                 .as_slice(),
         )
-        .map_err(|e| VaultError::Internal(format!("record: {e}")))?;
+        .map_err(VaultError::internal_from("decoding the sealed record"))?;
         let password_file = ServerRegistration::<Suite>::deserialize(&record.password_file)
-            .map_err(|e| VaultError::Internal(format!("password file: {e:?}")))?;
+            .map_err(VaultError::internal_from("decoding the password file"))?;
         let cred_id = op::credential_identifier(
             &self.secrets.fleet_id,
             account_id,
@@ -473,7 +473,7 @@ impl<L: AccountLedger> Vault<L> {
                 })
                 .await?;
                 let sealed_key = op::seal_release(&session_key, &key, &wrapped_key)
-                    .map_err(|e| VaultError::Internal(e.to_string()))?;
+                    .map_err(VaultError::internal_from("sealing the released key"))?;
                 if pending.purpose == LoginPurpose::ChangePassword {
                     self.sessions()?.insert(
                         key,
@@ -515,7 +515,7 @@ fn error_label(e: &VaultError) -> &'static str {
         VaultError::Busy => "busy",
         VaultError::Storage(_) | VaultError::Unavailable(_) => "unavailable",
         VaultError::NotLeader { .. } => "not_leader",
-        VaultError::Internal(_) | VaultError::File(_) | VaultError::Pki(_) => "internal",
+        VaultError::Internal { .. } | VaultError::File(_) | VaultError::Pki(_) => "internal",
     }
 }
 

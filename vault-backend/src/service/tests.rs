@@ -51,7 +51,7 @@ impl AccountLedger for MemoryLedger {
         let id = cmd.account_id().unwrap_or_default().to_owned();
         let mut rows = self.rows.lock().unwrap();
         let applied = apply::to_row(rows.get(&id).cloned(), &cmd)
-            .map_err(|e| VaultError::Internal(e.to_string()))?;
+            .map_err(VaultError::internal_from("reading the account row"))?;
         match applied.write {
             Write::Keep => {}
             Write::Put(row) => {
