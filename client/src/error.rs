@@ -37,8 +37,21 @@ pub enum ClientError {
         attempts_left: u32,
     },
     /// Guess limit used up.
-    #[error("too many wrong passwords: the backup key was erased from the vault and is permanently inaccessible. Only the 64-digit key, if you kept it, can still open your backups")]
+    #[error("too many wrong passwords: the vault erased the backup key for good, and backups protected by it cannot be restored through the vault. A phone that still has backup turned on keeps the key: run `backup-client enable` there to protect it with a new password")]
     LockedOut,
+    /// Too many guesses in a short time: the vault paces them.
+    #[error("too many password attempts in a short time: to protect your backup, the vault allows the next one in {}", protocol_spec::classify::wait_in_words(*retry_after))]
+    Paced {
+        /// Until the next attempt is allowed.
+        retry_after: std::time::Duration,
+    },
+    /// A replacement of the deposit without its password was accepted and
+    /// waits out the vault's period.
+    #[error("a backup key is already deposited for this account, and replacing it without its password takes a waiting period: this phone can complete the replacement in {} by running `backup-client enable --replace` again. Until then the old key stays in the vault, and a login with the old password on any phone cancels the replacement. To back up now, use a 64-digit key instead: `backup-client enable --key-only`", protocol_spec::classify::wait_in_words(*retry_after))]
+    ReplacementPending {
+        /// Until this phone may complete it.
+        retry_after: std::time::Duration,
+    },
     /// Nothing deposited.
     #[error("no backup key is deposited in the vault for this account")]
     NotRegistered,
@@ -48,6 +61,9 @@ pub enum ClientError {
     /// Retryable condition.
     #[error("the vault is unavailable right now ({0}); try again in a moment")]
     Unavailable(String),
+    /// The vault sheds load (a short `BUSY`).
+    #[error("the vault is busy right now ({0}); try again in a moment")]
+    Busy(String),
     /// The server said something the client does not expect.
     #[error("protocol error: {0}")]
     Protocol(String),
@@ -89,6 +105,10 @@ pub enum ClientError {
     },
 }
 
+/// A `BUSY` asking to wait longer than this is pacing of guesses (an
+/// overload asks for `classify::BUSY_RETRY_AFTER`, 500 ms).
+const PACED_ABOVE_MS: u32 = 5_000;
+
 impl ClientError {
     /// A local I/O failure while doing `what`.
     pub fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Self {
@@ -105,7 +125,15 @@ impl ClientError {
             ErrorCode::LockedOut => Self::LockedOut,
             ErrorCode::NotRegistered => Self::NotRegistered,
             ErrorCode::AlreadyRegistered => Self::AlreadyRegistered,
-            ErrorCode::Busy | ErrorCode::Unavailable | ErrorCode::SessionExpired => {
+            ErrorCode::ReplacementPending => Self::ReplacementPending {
+                retry_after: std::time::Duration::from_millis(e.retry_after_ms.into()),
+            },
+            // A wait longer than an overload's is the vault's pacing.
+            ErrorCode::Busy if e.retry_after_ms > PACED_ABOVE_MS => Self::Paced {
+                retry_after: std::time::Duration::from_millis(e.retry_after_ms.into()),
+            },
+            ErrorCode::Busy => Self::Busy(e.message.clone()),
+            ErrorCode::Unavailable | ErrorCode::SessionExpired => {
                 Self::Unavailable(e.message.clone())
             }
             ErrorCode::Unauthenticated => Self::Authentication(e.message.clone()),
@@ -122,9 +150,11 @@ impl ClientError {
     /// session is retried by starting the login again).
     pub fn retryable(&self) -> bool {
         match self {
-            Self::Unavailable(_) | Self::Connect { .. } | Self::Io { .. } | Self::Store { .. } => {
-                true
-            }
+            Self::Unavailable(_)
+            | Self::Busy(_)
+            | Self::Connect { .. }
+            | Self::Io { .. }
+            | Self::Store { .. } => true,
             Self::Refused { code, .. } => protocol_spec::classify::classify(*code).retryable(),
             _ => false,
         }

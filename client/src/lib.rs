@@ -63,5 +63,6 @@ pub use device::DeviceIdentity;
 pub use error::ClientError;
 pub use profile::ClientProfile;
 pub use protocol_spec::backup_format::FormatError;
+pub use protocol_spec::classify::wait_in_words;
 pub use settings::{BackupSettings, Protection};
 pub use vault::{Status, VaultClient};

@@ -29,10 +29,21 @@ pub enum Status {
         attempts_left: u32,
         /// Guess limit.
         max_attempts: u32,
+        /// A replacement without the password is pending, and may complete
+        /// after this long.
+        replacement_in: Option<std::time::Duration>,
     },
     /// Erased by the guess limit.
     LockedOut,
 }
+
+/// Size of an OPAQUE `CredentialFinalization` in this suite.
+const FINALIZATION_LEN: usize = 64;
+/// How long a login finish is retried while the vault is unavailable (well
+/// inside `limits::LOGIN_SESSION_TTL`).
+const FINISH_RETRY_BUDGET: std::time::Duration = std::time::Duration::from_secs(60);
+/// Pause between those retries.
+const FINISH_RETRY_PAUSE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Vault operations for the connection's account.
 pub struct VaultClient<'c> {
@@ -109,6 +120,9 @@ impl<'c> VaultClient<'c> {
                 AccountState::Active => Status::Active {
                     attempts_left: s.attempts_left,
                     max_attempts: s.max_attempts,
+                    replacement_in: s
+                        .replacement_pending
+                        .then(|| std::time::Duration::from_millis(s.replacement_wait_ms)),
                 },
                 AccountState::LockedOut => Status::LockedOut,
                 _ => Status::NotRegistered,
@@ -221,34 +235,64 @@ impl<'c> VaultClient<'c> {
         ) {
             Ok(f) => f,
             Err(opaque_ke::errors::ProtocolError::InvalidLoginError) => {
-                return Err(if ls.attempts_left == 0 {
-                    ClientError::LockedOut
-                } else {
-                    ClientError::WrongPassword {
+                // Tell the vault, with a finalization that cannot verify: the
+                // session ends now, and a wrong last guess is erased now
+                // rather than when its session would expire.
+                let told = self
+                    .finish_login(&ls.login_session, vec![0; FINALIZATION_LEN])
+                    .await;
+                return Err(match told {
+                    Err(e @ (ClientError::WrongPassword { .. } | ClientError::LockedOut)) => e,
+                    _ if ls.attempts_left == 0 => ClientError::LockedOut,
+                    _ => ClientError::WrongPassword {
                         attempts_left: ls.attempts_left,
-                    }
+                    },
                 });
             }
             Err(e) => return Err(ClientError::Protocol(format!("login finish: {e:?}"))),
         };
         self.check_pin(&finish.server_s_pk.serialize())?;
-        let Resp::LoginFinish(lf) = self
-            .call(Req::LoginFinish(msg::LoginFinishRequest {
-                login_session: ls.login_session.clone(),
-                credential_finalization: finish.message.serialize().to_vec(),
-            }))
-            .await?
-        else {
-            return Err(ClientError::Protocol(
-                "unexpected response to login finish".into(),
-            ));
-        };
+        let lf = self
+            .finish_login(&ls.login_session, finish.message.serialize().to_vec())
+            .await?;
         Ok(Verified {
             session: ls.login_session,
             sealed_key: lf.sealed_key,
             session_key: Zeroizing::new(finish.session_key.to_vec()),
             export_key: Zeroizing::new(finish.export_key.to_vec()),
         })
+    }
+
+    /// Sends a login finish. If the vault is unavailable (its leader
+    /// changed), the finish is sent again a few times within the session's
+    /// lifetime: the last guess's session is committed, so the new leader
+    /// can finish it (and any other gets "session expired", as before).
+    async fn finish_login(
+        &self,
+        session: &[u8],
+        finalization: Vec<u8>,
+    ) -> Result<msg::LoginFinishResponse, ClientError> {
+        let deadline = tokio::time::Instant::now() + FINISH_RETRY_BUDGET;
+        loop {
+            let res = self
+                .call(Req::LoginFinish(msg::LoginFinishRequest {
+                    login_session: session.to_vec(),
+                    credential_finalization: finalization.clone(),
+                }))
+                .await;
+            match res {
+                Ok(Resp::LoginFinish(lf)) => return Ok(lf),
+                Ok(_) => {
+                    return Err(ClientError::Protocol(
+                        "unexpected response to login finish".into(),
+                    ))
+                }
+                Err(ClientError::Unavailable(_)) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(FINISH_RETRY_PAUSE).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     fn open_key(&self, v: &Verified) -> Result<BackupKey, ClientError> {

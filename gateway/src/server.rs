@@ -158,6 +158,7 @@ async fn serve_connection(shared: Arc<Shared>, conn: quinn::Connection) {
     };
     metrics::counter!("gateway_authenticated_total", "pattern" => if device.pattern == msg::NoisePattern::Ik { "ik" } else { "xx" }).increment(1);
     let account: Arc<str> = Arc::from(device.account_id.as_str());
+    let device_key = device.device_key;
     loop {
         let (send, recv) = match conn.accept_bi().await {
             Ok(s) => s,
@@ -167,7 +168,12 @@ async fn serve_connection(shared: Arc<Shared>, conn: quinn::Connection) {
         let conn2 = conn.clone();
         let account = account.clone();
         tokio::spawn(async move {
-            match tokio::time::timeout(RELAY_TIMEOUT, relay(&shared, &account, send, recv)).await {
+            match tokio::time::timeout(
+                RELAY_TIMEOUT,
+                relay(&shared, &account, &device_key, send, recv),
+            )
+            .await
+            {
                 Ok(Ok(())) => {}
                 Ok(Err(code)) => close(&conn2, code),
                 Err(_) => {}
@@ -250,6 +256,7 @@ async fn authenticate(shared: &Shared, conn: &quinn::Connection) -> HandshakeOut
 async fn relay(
     shared: &Shared,
     account_id: &str,
+    device_key: &[u8],
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
 ) -> Result<(), CloseCode> {
@@ -276,7 +283,7 @@ async fn relay(
             return Err(CloseCode::ProtocolError);
         }
     };
-    let response = shared.vault.call(account_id, request).await;
+    let response = shared.vault.call(account_id, device_key, request).await;
     let _ = write_message(&mut send, &response).await;
     let _ = send.finish();
     Ok(())

@@ -138,8 +138,17 @@ impl VaultClusters {
     }
 
     /// Relays one request to the leader of the account's cluster.
-    pub async fn call(&self, account_id: &str, request: msg::Request) -> msg::Response {
-        self.cluster_for(account_id).call(account_id, request).await
+    /// `device_key` is the device's static Noise key, proven in its
+    /// handshake (the vault pins a replacement without proof to it).
+    pub async fn call(
+        &self,
+        account_id: &str,
+        device_key: &[u8],
+        request: msg::Request,
+    ) -> msg::Response {
+        self.cluster_for(account_id)
+            .call(account_id, device_key, request)
+            .await
     }
 
     /// Closes every link.
@@ -387,12 +396,18 @@ impl ClusterLink {
 
     /// Relays one request to this cluster's leader, following redirects
     /// and retrying as [`Retry`] decides, within [`VAULT_CALL_DEADLINE`].
-    pub async fn call(&self, account_id: &str, request: msg::Request) -> msg::Response {
+    pub async fn call(
+        &self,
+        account_id: &str,
+        device_key: &[u8],
+        request: msg::Request,
+    ) -> msg::Response {
         let idempotent = retry::is_idempotent(request.kind.as_ref());
         let req = VaultRequest {
             account_id: account_id.to_owned(),
             request: Some(request),
             members: None,
+            device_key: device_key.to_vec(),
         };
         let started = Instant::now();
         let n = self.replicas().len().max(self.config.replicas.len());

@@ -154,7 +154,7 @@ pub async fn relay(
         tasks.spawn(async move {
             while Instant::now() < until {
                 let t = Instant::now();
-                let r = link.call(&account, req.clone()).await;
+                let r = link.call(&account, &[], req.clone()).await;
                 match r.kind {
                     Some(msg::response::Kind::Status(_)) => {
                         rec.record("status", t.elapsed());

@@ -50,7 +50,8 @@ pub fn classify(code: ErrorCode) -> Class {
         ErrorCode::NotRegistered
         | ErrorCode::WrongPassword
         | ErrorCode::LockedOut
-        | ErrorCode::AlreadyRegistered => (Fault::Account, None),
+        | ErrorCode::AlreadyRegistered
+        | ErrorCode::ReplacementPending => (Fault::Account, None),
         ErrorCode::Busy => (Fault::Service, Some(BUSY_RETRY_AFTER)),
         ErrorCode::Unavailable => (Fault::Service, Some(UNAVAILABLE_RETRY_AFTER)),
         ErrorCode::Internal => (Fault::Service, None),
@@ -72,6 +73,35 @@ impl Class {
     }
 }
 
+/// A wait in words for a person ("4 minutes", "2 hours", "less than a
+/// second"), rounded up to the unit it is said in, so that trying again
+/// after the said time works.
+pub fn wait_in_words(wait: Duration) -> String {
+    let ms = wait.as_millis();
+    if ms == 0 {
+        return "less than a second".to_owned();
+    }
+    // Each unit rounded up from the one below, so "60 seconds" is said
+    // "1 minute" and "90 minutes" "2 hours".
+    let secs = ms.div_ceil(1000);
+    let mins = secs.div_ceil(60);
+    let hours = mins.div_ceil(60);
+    let (n, unit) = if secs < 60 {
+        (secs, "second")
+    } else if mins < 90 {
+        (mins, "minute")
+    } else if hours < 48 {
+        (hours, "hour")
+    } else {
+        (hours.div_ceil(24), "day")
+    };
+    if n == 1 {
+        format!("1 {unit}")
+    } else {
+        format!("{n} {unit}s")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -87,6 +117,7 @@ mod tests {
             ErrorCode::AlreadyRegistered,
             ErrorCode::SessionExpired,
             ErrorCode::PermissionDenied,
+            ErrorCode::ReplacementPending,
             ErrorCode::Internal,
         ] {
             assert!(!classify(c).retryable(), "{c:?}");
@@ -94,5 +125,20 @@ mod tests {
         assert_eq!(classify(ErrorCode::Busy).retry_after_ms(), 500);
         assert_eq!(classify(ErrorCode::Unavailable).retry_after_ms(), 1000);
         assert_eq!(classify(ErrorCode::WrongPassword).fault, Fault::Account);
+    }
+
+    #[test]
+    fn waits_are_said_in_the_unit_a_person_uses_rounded_up() {
+        let w = |ms| wait_in_words(Duration::from_millis(ms));
+        assert_eq!(w(0), "less than a second");
+        assert_eq!(w(1), "1 second");
+        assert_eq!(w(58_001), "59 seconds");
+        assert_eq!(w(59_981), "1 minute");
+        assert_eq!(w(60_000), "1 minute");
+        assert_eq!(w(3 * 60_000 + 1), "4 minutes");
+        assert_eq!(w(89 * 60_000), "89 minutes");
+        assert_eq!(w(90 * 60_000), "2 hours");
+        assert_eq!(w(47 * 3_600_000), "47 hours");
+        assert_eq!(w(7 * 86_400_000), "7 days");
     }
 }

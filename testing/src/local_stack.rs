@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use client::{ClientProfile, DeviceIdentity};
-use vault_backend::account::StoredAccount;
+use vault_backend::account::{Pacing, StoredAccount};
 use vault_backend::admin::{self, ClusterStatus};
 use vault_backend::config::{files as vfiles, Member, RaftSettings, VaultConfig};
 use vault_backend::keyprotect::KeyProtection;
@@ -41,6 +41,11 @@ pub struct StackOptions {
     pub vault_base_port: Option<u16>,
     /// Guess limit.
     pub max_attempts: u32,
+    /// Pacing of guesses (default: the vault's, 3 at once then growing
+    /// waits; tests of other rules that make many guesses turn it off).
+    pub pacing: Pacing,
+    /// Waiting period of a replacement without proof, ms (default 7 days).
+    pub replacement_wait_ms: u64,
     /// Raft settings of every replica.
     pub raft: RaftSettings,
     /// Run each replica as a separate `vault-backend run` process of this
@@ -63,6 +68,8 @@ impl Default for StackOptions {
             clusters: 1,
             vault_base_port: None,
             max_attempts: protocol_spec::limits::DEFAULT_MAX_ATTEMPTS,
+            pacing: Pacing::default(),
+            replacement_wait_ms: VaultConfig::default().replacement_wait_ms,
             raft: RaftSettings::default(),
             replica_binary: None,
             key_protection: KeyProtection::default(),
@@ -231,6 +238,19 @@ impl LocalStack {
                 }
                 anyhow::bail!(why);
             }
+            // A new cluster starts in the oldest command version and
+            // switches once every member says it reads the newest; wait
+            // for that, unless the test holds the cluster back.
+            let newest = vault_backend::raft::codec::MAX_VERSION;
+            let held_back = stack.clusters[k]
+                .configs
+                .iter()
+                .any(|c| c.raft.max_command_version < newest);
+            if !held_back {
+                stack
+                    .wait_for_command_version(k, newest, Duration::from_secs(20))
+                    .await?;
+            }
         }
         Ok(stack)
     }
@@ -290,6 +310,8 @@ impl LocalStack {
             .replicas;
             for c in &mut configs {
                 c.raft = opts.raft.clone();
+                c.pacing = opts.pacing;
+                c.replacement_wait_ms = opts.replacement_wait_ms;
                 c.save()?;
             }
             configs
@@ -409,6 +431,32 @@ impl LocalStack {
             anyhow::ensure!(
                 Instant::now() < until,
                 "vault cluster {} elected no leader within {within:?}",
+                self.clusters[k].name
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until cluster `k`'s leader writes command version `version`.
+    pub async fn wait_for_command_version(
+        &self,
+        k: usize,
+        version: u32,
+        within: Duration,
+    ) -> anyhow::Result<()> {
+        let until = Instant::now() + within;
+        loop {
+            let leader = self.wait_for_leader(k, within).await?;
+            let st = self.statuses(k).await;
+            if st[leader]
+                .as_ref()
+                .is_some_and(|s| s.command_version >= version)
+            {
+                return Ok(());
+            }
+            anyhow::ensure!(
+                Instant::now() < until,
+                "vault cluster {} did not switch to command version {version} within {within:?}",
                 self.clusters[k].name
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -550,6 +598,8 @@ impl LocalStack {
             &like.key_protection,
         )?;
         cfg.max_attempts = like.max_attempts;
+        cfg.pacing = like.pacing;
+        cfg.replacement_wait_ms = like.replacement_wait_ms;
         c.configs.push(cfg);
         c.replicas.push(ReplicaHandle::Stopped);
         let i = c.configs.len() - 1;

@@ -365,12 +365,26 @@ async fn using_up_the_guesses_ends_with_key_permanently_inaccessible() {
         err.contains("LAST attempt"),
         "warned before the last guess: {err}"
     );
-    assert!(err.contains("permanently inaccessible"), "{err}");
+    assert!(err.contains("erased the backup key for good"), "{err}");
+    assert!(
+        !err.contains("64-digit"),
+        "a password user was never shown a 64-digit key: {err}"
+    );
 
     // Even the right password cannot bring it back now.
     let err = failed(&w.cli(&b, &args, &[("BKV_PASSWORD", "the real one")]).await);
-    assert!(err.contains("permanently inaccessible"), "{err}");
+    assert!(err.contains("erased the backup key for good"), "{err}");
     let status = ok(&w.cli(&a, &["status"], &[]).await);
     assert!(status.contains("locked out"), "{status}");
+
+    // The original phone still holds the key: `enable` protects that same
+    // key with a new password, and the old backup restores with it.
+    let out = ok(&w
+        .cli(&a, &["enable"], &[("BKV_PASSWORD", "a new one")])
+        .await);
+    assert!(out.contains("still has it"), "{out}");
+    ok(&w.cli(&b, &args, &[("BKV_PASSWORD", "a new one")]).await);
+    // The backup made before the lockout restores.
+    assert_same_tree(&history, Path::new(to));
     w.stack.shutdown().await;
 }

@@ -299,6 +299,7 @@ async fn the_vault_refuses_peers_without_a_gateway_certificate() {
                 kind: Some(Req::Status(msg::StatusRequest {})),
             }),
             members: None,
+            device_key: Vec::new(),
         };
         protocol_spec::stream_io::write_message(&mut send, &req)
             .await
@@ -338,6 +339,7 @@ async fn the_vault_refuses_peers_without_a_gateway_certificate() {
     let resp = link
         .call(
             "victim",
+            &[],
             msg::Request {
                 kind: Some(Req::Status(msg::StatusRequest {})),
             },

@@ -14,14 +14,45 @@ use testing::helpers::{
     connect, login_start, recover_eventually, register, register_eventually, vault,
 };
 use testing::local_stack::{LocalStack, StackOptions};
+use vault_backend::account::Pacing;
 use vault_backend::config::RaftSettings;
 
 const CLUSTER: usize = 0;
 
+/// A login finish that cannot verify (what a client sends after its own
+/// finish failed: the password was wrong).
+fn wrong_finish(session: &[u8]) -> msg::Request {
+    msg::Request {
+        kind: Some(msg::request::Kind::LoginFinish(msg::LoginFinishRequest {
+            login_session: session.to_vec(),
+            credential_finalization: vec![0; 64],
+        })),
+    }
+}
+
+/// Sends `req` until the answer is not "unavailable" (bounded: 30 s).
+async fn until_available(conn: &GatewayConnection, req: &msg::Request) -> Resp {
+    let until = Instant::now() + Duration::from_secs(30);
+    loop {
+        match conn.request(req).await {
+            Ok(msg::Response {
+                kind: Some(Resp::Error(e)),
+            }) if e.code() == ErrorCode::Unavailable && Instant::now() < until => {}
+            Ok(msg::Response { kind: Some(k) }) => return k,
+            Err(ClientError::Unavailable(_)) if Instant::now() < until => {}
+            other => panic!("{other:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A stack of process replicas; pacing off (these tests make many guesses
+/// quickly to prove the limit under failures; `sim_swap` tests pacing).
 async fn stack(max_attempts: u32, raft: RaftSettings) -> LocalStack {
     LocalStack::start(StackOptions {
         max_attempts,
         raft,
+        pacing: Pacing::OFF,
         replica_binary: Some(testing::bins::vault_backend()),
         ..Default::default()
     })
@@ -263,8 +294,13 @@ async fn history_check_no_registration_yields_more_evaluations_than_the_limit() 
                 while !stop.load(Ordering::Relaxed) {
                     match conn.request(&login_start(b"a wrong guess")).await {
                         Ok(msg::Response {
-                            kind: Some(Resp::LoginStart(_)),
-                        }) => evaluations += 1,
+                            kind: Some(Resp::LoginStart(ls)),
+                        }) => {
+                            evaluations += 1;
+                            // As a client does after a wrong guess: end the
+                            // session (the last one is then erased at once).
+                            let _ = conn.request(&wrong_finish(&ls.login_session)).await;
+                        }
                         Ok(msg::Response {
                             kind: Some(Resp::Error(e)),
                         }) => match e.code() {
@@ -837,5 +873,100 @@ async fn dead_replicas_are_replaced_by_new_members_while_logins_are_served() {
     let logins = LoginLoop::start(&stack, "owner", b"right", key).await;
     logins.wait_served(3, Duration::from_secs(30)).await;
     logins.stop().await;
+    stack.shutdown().await;
+}
+
+/// DESIGN.md invariant 3: the owner's right password typed as the last
+/// guess is not lost when the leader dies (SIGKILL) between the login's
+/// start and its finish: the session was committed with the guess, and the
+/// new leader finishes it. A wrong last guess under the same crash still
+/// ends in the record's erasure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_right_password_as_the_last_guess_survives_killing_the_leader_before_the_finish() {
+    use opaque_ke::{ClientLogin, ClientLoginFinishParameters, CredentialResponse};
+    use protocol_spec::opaque_profile::{self as op, Suite};
+    const LIMIT: u32 = 3;
+    let mut stack = stack(LIMIT, RaftSettings::default()).await;
+    let key = BackupKey::generate();
+    assert!(register(&stack, "owner", b"right", &key).await);
+    let conn = connect(&stack, "owner").await;
+    let v = vault(&conn, &stack);
+    for left in (1..LIMIT).rev() {
+        match v.recover(b"wrong").await {
+            Err(ClientError::WrongPassword { attempts_left }) => assert_eq!(attempts_left, left),
+            other => panic!("{other:?}"),
+        }
+    }
+    // The last guess, with the right password.
+    let start = ClientLogin::<Suite>::start(&mut rand::rngs::OsRng, b"right").unwrap();
+    let req = msg::Request {
+        kind: Some(msg::request::Kind::LoginStart(msg::LoginStartRequest {
+            credential_request: start.message.serialize().to_vec(),
+            purpose: msg::LoginPurpose::Recover as i32,
+        })),
+    };
+    let Resp::LoginStart(ls) = until_available(&conn, &req).await else {
+        panic!("the last guess was not evaluated")
+    };
+    assert_eq!(ls.attempts_left, 0);
+    // The leader that counted it dies before the finish.
+    kill_leader(&mut stack).await;
+    let fleet = stack.profile.fleet_id.clone();
+    let ksf = cheap_ksf_for_load_tests();
+    let finish = start
+        .state
+        .finish(
+            &mut rand::rngs::OsRng,
+            b"right",
+            CredentialResponse::<Suite>::deserialize(&ls.credential_response).unwrap(),
+            ClientLoginFinishParameters::new(None, op::identifiers("owner", &fleet), Some(&ksf)),
+        )
+        .unwrap();
+    let finish_req = msg::Request {
+        kind: Some(msg::request::Kind::LoginFinish(msg::LoginFinishRequest {
+            login_session: ls.login_session.clone(),
+            credential_finalization: finish.message.serialize().to_vec(),
+        })),
+    };
+    let lf = match until_available(&conn, &finish_req).await {
+        Resp::LoginFinish(lf) => lf,
+        other => panic!("the new leader did not finish the last guess: {other:?}"),
+    };
+    let wrapped = op::open_release(&finish.session_key, &ls.login_session, &lf.sealed_key).unwrap();
+    let got = op::unwrap_backup_key(&finish.export_key, "owner", &fleet, &wrapped).unwrap();
+    assert_eq!(&*got, key.as_bytes(), "the right key, after the crash");
+    assert_eq!(
+        vault(&conn, &stack).status().await.unwrap(),
+        Status::Active {
+            attempts_left: LIMIT,
+            max_attempts: LIMIT,
+            replacement_in: None
+        }
+    );
+
+    // A wrong last guess, and the same crash: erased, not kept.
+    for _ in 1..LIMIT {
+        assert!(matches!(
+            v.recover(b"wrong").await,
+            Err(ClientError::WrongPassword { .. })
+        ));
+    }
+    let Resp::LoginStart(ls) = until_available(&conn, &login_start(b"wrong")).await else {
+        panic!("the last guess was not evaluated")
+    };
+    kill_leader(&mut stack).await;
+    match until_available(&conn, &wrong_finish(&ls.login_session)).await {
+        Resp::Error(e) => assert_eq!(e.code(), ErrorCode::LockedOut, "{e:?}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        vault(&conn, &stack).status().await.unwrap(),
+        Status::LockedOut
+    );
+    assert!(matches!(
+        v.recover(b"right").await,
+        Err(ClientError::LockedOut)
+    ));
+    conn.close().await;
     stack.shutdown().await;
 }

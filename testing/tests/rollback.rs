@@ -45,6 +45,8 @@ fn tokens() -> SoftHsm {
 async fn start_stack(name: &str) -> LocalStack {
     LocalStack::start(StackOptions {
         max_attempts: LIMIT,
+        // Rolling back is what this tests, not pacing: guesses come fast.
+        pacing: vault_backend::account::Pacing::OFF,
         replica_binary: Some(testing::bins::vault_backend()),
         key_protection: KeyProtection::Pkcs11 {
             module: MODULE.into(),
@@ -203,7 +205,8 @@ async fn rolled_back_data_folders_grant_no_extra_guesses() {
         status(&stack, &conn).await,
         Status::Active {
             attempts_left: after,
-            max_attempts: LIMIT
+            max_attempts: LIMIT,
+            replacement_in: None
         }
     );
     assert_no_panic(&stack);

@@ -42,6 +42,18 @@ pub struct VaultConfig {
     /// Password guesses a deposit allows. A server policy, not a client
     /// choice; every replica of a cluster must agree. Default 10.
     pub max_attempts: u32,
+    /// Pacing of guesses per deposit (DESIGN.md invariant 9): `free_guesses`
+    /// at once, then waits from `first_wait_ms` growing by `growth` up to
+    /// `max_wait_ms`. Defaults 3, 60000, 4, 86400000: all 10 guesses take
+    /// 46.75 hours. Every replica of a cluster should agree (the leader's
+    /// policy goes into each command).
+    pub pacing: crate::account::Pacing,
+    /// Waiting period of a replacement of a deposit proved only by a
+    /// device credential (invariant 10). Default 604800000 (7 days).
+    pub replacement_wait_ms: u64,
+    /// Open login sessions one account may hold on a replica; a new one
+    /// drops the account's oldest. Default 4.
+    pub max_logins_per_account: usize,
     /// Admin HTTP listener serving `/metrics`, `/health`, `/ready` and
     /// `/status`. Default none.
     pub admin_listen: Option<SocketAddr>,
@@ -174,6 +186,9 @@ impl Default for VaultConfig {
             state_dir: PathBuf::from("vault-state"),
             data_dir: PathBuf::from(files::DATA_DIR),
             max_attempts: protocol_spec::limits::DEFAULT_MAX_ATTEMPTS,
+            pacing: crate::account::Pacing::default(),
+            replacement_wait_ms: 7 * 24 * 3600 * 1000,
+            max_logins_per_account: 4,
             admin_listen: None,
             members: Vec::new(),
             cluster_id: None,

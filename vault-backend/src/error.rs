@@ -35,6 +35,24 @@ pub enum VaultError {
     /// Too many pending logins.
     #[error("vault busy; retry shortly")]
     Busy,
+    /// A guess too soon after the previous one (pacing); nothing counted.
+    #[error("too many password attempts in a short time: the next one is allowed in {}", words(*wait_ms))]
+    Paced {
+        /// Until the next guess may be counted, ms.
+        wait_ms: u64,
+    },
+    /// The last guess's login is still open.
+    #[error("the last password attempt is still being checked: try again in {}", words(*wait_ms))]
+    LastGuessOpen {
+        /// Until it expires, ms.
+        wait_ms: u64,
+    },
+    /// A replacement without the password is pending.
+    #[error("the deposit will be replaced in {} unless the owner logs in with the password first; until then the old deposit stays", words(*wait_ms))]
+    ReplacementPending {
+        /// Until this device may complete it, ms.
+        wait_ms: u64,
+    },
     /// This replica does not lead its cluster; nothing was done.
     #[error("this vault replica is not the leader; ask the leader")]
     NotLeader {
@@ -65,6 +83,10 @@ pub enum VaultError {
         #[source]
         source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
     },
+}
+
+fn words(ms: u64) -> String {
+    protocol_spec::classify::wait_in_words(std::time::Duration::from_millis(ms))
 }
 
 /// The error and its causes, each said once, for the replica's log.
@@ -114,7 +136,8 @@ impl VaultError {
             Self::AlreadyRegistered => ErrorCode::AlreadyRegistered,
             Self::SessionExpired => ErrorCode::SessionExpired,
             Self::PermissionDenied(_) => ErrorCode::PermissionDenied,
-            Self::Busy => ErrorCode::Busy,
+            Self::Busy | Self::Paced { .. } | Self::LastGuessOpen { .. } => ErrorCode::Busy,
+            Self::ReplacementPending { .. } => ErrorCode::ReplacementPending,
             Self::NotLeader { .. } | Self::Unavailable(_) | Self::Storage(_) => {
                 ErrorCode::Unavailable
             }
@@ -143,7 +166,12 @@ impl VaultError {
         if let Self::WrongPassword { attempts_left } = self {
             e.attempts_left = *attempts_left;
         }
-        e.retry_after_ms = classify(code).retry_after_ms();
+        e.retry_after_ms = match self {
+            Self::Paced { wait_ms }
+            | Self::LastGuessOpen { wait_ms }
+            | Self::ReplacementPending { wait_ms } => u32::try_from(*wait_ms).unwrap_or(u32::MAX),
+            _ => classify(code).retry_after_ms(),
+        };
         e
     }
 }

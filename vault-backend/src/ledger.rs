@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use openraft::error::{CheckIsLeaderError, ClientWriteError, ForwardToLeader, RaftError};
 
-use crate::account::StoredAccount;
+use crate::account::{LastGuessHold, StoredAccount};
 use crate::raft::member::ReplicaNode;
 use crate::raft::storage::ActiveVersion;
 use crate::raft::{Command, CommandResult, NodeId, Proposal, Raft};
@@ -44,6 +44,15 @@ pub trait AccountLedger: Send + Sync + 'static {
         &self,
         account_id: &str,
     ) -> impl std::future::Future<Output = Result<Option<StoredAccount>, VaultError>> + Send;
+
+    /// The command version the cluster writes (`raft::codec`).
+    fn command_version(&self) -> u32;
+
+    /// The last guesses on hold, as applied here (on the leader; empty
+    /// elsewhere, where nothing could be committed anyway).
+    fn held_logins(
+        &self,
+    ) -> impl std::future::Future<Output = Result<Vec<(String, LastGuessHold)>, VaultError>> + Send;
 }
 
 impl AccountLedger for Ledger {
@@ -53,6 +62,21 @@ impl AccountLedger for Ledger {
 
     async fn read(&self, account_id: &str) -> Result<Option<StoredAccount>, VaultError> {
         Ledger::read(self, account_id).await
+    }
+
+    fn command_version(&self) -> u32 {
+        self.version.get()
+    }
+
+    async fn held_logins(&self) -> Result<Vec<(String, LastGuessHold)>, VaultError> {
+        let m = self.raft.metrics().borrow().clone();
+        if m.current_leader != Some(m.id) {
+            return Ok(Vec::new());
+        }
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || store.held())
+            .await
+            .map_err(VaultError::internal_from("scanning for held logins"))?
     }
 }
 

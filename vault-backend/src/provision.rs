@@ -182,6 +182,7 @@ pub fn init_cluster(
             join: false,
             raft: Default::default(),
             key_protection: key_protection.clone(),
+            ..Default::default()
         };
         cfg.save()?;
         replicas.push(cfg);

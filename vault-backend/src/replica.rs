@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use std::net::{SocketAddr, UdpSocket};
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::account::StoredAccount;
 use crate::admin::{self, ClusterStatus};
@@ -149,11 +150,17 @@ impl Replica {
             ledger,
             Policy {
                 max_attempts: cfg.max_attempts,
+                pacing: cfg.pacing,
+                replacement_wait: Duration::from_millis(cfg.replacement_wait_ms),
+                max_logins_per_account: cfg.max_logins_per_account,
             },
         ));
         let server = VaultServer::start_on(vault.clone(), sockets.serve, &identity, &ca_pem)?;
         let store = Store::from_db(node.db.clone());
-        let mut tasks = vec![admin::export_gauges(node.raft.clone(), store.clone())];
+        let mut tasks = vec![
+            admin::export_gauges(node.raft.clone(), store.clone()),
+            spawn_hold_sweeper(vault.clone()),
+        ];
         if let Some(addr) = cfg.admin_listen {
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
@@ -209,4 +216,23 @@ impl Replica {
         drop(self.vault);
         self.node.shutdown().await;
     }
+}
+
+/// How often the leader looks for last guesses whose login expired.
+const HOLD_SWEEP: Duration = Duration::from_secs(5);
+
+/// Erases, on the leader, the records of last guesses whose login expired
+/// without verifying (`Vault::erase_expired_holds`): also those a previous
+/// leader counted.
+fn spawn_hold_sweeper(vault: Arc<Vault>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(HOLD_SWEEP);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if let Err(e) = vault.erase_expired_holds().await {
+                tracing::debug!(error = %e, "erasing expired last guesses: will retry");
+            }
+        }
+    })
 }

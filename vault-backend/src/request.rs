@@ -29,6 +29,20 @@ pub struct Valid {
     pub label: &'static str,
     /// What is asked.
     pub op: Op,
+    /// The asking device's Noise static key, when the gateway says it.
+    pub device_key: Option<[u8; 32]>,
+}
+
+impl Valid {
+    /// Adds the device key the gateway forwarded (empty: none; otherwise
+    /// exactly 32 bytes).
+    pub fn with_device(mut self, key: &[u8]) -> Result<Self, VaultError> {
+        self.device_key = match key.len() {
+            0 => None,
+            _ => Some(exact(key, "device_key")?),
+        };
+        Ok(self)
+    }
 }
 
 /// The operations, with their OPAQUE messages parsed.
@@ -158,6 +172,7 @@ pub fn validate(account_id: &str, req: msg::Request) -> Result<Valid, VaultError
         account_id: account_id.to_owned(),
         label,
         op,
+        device_key: None,
     })
 }
 
@@ -166,7 +181,9 @@ pub fn validate(account_id: &str, req: msg::Request) -> Result<Valid, VaultError
 pub fn fuzz_validate(body: &[u8]) -> bool {
     match protocol_spec::framing::decode::<protocol_spec::internal::VaultRequest>(body) {
         Ok(req) => match req.request {
-            Some(inner) => validate(&req.account_id, inner).is_ok(),
+            Some(inner) => validate(&req.account_id, inner)
+                .and_then(|v| v.with_device(&req.device_key))
+                .is_ok(),
             None => false,
         },
         Err(_) => false,

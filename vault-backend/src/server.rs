@@ -168,7 +168,9 @@ async fn answer(vault: &Vault, req: VaultRequest) -> VaultResponse {
         ));
     };
     // The boundary with the gateway: checked once, here.
-    let valid = match crate::request::validate(&req.account_id, inner) {
+    let valid = match crate::request::validate(&req.account_id, inner)
+        .and_then(|v| v.with_device(&req.device_key))
+    {
         Ok(v) => v,
         Err(e) => return reply(crate::service::err(e)),
     };

@@ -2,18 +2,27 @@
 //!
 //! Order is the security property here. A login start parses the request,
 //! then commits the guess through the replicated [`Ledger`] (on a majority
-//! of replicas, each fsync'd) and only then evaluates the OPRF and answers.
-//! Bad input is rejected before any state changes. Pending logins live in
-//! the memory of the replica that counted the guess ([`crate::pending`]
-//! owns that table and its rules); if leadership moves
-//! before the finish, the finish gets "session expired" and the client
-//! starts again (counting another guess, the safe direction).
+//! of replicas, each fsync'd; pacing decided when it is applied) and only
+//! then evaluates the OPRF and answers. Bad input is rejected before any
+//! state changes. Pending logins live in the memory of the replica that
+//! counted the guess ([`crate::pending`] owns that table and its rules); if
+//! leadership moves before the finish, the finish gets "session expired"
+//! and the client starts again (counting another guess, the safe
+//! direction) — except for the last guess, whose session is committed into
+//! the row before the answer (one more commit, on that guess only), so any
+//! leader can finish it.
+//!
+//! A verified recover answers at once and commits its reset afterwards
+//! (one commit on the reply path: the guess); a lost reset leaves the count
+//! one higher. After a last guess, the restoration commits first.
 //!
 //! Must never: send an OPRF evaluation whose guess is not committed, release
-//! a key without a verified `CredentialFinalization`, or log account ids.
+//! a key without a verified `CredentialFinalization`, release a last
+//! guess's key before its restoration commits, read its own clock inside
+//! the rules (the time goes into the command), or log account ids.
 
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hmac::{Hmac, Mac};
 use opaque_ke::{
@@ -27,9 +36,12 @@ use protocol_spec::opaque_profile::{self as op, Suite};
 use rand::{rngs::OsRng, RngCore};
 use sha2::Sha256;
 
-use crate::account::{self, Authorization, Refusal, SealedRecord, Status, StoredAccount};
+use crate::account::{
+    self, Authorization, GuessRules, Pacing, Refusal, ReplaceRequest, SealedRecord, Status,
+    StoredAccount,
+};
 use crate::ledger::{AccountLedger, Ledger};
-use crate::pending::{Pending, PendingLogins, SessionId};
+use crate::pending::{Pending, PendingLogins, Reserved, SessionId};
 use crate::raft::{Command, CommandResult};
 use crate::request::{self, Op, RegisterFinish, Valid};
 use crate::secrets::FleetSecrets;
@@ -38,12 +50,19 @@ use crate::VaultError;
 /// Most logins that may be pending at once (memory bound).
 pub const MAX_PENDING_LOGINS: usize = 100_000;
 
+/// Command version from which the pacing, last-guess hold and waiting-period
+/// commands exist (`raft::codec`).
+const V2: u32 = 2;
+
 enum PendingState {
     /// Between LoginStart and LoginFinish.
     AwaitFinish {
         server_login: Box<ServerLogin<Suite>>,
-        /// Record erased from disk by the last guess, restored on success.
-        held: Option<StoredAccount>,
+        /// Record erased from disk by the last guess, restored on success
+        /// (command version 1 only; version 2 keeps it on hold in the row).
+        held: Option<Box<StoredAccount>>,
+        /// This login's guess was the last one.
+        last: bool,
         wrapped_key: Vec<u8>,
         /// Guesses left when this login's guess was counted.
         attempts_left: u32,
@@ -73,15 +92,49 @@ pub enum Outcome {
 pub struct Policy {
     /// Guesses per deposit.
     pub max_attempts: u32,
+    /// Pacing of guesses (invariant 9).
+    pub pacing: Pacing,
+    /// Waiting period of a replacement proved only by a device (invariant 10).
+    pub replacement_wait: Duration,
+    /// Open login sessions one account may hold on a replica.
+    pub max_logins_per_account: usize,
+}
+
+impl Policy {
+    /// The production defaults with `max_attempts` guesses: pacing on, a
+    /// 7-day replacement wait, 4 open logins per account.
+    pub fn with_limit(max_attempts: u32) -> Self {
+        Self {
+            max_attempts,
+            pacing: Pacing::default(),
+            replacement_wait: Duration::from_secs(7 * 24 * 3600),
+            max_logins_per_account: 4,
+        }
+    }
+}
+
+/// The leader's clock, Unix ms (replaceable in tests).
+pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
+
+fn system_clock() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// One replica's request handler, over the replicated [`Ledger`] (or, in
 /// unit tests, any [`AccountLedger`]).
 pub struct Vault<L = Ledger> {
     secrets: Arc<FleetSecrets>,
-    ledger: L,
+    ledger: Arc<L>,
     policy: Policy,
     sessions: Mutex<PendingLogins<PendingState>>,
+    clock: Clock,
 }
 
 impl<L> std::fmt::Debug for Vault<L> {
@@ -98,7 +151,28 @@ fn refusal(r: Refusal) -> VaultError {
         Refusal::LockedOut => VaultError::LockedOut,
         Refusal::AlreadyRegistered => VaultError::AlreadyRegistered,
         Refusal::Stale => VaultError::SessionExpired,
+        Refusal::Paced { wait_ms } => VaultError::Paced { wait_ms },
+        Refusal::LastGuessOpen { wait_ms } => VaultError::LastGuessOpen { wait_ms },
+        Refusal::ReplacementPending { wait_ms } => VaultError::ReplacementPending { wait_ms },
+        Refusal::UnknownDevice => VaultError::PermissionDenied(
+            "replacing a deposit without its password needs the device's identity, which this \
+             gateway does not forward; upgrade the gateway",
+        ),
     }
+}
+
+/// The AAD label of a last guess's sealed login state (apart from records).
+fn hold_aad(registration_id: &[u8]) -> Vec<u8> {
+    [registration_id, b"/last-guess-login"].concat()
+}
+
+/// A last guess's login state as sealed into its hold.
+#[derive(Clone, PartialEq, prost::Message)]
+struct HeldLogin {
+    #[prost(bytes = "vec", tag = "1")]
+    server_login: Vec<u8>,
+    #[prost(int32, tag = "2")]
+    purpose: i32,
 }
 
 fn proto<E: std::fmt::Debug>(what: &'static str) -> impl Fn(E) -> VaultError {
@@ -108,12 +182,61 @@ fn proto<E: std::fmt::Debug>(what: &'static str) -> impl Fn(E) -> VaultError {
 impl<L: AccountLedger> Vault<L> {
     /// A vault over a replica's ledger.
     pub fn new(secrets: Arc<FleetSecrets>, ledger: L, policy: Policy) -> Self {
+        let per_account = policy.max_logins_per_account;
         Self {
             secrets,
-            ledger,
+            ledger: Arc::new(ledger),
             policy,
-            sessions: Mutex::new(PendingLogins::new(MAX_PENDING_LOGINS, LOGIN_SESSION_TTL)),
+            sessions: Mutex::new(PendingLogins::new(
+                MAX_PENDING_LOGINS,
+                per_account,
+                LOGIN_SESSION_TTL,
+            )),
+            clock: Arc::new(system_clock),
         }
+    }
+
+    /// Uses `clock` as the leader's time (tests).
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    fn now_ms(&self) -> u64 {
+        (self.clock)()
+    }
+
+    /// Whether the cluster writes the commands of pacing, the last guess's
+    /// hold and the replacement wait (every member runs release 0.3.0+).
+    fn v2(&self) -> bool {
+        self.ledger.command_version() >= V2
+    }
+
+    /// Erases the records of last guesses whose login expired without
+    /// verifying (invariant 3), as committed commands; on the leader, run
+    /// periodically, so that a leader that takes over finishes what its
+    /// predecessor left. Returns how many it erased.
+    pub async fn erase_expired_holds(&self) -> Result<usize, VaultError> {
+        if !self.v2() {
+            return Ok(0);
+        }
+        let now = self.now_ms();
+        let mut erased = 0;
+        for (account_id, hold) in self.ledger.held_logins().await? {
+            if now < hold.deadline_ms {
+                continue;
+            }
+            self.commit(Command::EraseLastGuess {
+                account_id,
+                seq: hold.seq,
+                failed: false,
+                now_ms: now,
+            })
+            .await?;
+            metrics::counter!("vault_lockouts_total").increment(1);
+            erased += 1;
+        }
+        Ok(erased)
     }
 
     /// The pending-login table (a poisoned lock means a handler panicked
@@ -141,12 +264,13 @@ impl<L: AccountLedger> Vault<L> {
             account_id,
             label,
             op,
+            device_key,
         } = req;
         let account_id = account_id.as_str();
         let result = match op {
             Op::Status => self.status(account_id).await,
             Op::RegisterStart(r) => self.register_start(account_id, *r),
-            Op::RegisterFinish(r) => self.register_finish(account_id, *r).await,
+            Op::RegisterFinish(r) => self.register_finish(account_id, *r, device_key).await,
             Op::LoginStart { request, purpose } => {
                 self.login_start(account_id, *request, purpose).await
             }
@@ -185,15 +309,20 @@ impl<L: AccountLedger> Vault<L> {
     async fn status(&self, account_id: &str) -> Result<response::Kind, VaultError> {
         let row = self.ledger.read(account_id).await?;
         let max = self.policy.max_attempts;
-        let (state, left) = match account::status(row.as_ref(), max) {
-            Status::NotRegistered => (AccountState::NotRegistered, 0),
-            Status::Active { attempts_left } => (AccountState::Active, attempts_left),
-            Status::LockedOut => (AccountState::LockedOut, 0),
+        let (state, left, replacement) = match account::status(row.as_ref(), max, self.now_ms()) {
+            Status::NotRegistered => (AccountState::NotRegistered, 0, None),
+            Status::Active {
+                attempts_left,
+                replacement_in_ms,
+            } => (AccountState::Active, attempts_left, replacement_in_ms),
+            Status::LockedOut => (AccountState::LockedOut, 0, None),
         };
         Ok(response::Kind::Status(msg::StatusResponse {
             state: state as i32,
             attempts_left: left,
             max_attempts: max,
+            replacement_pending: replacement.is_some(),
+            replacement_wait_ms: replacement.unwrap_or(0),
         }))
     }
 
@@ -236,6 +365,7 @@ impl<L: AccountLedger> Vault<L> {
         &self,
         account_id: &str,
         r: RegisterFinish,
+        device_key: Option<[u8; 32]>,
     ) -> Result<response::Kind, VaultError> {
         let registration_id = &r.registration_id[..];
         self.ticket_mac(account_id, registration_id)
@@ -265,13 +395,39 @@ impl<L: AccountLedger> Vault<L> {
             }
             .encode_to_vec(),
         )?;
-        self.commit(Command::Register {
-            account_id: account_id.to_owned(),
-            authorization: auth,
-            registration_id: registration_id.to_vec(),
-            sealed_record: sealed,
-        })
-        .await?;
+        let cmd = if self.v2() {
+            Command::RegisterAt {
+                account_id: account_id.to_owned(),
+                authorization: auth,
+                registration_id: registration_id.to_vec(),
+                sealed_record: sealed,
+                replace: ReplaceRequest {
+                    device_key: device_key.map(|k| k.to_vec()).unwrap_or_default(),
+                    now_ms: self.now_ms(),
+                    wait_ms: ms(self.policy.replacement_wait),
+                },
+            }
+        } else {
+            if auth == Authorization::ReplaceExisting {
+                // Version 1's replacement is immediate: while a rolling
+                // upgrade holds the cluster there, none without proof.
+                return Err(VaultError::Unavailable(
+                    "the vault cluster is being upgraded; replacing a deposit without its \
+                     password is possible again when the upgrade is done"
+                        .into(),
+                ));
+            }
+            Command::Register {
+                account_id: account_id.to_owned(),
+                authorization: auth,
+                registration_id: registration_id.to_vec(),
+                sealed_record: sealed,
+            }
+        };
+        if let CommandResult::ReplacementPending { wait_ms } = self.commit(cmd).await? {
+            metrics::counter!("vault_replacements_pending_total").increment(1);
+            return Err(VaultError::ReplacementPending { wait_ms });
+        }
         metrics::counter!("vault_registrations_total").increment(1);
         Ok(response::Kind::RegisterFinish(
             msg::RegisterFinishResponse {
@@ -308,16 +464,35 @@ impl<L: AccountLedger> Vault<L> {
         // Everything that can be checked without state was checked at the
         // boundary (`request::validate`); a full table refuses before the
         // guess is counted.
-        self.reserve_session_slot()?;
+        self.reserve_session_slot(account_id)?;
 
         // Count before answer: this commit (on a majority) happens before any
-        // OPRF work.
-        let committed = self
-            .commit(Command::LoginStart {
+        // OPRF work; pacing is decided when it is applied, at the leader's
+        // time carried in the command.
+        let v2 = self.v2();
+        let cmd = if v2 {
+            Command::LoginStartAt {
+                account_id: account_id.to_owned(),
+                rules: GuessRules {
+                    max_attempts: self.policy.max_attempts,
+                    pacing: self.policy.pacing,
+                    now_ms: self.now_ms(),
+                    session_ttl_ms: ms(LOGIN_SESSION_TTL),
+                },
+            }
+        } else {
+            Command::LoginStart {
                 account_id: account_id.to_owned(),
                 max_attempts: self.policy.max_attempts,
-            })
-            .await?;
+            }
+        };
+        let committed = match self.commit(cmd).await {
+            Err(e @ VaultError::Paced { .. }) => {
+                metrics::counter!("vault_guesses_paced_total").increment(1);
+                return Err(e);
+            }
+            other => other?,
+        };
         let guess = match committed {
             CommandResult::Guess {
                 record,
@@ -374,6 +549,26 @@ impl<L: AccountLedger> Vault<L> {
 
         let mut session = [0u8; 16];
         OsRng.fill_bytes(&mut session);
+        if guess.last && v2 {
+            // The owner's right password on the last guess must survive a
+            // leader change: the session goes into the row before the answer.
+            let held = HeldLogin {
+                server_login: start.state.serialize().to_vec(),
+                purpose: purpose as i32,
+            };
+            let sealed_state = self.secrets.seal(
+                account_id,
+                &hold_aad(&guess.record.registration_id),
+                &held.encode_to_vec(),
+            )?;
+            self.commit(Command::HoldSession {
+                account_id: account_id.to_owned(),
+                seq: guess.seq,
+                session_id: session.to_vec(),
+                sealed_state,
+            })
+            .await?;
+        }
         let pending = Pending {
             account_id: account_id.to_owned(),
             registration_id: guess.record.registration_id.clone(),
@@ -381,7 +576,8 @@ impl<L: AccountLedger> Vault<L> {
             created: Instant::now(),
             state: PendingState::AwaitFinish {
                 server_login: Box::new(start.state),
-                held: guess.last.then(|| guess.record.clone()),
+                held: (guess.last && !v2).then(|| Box::new(guess.record.clone())),
+                last: guess.last,
                 wrapped_key: record.wrapped_key,
                 attempts_left: guess.attempts_left,
                 seq: guess.seq,
@@ -396,10 +592,67 @@ impl<L: AccountLedger> Vault<L> {
         }))
     }
 
-    fn reserve_session_slot(&self) -> Result<(), VaultError> {
-        self.sessions()?
-            .reserve(Instant::now())
-            .map_err(|_| VaultError::Busy)
+    fn reserve_session_slot(&self, account_id: &str) -> Result<(), VaultError> {
+        match self.sessions()?.reserve(account_id, Instant::now()) {
+            Ok(Reserved::Room) => Ok(()),
+            Ok(Reserved::EvictedOldest(_)) => {
+                metrics::counter!("vault_login_sessions_evicted_total").increment(1);
+                Ok(())
+            }
+            Err(_) => Err(VaultError::Busy),
+        }
+    }
+
+    /// A last guess's login this replica does not remember (another leader
+    /// counted it, or this one restarted): its committed hold, if `key` is
+    /// its session and it has not expired.
+    async fn held_login(
+        &self,
+        account_id: &str,
+        key: &SessionId,
+    ) -> Result<Pending<PendingState>, VaultError> {
+        let row = self
+            .ledger
+            .read(account_id)
+            .await?
+            .ok_or(VaultError::SessionExpired)?;
+        let hold = row
+            .hold
+            .clone()
+            .filter(|h| h.session_id == key && self.now_ms() < h.deadline_ms)
+            .ok_or(VaultError::SessionExpired)?;
+        let held = HeldLogin::decode(
+            self.secrets
+                .open(
+                    account_id,
+                    &hold_aad(&row.registration_id),
+                    &hold.sealed_state,
+                )?
+                .as_slice(),
+        )
+        .map_err(VaultError::internal_from("decoding a held login"))?;
+        let server_login = ServerLogin::<Suite>::deserialize(&held.server_login)
+            .map_err(VaultError::internal_from("decoding a held login state"))?;
+        let record = SealedRecord::decode(
+            self.secrets
+                .open(account_id, &row.registration_id, &row.sealed_record)?
+                .as_slice(),
+        )
+        .map_err(VaultError::internal_from("decoding the sealed record"))?;
+        Ok(Pending {
+            account_id: account_id.to_owned(),
+            registration_id: row.registration_id.clone(),
+            purpose: LoginPurpose::try_from(held.purpose).unwrap_or(LoginPurpose::Unspecified),
+            created: Instant::now(),
+            state: PendingState::AwaitFinish {
+                server_login: Box::new(server_login),
+                held: None,
+                last: true,
+                wrapped_key: record.wrapped_key,
+                attempts_left: 0,
+                seq: hold.seq,
+            },
+        })
     }
 
     async fn login_finish(
@@ -409,15 +662,20 @@ impl<L: AccountLedger> Vault<L> {
         finalization: CredentialFinalization<Suite>,
     ) -> Result<response::Kind, VaultError> {
         // Only the account that started a login can finish it.
-        let pending = self
+        let remembered = self
             .sessions()?
             .take(&key, account_id, Instant::now(), |p| {
                 matches!(p.state, PendingState::AwaitFinish { .. })
-            })
-            .ok_or(VaultError::SessionExpired)?;
+            });
+        let pending = match remembered {
+            Some(p) => p,
+            None if self.v2() => self.held_login(account_id, &key).await?,
+            None => return Err(VaultError::SessionExpired),
+        };
         let PendingState::AwaitFinish {
             server_login,
             held,
+            last,
             wrapped_key,
             attempts_left: attempts_at_start,
             seq,
@@ -439,13 +697,29 @@ impl<L: AccountLedger> Vault<L> {
                     metrics::counter!("vault_lockouts_total").increment(1);
                     return Err(VaultError::LockedOut);
                 }
+                if last {
+                    // The last guess did not verify: erase now (should this
+                    // commit fail, the hold's expiry erases it).
+                    self.commit(Command::EraseLastGuess {
+                        account_id: account_id.to_owned(),
+                        seq,
+                        failed: true,
+                        now_ms: self.now_ms(),
+                    })
+                    .await?;
+                    metrics::counter!("vault_lockouts_total").increment(1);
+                    return Err(VaultError::LockedOut);
+                }
                 // The live count (other logins may have guessed since);
                 // the count at this login's start if the read fails.
                 let attempts_left = match self.ledger.read(account_id).await {
-                    Ok(row) => match account::status(row.as_ref(), self.policy.max_attempts) {
-                        Status::Active { attempts_left } => attempts_left,
-                        _ => 0,
-                    },
+                    Ok(row) => {
+                        match account::status(row.as_ref(), self.policy.max_attempts, self.now_ms())
+                        {
+                            Status::Active { attempts_left, .. } => attempts_left,
+                            _ => 0,
+                        }
+                    }
                     Err(_) => attempts_at_start,
                 };
                 return Err(VaultError::WrongPassword { attempts_left });
@@ -465,13 +739,27 @@ impl<L: AccountLedger> Vault<L> {
                 }))
             }
             LoginPurpose::Recover | LoginPurpose::ChangePassword => {
-                self.commit(Command::LoginVerified {
+                let reset = Command::LoginVerified {
                     account_id: account_id.to_owned(),
                     registration_id: pending.registration_id.clone(),
                     held: held.as_ref().map(|h| h.encode_to_vec()),
                     seq,
-                })
-                .await?;
+                };
+                if last || held.is_some() {
+                    // The record's restoration commits before the key goes.
+                    self.commit(reset).await?;
+                } else {
+                    // Off the reply path (invariant 2): the reset forgives
+                    // only guesses numbered up to this one, so committing it
+                    // late, or losing it, never forgives too much; concurrent
+                    // resets share openraft's log batches.
+                    let ledger = self.ledger.clone();
+                    tokio::spawn(async move {
+                        if ledger.write(reset).await.is_err() {
+                            metrics::counter!("vault_resets_lost_total").increment(1);
+                        }
+                    });
+                }
                 let sealed_key = op::seal_release(&session_key, &key, &wrapped_key)
                     .map_err(VaultError::internal_from("sealing the released key"))?;
                 if pending.purpose == LoginPurpose::ChangePassword {
@@ -513,6 +801,9 @@ fn error_label(e: &VaultError) -> &'static str {
         VaultError::SessionExpired => "session_expired",
         VaultError::PermissionDenied(_) => "permission_denied",
         VaultError::Busy => "busy",
+        VaultError::Paced { .. } => "paced",
+        VaultError::LastGuessOpen { .. } => "last_guess_open",
+        VaultError::ReplacementPending { .. } => "replacement_pending",
         VaultError::Storage(_) | VaultError::Unavailable(_) => "unavailable",
         VaultError::NotLeader { .. } => "not_leader",
         VaultError::Internal { .. } | VaultError::File(_) | VaultError::Pki(_) => "internal",

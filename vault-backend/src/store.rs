@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use redb::{Database, ReadableDatabase, TableDefinition};
 
-use crate::account::StoredAccount;
+use crate::account::{LastGuessHold, StoredAccount};
 use crate::VaultError;
 
 pub(crate) const ACCOUNTS: TableDefinition<&str, &[u8]> = TableDefinition::new("accounts");
@@ -38,6 +38,23 @@ impl Store {
         let table = txn.open_table(ACCOUNTS)?;
         let row = table.get(account_id)?;
         row.map(|v| decode(v.value())).transpose()
+    }
+
+    /// Every row's last guess on hold. A scan of the whole table (about
+    /// 1 µs a row): run by the leader every few seconds, it costs 0.1 s
+    /// per 100,000 deposits.
+    pub fn held(&self) -> Result<Vec<(String, LastGuessHold)>, VaultError> {
+        use redb::ReadableTable;
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(ACCOUNTS)?;
+        let mut out = Vec::new();
+        for item in table.iter()? {
+            let (k, v) = item?;
+            if let Some(h) = decode(v.value())?.hold {
+                out.push((k.value().to_owned(), h));
+            }
+        }
+        Ok(out)
     }
 
     /// Number of rows (for metrics and tests).

@@ -71,6 +71,7 @@ async fn write_fixture() {
         sealed_record: vec![0xA5; 24],
         guesses_counted: 2,
         version: 0,
+        ..Default::default()
     };
     let a = |p: u16| std::net::SocketAddr::from(([127, 0, 0, 1], p));
     let members = BTreeMap::from([(1u64, ReplicaNode::new(a(7901), a(7801), Some(a(8001))))]);

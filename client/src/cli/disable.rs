@@ -15,12 +15,18 @@ pub(crate) async fn disable(cli: &Cli) -> anyhow::Result<()> {
         let res = vault.disable(pw.as_bytes()).await;
         conn.close().await;
         match res {
-            Ok(()) | Err(ClientError::NotRegistered) => {}
+            Ok(()) => println!("the backup key was deleted from the vault"),
+            // Nothing left in the vault to delete: turning off goes on.
+            Err(ClientError::NotRegistered | ClientError::LockedOut) => {
+                println!("the vault holds no key for this account any more")
+            }
             Err(e) => return Err(e.into()),
         }
-        println!("the backup key was deleted from the vault");
     }
     BackupSettings::remove(&cli.device)?;
-    println!("encrypted backup is off on this device. Existing backups in the cloud can now be opened only with the 64-digit key, if you wrote it down");
+    match s.protection {
+        Protection::Password => println!("encrypted backup is off on this device. Existing backups in the cloud can no longer be restored: their key was in the vault"),
+        Protection::KeyOnly => println!("encrypted backup is off on this device. Existing backups in the cloud can now be opened only with the 64-digit key, if you wrote it down"),
+    }
     Ok(())
 }

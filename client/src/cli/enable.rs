@@ -1,6 +1,8 @@
 //! `backup-client enable`: turn encrypted backup on (a new key, kept by the user or deposited in the vault).
 
-use client::{BackupKey, BackupSettings, ClientError, DeviceIdentity, Protection, VaultClient};
+use client::{
+    BackupKey, BackupSettings, ClientError, DeviceIdentity, Protection, Status, VaultClient,
+};
 
 use crate::cli::common::*;
 use crate::cli::prompt::*;
@@ -12,8 +14,8 @@ pub(crate) async fn enable(
     replace: bool,
     keep: usize,
 ) -> anyhow::Result<()> {
-    if BackupSettings::load(&cli.device)?.is_some() {
-        anyhow::bail!("encrypted backup is already on for this device; `backup-client disable` first to start over");
+    if let Some(current) = BackupSettings::load(&cli.device)? {
+        return reprotect(cli, current, key_only).await;
     }
     let device = DeviceIdentity::load(&cli.device)?;
     let account_id = device.account_hint()?;
@@ -40,6 +42,8 @@ pub(crate) async fn enable(
                 "{}; to replace it, run `backup-client enable --replace`",
                 ClientError::AlreadyRegistered
             ),
+            // Nothing is saved: run `enable --replace` again when the wait
+            // is over (or `enable --key-only` to back up meanwhile).
             other => other?,
         }
         println!(
@@ -59,5 +63,44 @@ pub(crate) async fn enable(
     }
     .save(&cli.device)?;
     println!("backups will go to {}", cli.location);
+    Ok(())
+}
+
+/// `enable` on a phone where backup is already on. If the vault erased its
+/// deposit (too many wrong passwords, perhaps not typed here), this phone
+/// still holds the backup key: it protects that same key again, with a new
+/// password (a fresh registration) or as a 64-digit key, so that its
+/// existing backups stay readable. Otherwise there is nothing to do.
+async fn reprotect(cli: &Cli, mut current: BackupSettings, key_only: bool) -> anyhow::Result<()> {
+    let erased = if current.protection == Protection::Password {
+        let (profile, conn) = connect(cli).await?;
+        let st = VaultClient::new(&conn, &profile)?.status().await;
+        conn.close().await;
+        matches!(st?, Status::LockedOut | Status::NotRegistered)
+    } else {
+        false
+    };
+    if !erased {
+        anyhow::bail!("encrypted backup is already on for this device; `backup-client disable` first to start over");
+    }
+    if key_only {
+        println!("The vault erased the deposited key, but this phone still has it.");
+        println!("Your backup key (64 digits). Write it down and keep it safe:");
+        println!();
+        println!("    {}", current.key.to_display());
+        println!();
+        println!("It opens every backup this phone made; nobody can recover it for you.");
+        current.protection = Protection::KeyOnly;
+    } else {
+        println!("The vault erased the deposited key, but this phone still has it: protecting it again with a new password.");
+        let pw = new_password("BKV_PASSWORD")?;
+        let (profile, conn) = connect(cli).await?;
+        let vault = VaultClient::new(&conn, &profile)?;
+        let res = vault.register(pw.as_bytes(), &current.key, false).await;
+        conn.close().await;
+        res?;
+        println!("the backup key is in the vault again, protected by your new password; existing backups stay readable");
+    }
+    current.save(&cli.device)?;
     Ok(())
 }

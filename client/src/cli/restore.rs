@@ -38,7 +38,7 @@ pub(crate) async fn recover_loop(
     loop {
         eprintln!("{left} password attempt(s) left");
         if left == 1 {
-            eprintln!("warning: this is your LAST attempt. A wrong password erases the backup key for good and your backups can then only be opened with the 64-digit key, if you kept it");
+            eprintln!("warning: this is your LAST attempt. A wrong password makes the vault erase the backup key for good: your backups could then be restored only from a phone that still has backup turned on");
         }
         let pw = password("backup password: ")?;
         match vault.recover(pw.as_bytes()).await {

@@ -43,11 +43,26 @@ pub(crate) async fn status(cli: &Cli) -> anyhow::Result<()> {
             Ok(Ok(Status::Active {
                 attempts_left,
                 max_attempts,
-            })) => println!(
-                "vault: key deposited; {attempts_left} of {max_attempts} password attempts left"
-            ),
+                replacement_in,
+            })) => {
+                println!(
+                    "vault: key deposited; {attempts_left} of {max_attempts} password attempts left"
+                );
+                if let Some(wait) = replacement_in {
+                    println!(
+                        "vault: WARNING: another phone asked to replace this deposit without the password; \
+                         it can complete the replacement {}. If that was not you, run `backup-client restore` \
+                         (or any login with your password) to cancel it",
+                        if wait.is_zero() {
+                            "now".to_owned()
+                        } else {
+                            format!("in {}", client::wait_in_words(wait))
+                        }
+                    );
+                }
+            }
             Ok(Ok(Status::LockedOut)) => {
-                println!("vault: locked out; the deposited key was erased for good")
+                println!("vault: locked out; the deposited key was erased for good (run `backup-client enable` on this phone to protect its key with a new password)")
             }
             Ok(Ok(Status::NotRegistered)) => println!("vault: no key deposited for this account"),
             Ok(Err(e)) => println!("vault: unreachable ({e:#})"),

@@ -83,6 +83,68 @@ pub fn to_row(row: Option<StoredAccount>, cmd: &Command) -> Result<Applied, BadH
             Ok(write) => (write, CommandResult::Done),
             Err(e) => (Write::Keep, CommandResult::Refused(e)),
         },
+        Command::LoginStartAt { rules, .. } => {
+            if let Some(tomb) = row
+                .as_ref()
+                .and_then(|r| account::expired_hold(r, rules.now_ms))
+            {
+                // The last guess's login never verified in time.
+                (
+                    Write::Put(tomb),
+                    CommandResult::Refused(account::Refusal::LockedOut),
+                )
+            } else {
+                match account::login_start_at(row, rules) {
+                    Ok((write, g)) => (
+                        write,
+                        CommandResult::Guess {
+                            record: g.record.encode_to_vec(),
+                            attempts_left: g.attempts_left,
+                            last: g.last,
+                            seq: g.seq,
+                        },
+                    ),
+                    Err(e) => (Write::Keep, CommandResult::Refused(e)),
+                }
+            }
+        }
+        Command::HoldSession {
+            seq,
+            session_id,
+            sealed_state,
+            ..
+        } => match account::hold_session(row, *seq, session_id.clone(), sealed_state.clone()) {
+            Ok(write) => (write, CommandResult::Done),
+            Err(e) => (Write::Keep, CommandResult::Refused(e)),
+        },
+        Command::EraseLastGuess {
+            seq,
+            failed,
+            now_ms,
+            ..
+        } => match account::erase_last_guess(row, *seq, *failed, *now_ms) {
+            Ok(write) => (write, CommandResult::Done),
+            Err(e) => (Write::Keep, CommandResult::Refused(e)),
+        },
+        Command::RegisterAt {
+            authorization,
+            registration_id,
+            sealed_record,
+            replace,
+            ..
+        } => match account::register_at(
+            row,
+            authorization,
+            registration_id.clone(),
+            sealed_record.clone(),
+            replace,
+        ) {
+            Ok((write, account::Registered::Done)) => (write, CommandResult::Done),
+            Ok((write, account::Registered::Pending { wait_ms })) => {
+                (write, CommandResult::ReplacementPending { wait_ms })
+            }
+            Err(e) => (Write::Keep, CommandResult::Refused(e)),
+        },
         // Not an account command; the state machine handles it.
         Command::UseVersion { .. } => (Write::Keep, CommandResult::Nothing),
     };

@@ -35,8 +35,10 @@ use crate::account::{Authorization, StoredAccount};
 
 /// Release 0.1.0's layout (no tags).
 pub const LEGACY_VERSION: u32 = 0;
-/// The newest layout this release reads and writes.
-pub const MAX_VERSION: u32 = 1;
+/// The newest layout this release reads and writes: version 2 (release
+/// 0.3.0) adds the commands of pacing, the last guess's hold and the
+/// waiting period of a replacement; rows gain their fields.
+pub const MAX_VERSION: u32 = 2;
 /// Format of the database file (table layout and the encoding of the Raft
 /// metadata it holds); release 0.1.0 wrote no format key, and its files are
 /// format 1 as they are.
@@ -170,7 +172,7 @@ impl Wire {
                 account_id,
                 registration_id,
             },
-            Command::UseVersion { .. } => return None,
+            _ => return None,
         })
     }
 }
@@ -181,14 +183,15 @@ impl Serialize for Proposal {
             (Body::Known(c), LEGACY_VERSION) => Wire::legacy(c).ok_or_else(|| {
                 S::Error::custom(format!("{c:?} has no encoding in version {LEGACY_VERSION}"))
             })?,
-            // Version 1's body is `Command`'s own serde layout.
-            (Body::Known(c), 1) => Wire::Versioned {
-                version: 1,
+            // Versions 1 and 2 are `Command`'s own serde layout; version 1
+            // carries only the commands that existed in it.
+            (Body::Known(c), v @ 1..=MAX_VERSION) if c.min_version() <= v => Wire::Versioned {
+                version: v,
                 body: postcard::to_allocvec(c).map_err(S::Error::custom)?,
             },
             (Body::Known(c), v) => {
                 return Err(S::Error::custom(format!(
-                    "{c:?}: this release cannot write command version {v}"
+                    "{c:?} has no encoding in command version {v} (this release writes up to {MAX_VERSION})"
                 )))
             }
             (Body::Unsupported(b), v) => Wire::Versioned {
@@ -239,9 +242,17 @@ impl<'de> Deserialize<'de> for Proposal {
                 account_id,
                 registration_id,
             },
-            Wire::Versioned { version: 1, body } => {
+            Wire::Versioned {
+                version: version @ 1..=MAX_VERSION,
+                body,
+            } => {
                 let c = postcard::from_bytes::<Command>(&body).map_err(D::Error::custom)?;
-                return Ok(Proposal::new(1, c));
+                if c.min_version() > version {
+                    return Err(D::Error::custom(format!(
+                        "{c:?} cannot be in command version {version}"
+                    )));
+                }
+                return Ok(Proposal::new(version, c));
             }
             Wire::Versioned { version, body } if version > MAX_VERSION => {
                 return Ok(Proposal {
@@ -362,6 +373,70 @@ mod tests {
         assert!(
             postcard::to_allocvec(&Proposal::new(0, Command::UseVersion { version: 1 })).is_err()
         );
+    }
+
+    fn version_2_commands() -> Vec<Command> {
+        use crate::account::{GuessRules, Pacing, ReplaceRequest};
+        vec![
+            Command::LoginStartAt {
+                account_id: "a".into(),
+                rules: GuessRules {
+                    max_attempts: 10,
+                    pacing: Pacing::default(),
+                    now_ms: 1_700_000_000_000,
+                    session_ttl_ms: 120_000,
+                },
+            },
+            Command::HoldSession {
+                account_id: "a".into(),
+                seq: 10,
+                session_id: vec![1; 16],
+                sealed_state: vec![2; 40],
+            },
+            Command::EraseLastGuess {
+                account_id: "a".into(),
+                seq: 10,
+                failed: true,
+                now_ms: 5,
+            },
+            Command::RegisterAt {
+                account_id: "a".into(),
+                authorization: Authorization::ReplaceExisting,
+                registration_id: vec![4; 16],
+                sealed_record: vec![5; 9],
+                replace: ReplaceRequest {
+                    device_key: vec![7; 32],
+                    now_ms: 6,
+                    wait_ms: 7,
+                },
+            },
+        ]
+    }
+
+    #[test]
+    fn version_2_commands_round_trip_and_have_no_older_encoding() {
+        for c in version_2_commands() {
+            let p = Proposal::new(2, c.clone());
+            let bytes = postcard::to_allocvec(&p).unwrap();
+            assert_eq!(postcard::from_bytes::<Proposal>(&bytes).unwrap(), p);
+            for v in [LEGACY_VERSION, 1] {
+                assert!(postcard::to_allocvec(&Proposal::new(v, c.clone())).is_err());
+            }
+            // Nor is one accepted under the tag of version 1 (what a
+            // replica of release 0.2.0 would refuse as well).
+            let forged = Wire::Versioned {
+                version: 1,
+                body: postcard::to_allocvec(&c).unwrap(),
+            };
+            let bytes = postcard::to_allocvec(&forged).unwrap();
+            assert!(postcard::from_bytes::<Proposal>(&bytes).is_err());
+        }
+        // Version 1's commands keep their bytes under version 2's layout.
+        for c in commands() {
+            let v1 = postcard::to_allocvec(&Proposal::new(1, c.clone())).unwrap();
+            let v2 = postcard::to_allocvec(&Proposal::new(2, c)).unwrap();
+            assert_eq!(v1[2..], v2[2..], "only the version tag differs");
+        }
     }
 
     #[test]

@@ -22,7 +22,7 @@ use std::io::Cursor;
 
 use serde::{Deserialize, Serialize};
 
-use crate::account::{Authorization, Refusal};
+use crate::account::{Authorization, GuessRules, Refusal, ReplaceRequest};
 
 /// Replica id inside a cluster.
 pub type NodeId = u64;
@@ -48,9 +48,11 @@ pub use codec::Proposal;
 /// transitions of [`crate::account`], evaluated against the committed row
 /// when the entry is applied, identically on every replica.
 ///
-/// This type's serde layout is command version 1 ([`codec`]): add variants
-/// only at the end, and change an existing one only by adding a new
-/// command version (and a frozen copy of this layout in `codec`).
+/// This type's serde layout is command versions 1 and 2 ([`codec`]):
+/// version 1 is its first five variants, version 2 all of them. Add
+/// variants only at the end (with a new command version that writes them),
+/// and change an existing one only by adding a new command version (and a
+/// frozen copy of this layout in `codec`).
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
 pub enum Command {
     /// Count one guess (login start); the OPRF answer may be sent only after
@@ -97,6 +99,53 @@ pub enum Command {
         /// The new active version.
         version: u32,
     },
+    /// Count one guess under pacing (version 2): the limit, the pacing
+    /// policy and the leader's time are in the command, so that every
+    /// replica decides the same; the last guess puts the record on hold.
+    LoginStartAt {
+        /// The account the command applies to.
+        account_id: String,
+        /// Limit, pacing, leader time, session lifetime.
+        rules: GuessRules,
+    },
+    /// The last guess's login session, committed after its OPRF
+    /// evaluation and before the answer (version 2).
+    HoldSession {
+        /// The account the command applies to.
+        account_id: String,
+        /// The last guess's number.
+        seq: u64,
+        /// The session id the phone echoes.
+        session_id: Vec<u8>,
+        /// The sealed OPAQUE server login state.
+        sealed_state: Vec<u8>,
+    },
+    /// The last guess's login did not verify (`failed`) or expired at the
+    /// leader time `now_ms`: erase the record (version 2).
+    EraseLastGuess {
+        /// The account the command applies to.
+        account_id: String,
+        /// The last guess's number.
+        seq: u64,
+        /// The finish did not verify.
+        failed: bool,
+        /// Leader time, Unix ms.
+        now_ms: u64,
+    },
+    /// Deposit or replace a record, a replacement without proof waiting out
+    /// its period (version 2).
+    RegisterAt {
+        /// The account the command applies to.
+        account_id: String,
+        /// Why a replacement is allowed.
+        authorization: Authorization,
+        /// New registration id.
+        registration_id: Vec<u8>,
+        /// Sealed record.
+        sealed_record: Vec<u8>,
+        /// The asking device, the leader time and the waiting period.
+        replace: ReplaceRequest,
+    },
 }
 
 impl Command {
@@ -107,6 +156,25 @@ impl Command {
             Command::Register { .. } => "register",
             Command::Disable { .. } => "disable",
             Command::UseVersion { .. } => "use_version",
+            Command::LoginStartAt { .. } => "login_start_at",
+            Command::HoldSession { .. } => "hold_session",
+            Command::EraseLastGuess { .. } => "erase_last_guess",
+            Command::RegisterAt { .. } => "register_at",
+        }
+    }
+
+    /// The oldest command version that can carry this command.
+    pub fn min_version(&self) -> u32 {
+        match self {
+            Command::LoginStart { .. }
+            | Command::LoginVerified { .. }
+            | Command::Register { .. }
+            | Command::Disable { .. } => codec::LEGACY_VERSION,
+            Command::UseVersion { .. } => 1,
+            Command::LoginStartAt { .. }
+            | Command::HoldSession { .. }
+            | Command::EraseLastGuess { .. }
+            | Command::RegisterAt { .. } => 2,
         }
     }
 
@@ -116,7 +184,11 @@ impl Command {
             Command::LoginStart { account_id, .. }
             | Command::LoginVerified { account_id, .. }
             | Command::Register { account_id, .. }
-            | Command::Disable { account_id, .. } => Some(account_id),
+            | Command::Disable { account_id, .. }
+            | Command::LoginStartAt { account_id, .. }
+            | Command::HoldSession { account_id, .. }
+            | Command::EraseLastGuess { account_id, .. }
+            | Command::RegisterAt { account_id, .. } => Some(account_id),
             Command::UseVersion { .. } => None,
         }
     }
@@ -154,6 +226,12 @@ pub enum CommandResult {
     },
     /// The transition was applied.
     Done,
+    /// A replacement without proof is pending (written), completing in
+    /// this many ms.
+    ReplacementPending {
+        /// Until the asking device may complete it.
+        wait_ms: u64,
+    },
     /// The rules refused it; nothing changed.
     Refused(Refusal),
 }
@@ -171,6 +249,9 @@ impl fmt::Debug for CommandResult {
                 "Guess {{ attempts_left: {attempts_left}, last: {last} }}"
             ),
             CommandResult::Done => f.write_str("Done"),
+            CommandResult::ReplacementPending { wait_ms } => {
+                write!(f, "ReplacementPending {{ wait_ms: {wait_ms} }}")
+            }
             CommandResult::Refused(r) => write!(f, "Refused({r:?})"),
         }
     }

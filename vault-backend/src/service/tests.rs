@@ -4,6 +4,7 @@
 //! but whose answer is lost (a timed-out write that a majority applied).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use opaque_ke::{
@@ -26,10 +27,11 @@ enum Fault {
     AnswerLost,
 }
 
-#[derive(Default)]
+/// Shared between the vaults of a test (two "leaders" over one ledger).
+#[derive(Default, Clone)]
 struct MemoryLedger {
-    rows: Mutex<HashMap<String, StoredAccount>>,
-    next_fault: Mutex<Option<Fault>>,
+    rows: Arc<Mutex<HashMap<String, StoredAccount>>>,
+    next_fault: Arc<Mutex<Option<Fault>>>,
 }
 
 impl MemoryLedger {
@@ -70,24 +72,80 @@ impl AccountLedger for MemoryLedger {
     async fn read(&self, account_id: &str) -> Result<Option<StoredAccount>, VaultError> {
         Ok(self.row(account_id))
     }
+
+    fn command_version(&self) -> u32 {
+        crate::raft::codec::MAX_VERSION
+    }
+
+    async fn held_logins(&self) -> Result<Vec<(String, account::LastGuessHold)>, VaultError> {
+        let rows = self.rows.lock().unwrap();
+        Ok(rows
+            .iter()
+            .filter_map(|(k, r)| r.hold.clone().map(|h| (k.clone(), h)))
+            .collect())
+    }
 }
 
 const LIMIT: u32 = 3;
 
+/// The test's clock, Unix ms.
+#[derive(Clone)]
+struct TestClock(Arc<AtomicU64>);
+
+impl TestClock {
+    fn new() -> Self {
+        Self(Arc::new(AtomicU64::new(1_700_000_000_000)))
+    }
+    fn advance(&self, ms: u64) {
+        self.0.fetch_add(ms, Ordering::SeqCst);
+    }
+    fn clock(&self) -> Clock {
+        let t = self.0.clone();
+        Arc::new(move || t.load(Ordering::SeqCst))
+    }
+}
+
+fn unpaced() -> Policy {
+    Policy {
+        pacing: Pacing::OFF,
+        replacement_wait: Duration::from_secs(60),
+        ..Policy::with_limit(LIMIT)
+    }
+}
+
 fn vault() -> Vault<MemoryLedger> {
+    vault_with(unpaced(), MemoryLedger::default(), &TestClock::new())
+}
+
+fn vault_with(policy: Policy, ledger: MemoryLedger, clock: &TestClock) -> Vault<MemoryLedger> {
     Vault::new(
         Arc::new(FleetSecrets::generate("test-fleet")),
-        MemoryLedger::default(),
-        Policy {
-            max_attempts: LIMIT,
-        },
+        ledger,
+        policy,
     )
+    .with_clock(clock.clock())
+}
+
+/// Lets the resets spawned off the reply path run.
+async fn settle() {
+    for _ in 0..20 {
+        tokio::task::yield_now().await;
+    }
 }
 
 /// One request through the boundary check and the service, as the
-/// replica's server runs them.
+/// replica's server runs them, from the owner's device.
 async fn call(v: &Vault<MemoryLedger>, account: &str, kind: Req) -> Resp {
-    let valid = match crate::request::validate(account, msg::Request { kind: Some(kind) }) {
+    call_from(v, account, &OWNER_DEVICE, kind).await
+}
+
+const OWNER_DEVICE: [u8; 32] = [1; 32];
+const OTHER_DEVICE: [u8; 32] = [2; 32];
+
+async fn call_from(v: &Vault<MemoryLedger>, account: &str, device: &[u8], kind: Req) -> Resp {
+    let valid = match crate::request::validate(account, msg::Request { kind: Some(kind) })
+        .and_then(|r| r.with_device(device))
+    {
         Ok(valid) => valid,
         Err(e) => return Resp::Error(e.to_wire()),
     };
@@ -213,11 +271,12 @@ async fn register_then_recover_returns_the_deposited_key() {
     let v = vault();
     register(&v, "alice", b"pw", &[9; 32]).await;
     assert_eq!(recover(&v, "alice", b"pw").await, Ok([9; 32]));
+    settle().await;
     assert_eq!(attempts_left(&v, "alice").await.1, LIMIT);
 }
 
 #[tokio::test]
-async fn wrong_guesses_count_down_and_the_last_erases_the_record() {
+async fn wrong_guesses_count_down_and_the_last_holds_the_record() {
     let v = vault();
     register(&v, "alice", b"pw", &[9; 32]).await;
     for left in (0..LIMIT).rev() {
@@ -229,10 +288,12 @@ async fn wrong_guesses_count_down_and_the_last_erases_the_record() {
     }
     let row = v.ledger().row("alice").unwrap();
     assert!(
-        row.sealed_record.is_empty(),
-        "the record is erased at the limit"
+        !row.sealed_record.is_empty() && row.hold.is_some(),
+        "the record is held until the last guess's login is over"
     );
-    assert_eq!(recover(&v, "alice", b"pw").await, Err(ErrorCode::LockedOut));
+    // No further evaluation while it is held.
+    let (r, _) = start(&v, "alice", b"pw").await;
+    assert!(busy_wait(&r).is_some(), "{r:?}");
 }
 
 #[tokio::test]
@@ -317,4 +378,311 @@ async fn malformed_requests_change_nothing() {
     assert_eq!(attempts_left(&v, "alice").await.1, LIMIT);
     assert!(crate::request::validate("alice", msg::Request { kind: None }).is_err());
     assert_eq!(attempts_left(&v, "alice").await.1, LIMIT);
+}
+
+fn busy_wait(r: &Resp) -> Option<u32> {
+    match r {
+        Resp::Error(e) if e.code() == ErrorCode::Busy => Some(e.retry_after_ms),
+        _ => None,
+    }
+}
+
+#[tokio::test]
+async fn guesses_beyond_the_burst_wait_and_a_paced_guess_counts_nothing() {
+    let clock = TestClock::new();
+    let policy = Policy {
+        max_attempts: 10,
+        pacing: Pacing {
+            free_guesses: 3,
+            first_wait_ms: 60_000,
+            growth: 4,
+            max_wait_ms: 3_600_000,
+        },
+        ..unpaced()
+    };
+    let v = vault_with(policy, MemoryLedger::default(), &clock);
+    register(&v, "alice", b"pw", &[9; 32]).await;
+    for _ in 0..3 {
+        let (r, _) = start(&v, "alice", b"wrong").await;
+        assert!(matches!(r, Resp::LoginStart(_)), "{r:?}");
+    }
+    // The fourth, at once: refused with the wait, and nothing counted.
+    let (r, _) = start(&v, "alice", b"wrong").await;
+    assert_eq!(busy_wait(&r), Some(60_000), "{r:?}");
+    assert_eq!(attempts_left(&v, "alice").await.1, 7);
+    clock.advance(59_999);
+    let (r, _) = start(&v, "alice", b"wrong").await;
+    assert_eq!(busy_wait(&r), Some(1), "{r:?}");
+    clock.advance(1);
+    let (r, _) = start(&v, "alice", b"wrong").await;
+    assert!(matches!(r, Resp::LoginStart(_)), "{r:?}");
+    // The next waits four times as long.
+    let (r, _) = start(&v, "alice", b"pw").await;
+    assert_eq!(busy_wait(&r), Some(240_000), "{r:?}");
+    clock.advance(240_000);
+    // The owner's verified login forgives the guesses, and the waits go.
+    assert_eq!(recover(&v, "alice", b"pw").await, Ok([9; 32]));
+    settle().await;
+    assert_eq!(attempts_left(&v, "alice").await.1, 10);
+    for _ in 0..3 {
+        let (r, _) = start(&v, "alice", b"wrong").await;
+        assert!(matches!(r, Resp::LoginStart(_)), "{r:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_lost_reset_leaves_the_count_one_higher_never_lower() {
+    let v = vault();
+    register(&v, "alice", b"pw", &[9; 32]).await;
+    let _ = start(&v, "alice", b"wrong").await;
+    // The key is released before the reset commits; the reset is lost.
+    let (r, st) = start(&v, "alice", b"pw").await;
+    let Resp::LoginStart(ls) = r else {
+        panic!("{r:?}")
+    };
+    v.ledger().fail_next_write(Fault::NotCommitted);
+    let key = finish(&v, "alice", b"pw", &ls, st).await;
+    assert_eq!(key, Ok([9; 32]));
+    settle().await;
+    assert_eq!(attempts_left(&v, "alice").await.1, LIMIT - 2);
+    // A later verified login forgives both.
+    assert_eq!(recover(&v, "alice", b"pw").await, Ok([9; 32]));
+    settle().await;
+    assert_eq!(attempts_left(&v, "alice").await.1, LIMIT);
+}
+
+/// Finishes a started login for `pw`.
+async fn finish(
+    v: &Vault<MemoryLedger>,
+    account: &str,
+    pw: &[u8],
+    ls: &msg::LoginStartResponse,
+    start: opaque_ke::ClientLoginStartResult<Suite>,
+) -> Result<[u8; 32], ErrorCode> {
+    let ksf = op::cheap_ksf_for_load_tests();
+    let fleet = v.secrets().fleet_id.clone();
+    let response = CredentialResponse::<Suite>::deserialize(&ls.credential_response).unwrap();
+    let Ok(finish) = start.state.finish(
+        &mut OsRng,
+        pw,
+        response,
+        ClientLoginFinishParameters::new(None, op::identifiers(account, &fleet), Some(&ksf)),
+    ) else {
+        // The client knows its guess was wrong; it still tells the vault.
+        let r = call(
+            v,
+            account,
+            Req::LoginFinish(msg::LoginFinishRequest {
+                login_session: ls.login_session.clone(),
+                credential_finalization: vec![0; 64],
+            }),
+        )
+        .await;
+        return Err(code(&r).unwrap_or(ErrorCode::WrongPassword));
+    };
+    let lf = match call(
+        v,
+        account,
+        Req::LoginFinish(msg::LoginFinishRequest {
+            login_session: ls.login_session.clone(),
+            credential_finalization: finish.message.serialize().to_vec(),
+        }),
+    )
+    .await
+    {
+        Resp::LoginFinish(lf) => lf,
+        other => return Err(code(&other).unwrap()),
+    };
+    let wrapped = op::open_release(&finish.session_key, &ls.login_session, &lf.sealed_key).unwrap();
+    Ok(*op::unwrap_backup_key(&finish.export_key, account, &fleet, &wrapped).unwrap())
+}
+
+#[tokio::test]
+async fn the_last_guess_survives_a_leader_change_between_start_and_finish() {
+    let clock = TestClock::new();
+    let ledger = MemoryLedger::default();
+    let v = vault_with(unpaced(), ledger.clone(), &clock);
+    register(&v, "alice", b"pw", &[9; 32]).await;
+    for _ in 0..LIMIT - 1 {
+        let _ = start(&v, "alice", b"wrong").await;
+    }
+    let (r, st) = start(&v, "alice", b"pw").await;
+    let Resp::LoginStart(ls) = r else {
+        panic!("{r:?}")
+    };
+    assert_eq!(ls.attempts_left, 0);
+    // The record stays, serving no further evaluation.
+    let row = ledger.row("alice").unwrap();
+    assert!(!row.sealed_record.is_empty() && row.hold.is_some());
+    let (again, _) = start(&v, "alice", b"pw").await;
+    assert!(busy_wait(&again).is_some(), "{again:?}");
+    // A new leader, which never saw the start, finishes it from the row.
+    let mut other = vault_with(unpaced(), ledger.clone(), &clock);
+    other.secrets = v.secrets.clone();
+    assert_eq!(finish(&other, "alice", b"pw", &ls, st).await, Ok([9; 32]));
+    assert_eq!(attempts_left(&other, "alice").await.1, LIMIT);
+    assert!(ledger.row("alice").unwrap().hold.is_none());
+}
+
+#[tokio::test]
+async fn a_wrong_last_guess_erases_and_an_unfinished_one_expires_into_erasure() {
+    let clock = TestClock::new();
+    let ledger = MemoryLedger::default();
+    let v = vault_with(unpaced(), ledger.clone(), &clock);
+    register(&v, "alice", b"pw", &[9; 32]).await;
+    register(&v, "bob", b"pw", &[8; 32]).await;
+    for _ in 0..LIMIT - 1 {
+        let _ = start(&v, "alice", b"wrong").await;
+        let _ = start(&v, "bob", b"wrong").await;
+    }
+    // Alice's last guess is wrong: erased at its finish.
+    let (r, st) = start(&v, "alice", b"wrong").await;
+    let Resp::LoginStart(ls) = r else {
+        panic!("{r:?}")
+    };
+    assert_eq!(
+        finish(&v, "alice", b"wrong", &ls, st).await,
+        Err(ErrorCode::LockedOut)
+    );
+    assert!(ledger.row("alice").unwrap().sealed_record.is_empty());
+    // Bob's last guess is never finished: erased once its session expires.
+    let (r, _) = start(&v, "bob", b"pw").await;
+    assert!(matches!(r, Resp::LoginStart(_)), "{r:?}");
+    assert_eq!(v.erase_expired_holds().await.unwrap(), 0);
+    clock.advance(ms(LOGIN_SESSION_TTL));
+    assert_eq!(v.erase_expired_holds().await.unwrap(), 1);
+    let row = ledger.row("bob").unwrap();
+    assert_eq!(row.state, account::STATE_LOCKED_OUT);
+    assert!(row.sealed_record.is_empty());
+    assert_eq!(recover(&v, "bob", b"pw").await, Err(ErrorCode::LockedOut));
+}
+
+/// A registration of `pw` asking to replace whatever is deposited.
+async fn replace_from(
+    v: &Vault<MemoryLedger>,
+    account: &str,
+    device: &[u8],
+    pw: &[u8],
+    key: &[u8; 32],
+) -> Resp {
+    let ksf = op::cheap_ksf_for_load_tests();
+    let start = ClientRegistration::<Suite>::start(&mut OsRng, pw).unwrap();
+    let Resp::RegisterStart(rs) = call_from(
+        v,
+        account,
+        device,
+        Req::RegisterStart(msg::RegisterStartRequest {
+            registration_request: start.message.serialize().to_vec(),
+        }),
+    )
+    .await
+    else {
+        panic!("register start")
+    };
+    let response = RegistrationResponse::<Suite>::deserialize(&rs.registration_response).unwrap();
+    let fleet = &v.secrets().fleet_id;
+    let finish = start
+        .state
+        .finish(
+            &mut OsRng,
+            pw,
+            response,
+            ClientRegistrationFinishParameters::new(op::identifiers(account, fleet), Some(&ksf)),
+        )
+        .unwrap();
+    let wrapped = op::wrap_backup_key(&finish.export_key, account, fleet, key).unwrap();
+    call_from(
+        v,
+        account,
+        device,
+        Req::RegisterFinish(msg::RegisterFinishRequest {
+            registration_ticket: rs.registration_ticket,
+            registration_upload: finish.message.serialize().to_vec(),
+            wrapped_key: wrapped,
+            authorization: Some(msg::register_finish_request::Authorization::ReplaceExisting(true)),
+        }),
+    )
+    .await
+}
+
+async fn replacement(v: &Vault<MemoryLedger>, account: &str) -> Option<u64> {
+    match call(v, account, Req::Status(msg::StatusRequest {})).await {
+        Resp::Status(s) => s.replacement_pending.then_some(s.replacement_wait_ms),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_replacement_by_a_device_alone_waits_and_the_owner_cancels_it() {
+    let clock = TestClock::new();
+    let v = vault_with(unpaced(), MemoryLedger::default(), &clock);
+    register(&v, "alice", b"pw", &[9; 32]).await;
+    // A second device (a SIM swap) asks to replace the deposit.
+    let r = replace_from(&v, "alice", &OTHER_DEVICE, b"thief", &[6; 32]).await;
+    match &r {
+        Resp::Error(e) => {
+            assert_eq!(e.code(), ErrorCode::ReplacementPending);
+            assert_eq!(e.retry_after_ms, 60_000);
+        }
+        other => panic!("{other:?}"),
+    }
+    // Every device sees it; the old deposit keeps working.
+    assert_eq!(replacement(&v, "alice").await, Some(60_000));
+    clock.advance(30_000);
+    let again = replace_from(&v, "alice", &OTHER_DEVICE, b"thief", &[6; 32]).await;
+    assert!(
+        matches!(&again, Resp::Error(e) if e.retry_after_ms == 30_000),
+        "asking again does not shorten the wait: {again:?}"
+    );
+    // The owner's verified login cancels it.
+    assert_eq!(recover(&v, "alice", b"pw").await, Ok([9; 32]));
+    settle().await;
+    assert_eq!(replacement(&v, "alice").await, None);
+    // Asked again, it waits its full period; then that device completes it.
+    let _ = replace_from(&v, "alice", &OTHER_DEVICE, b"new", &[6; 32]).await;
+    clock.advance(60_000);
+    let done = replace_from(&v, "alice", &OTHER_DEVICE, b"new", &[6; 32]).await;
+    assert!(matches!(done, Resp::RegisterFinish(_)), "{done:?}");
+    assert_eq!(recover(&v, "alice", b"new").await, Ok([6; 32]));
+    assert_eq!(
+        recover(&v, "alice", b"pw").await,
+        Err(ErrorCode::WrongPassword)
+    );
+}
+
+#[tokio::test]
+async fn a_device_the_gateway_does_not_name_cannot_start_a_replacement() {
+    let v = vault();
+    register(&v, "alice", b"pw", &[9; 32]).await;
+    let r = replace_from(&v, "alice", &[], b"thief", &[6; 32]).await;
+    assert_eq!(code(&r), Some(ErrorCode::PermissionDenied), "{r:?}");
+    assert_eq!(replacement(&v, "alice").await, None);
+}
+
+#[tokio::test]
+async fn one_account_holds_at_most_its_budget_of_open_logins() {
+    let v = vault();
+    register(&v, "alice", b"pw", &[9; 32]).await;
+    register(&v, "bob", b"pw", &[8; 32]).await;
+    let (r, bob_start) = start(&v, "bob", b"pw").await;
+    let Resp::LoginStart(bob) = r else {
+        panic!("{r:?}")
+    };
+    let (r, first_start) = start(&v, "alice", b"pw").await;
+    let Resp::LoginStart(first) = r else {
+        panic!("{r:?}")
+    };
+    for _ in 0..4 {
+        let (r, _) = start(&v, "alice", b"pw").await;
+        assert!(matches!(r, Resp::LoginStart(_)), "{r:?}");
+        // Each start is a guess; the verified logins below forgive them.
+        assert_eq!(recover(&v, "alice", b"pw").await, Ok([9; 32]));
+        settle().await;
+    }
+    // Alice's oldest session was dropped; Bob's is untouched.
+    assert_eq!(
+        finish(&v, "alice", b"pw", &first, first_start).await,
+        Err(ErrorCode::SessionExpired)
+    );
+    assert_eq!(finish(&v, "bob", b"pw", &bob, bob_start).await, Ok([8; 32]));
 }
