@@ -970,3 +970,35 @@ async fn the_right_password_as_the_last_guess_survives_killing_the_leader_before
     conn.close().await;
     stack.shutdown().await;
 }
+
+/// DESIGN.md invariant 2: the key is released before the reset commits;
+/// killing the leader right after the answer may lose the reset, which
+/// leaves the count one higher (the guess stays counted), never lower.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reset_lost_with_the_leader_leaves_the_count_one_higher_never_lower() {
+    const LIMIT: u32 = 10;
+    let mut stack = stack(LIMIT, RaftSettings::default()).await;
+    let key = BackupKey::generate();
+    assert!(register(&stack, "owner", b"right", &key).await);
+    let conn = connect(&stack, "owner").await;
+    let v = vault(&conn, &stack);
+    assert_eq!(v.recover(b"right").await.unwrap(), key);
+    // At once: the reset may still be in flight.
+    kill_leader(&mut stack).await;
+    let left = loop {
+        match vault(&conn, &stack).status().await {
+            Ok(Status::Active { attempts_left, .. }) => break attempts_left,
+            Err(ClientError::Unavailable(_)) => {
+                tokio::time::sleep(Duration::from_millis(200)).await
+            }
+            other => panic!("{other:?}"),
+        }
+    };
+    eprintln!("after the leader died right after the answer: {left} of {LIMIT} guesses left");
+    assert!(
+        left == LIMIT || left == LIMIT - 1,
+        "{left} left: a lost reset may leave the right guess counted, nothing else"
+    );
+    conn.close().await;
+    stack.shutdown().await;
+}

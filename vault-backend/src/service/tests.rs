@@ -686,3 +686,29 @@ async fn one_account_holds_at_most_its_budget_of_open_logins() {
     );
     assert_eq!(finish(&v, "bob", b"pw", &bob, bob_start).await, Ok([8; 32]));
 }
+
+#[tokio::test]
+async fn a_late_reset_arriving_after_a_newer_guess_does_not_forgive_it() {
+    let v = vault();
+    register(&v, "alice", b"pw", &[9; 32]).await;
+    let (r, st) = start(&v, "alice", b"pw").await;
+    let Resp::LoginStart(ls) = r else {
+        panic!("{r:?}")
+    };
+    // The owner's finish answers at once; its reset is committed later...
+    assert_eq!(finish(&v, "alice", b"pw", &ls, st).await, Ok([9; 32]));
+    // ...here after an attacker's guess, counted in between.
+    let (r, _) = start(&v, "alice", b"wrong").await;
+    assert!(matches!(r, Resp::LoginStart(_)), "{r:?}");
+    assert_eq!(
+        v.ledger().row("alice").unwrap().guesses_used,
+        2,
+        "the reset has not been applied yet"
+    );
+    settle().await;
+    assert_eq!(
+        attempts_left(&v, "alice").await.1,
+        LIMIT - 1,
+        "the attacker's guess stays counted"
+    );
+}

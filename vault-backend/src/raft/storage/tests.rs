@@ -45,6 +45,22 @@ fn register(account: &str, id: u8) -> EntryPayload<TypeConfig> {
     }))
 }
 
+fn v2(c: Command) -> EntryPayload<TypeConfig> {
+    EntryPayload::Normal(Proposal::new(2, c))
+}
+
+fn start_at(account: &str, now_ms: u64) -> Command {
+    Command::LoginStartAt {
+        account_id: account.into(),
+        rules: crate::account::GuessRules {
+            max_attempts: 2,
+            pacing: crate::account::Pacing::default(),
+            now_ms,
+            session_ttl_ms: 120_000,
+        },
+    }
+}
+
 fn membership(ids: &[u64]) -> EntryPayload<TypeConfig> {
     let nodes: BTreeMap<u64, ReplicaNode> = ids
         .iter()
@@ -137,9 +153,40 @@ async fn every_persisted_value_survives_a_close_and_reopen() {
                 })),
             ),
             entry(3, 6, register("carol", 3)),
+            // Version 2's commands and the row fields they write: pacing's
+            // last guess time, a last guess on hold with its session, a
+            // pending replacement.
+            entry(3, 7, v2(Command::UseVersion { version: 2 })),
+            entry(3, 8, v2(start_at("bob", 1_000))),
+            entry(3, 9, v2(start_at("bob", 2_000))),
+            entry(
+                3,
+                10,
+                v2(Command::HoldSession {
+                    account_id: "bob".into(),
+                    seq: 2,
+                    session_id: vec![9; 16],
+                    sealed_state: vec![8; 50],
+                }),
+            ),
+            entry(
+                3,
+                11,
+                v2(Command::RegisterAt {
+                    account_id: "carol".into(),
+                    authorization: Authorization::ReplaceExisting,
+                    registration_id: vec![7; 16],
+                    sealed_record: vec![7; 40],
+                    replace: crate::account::ReplaceRequest {
+                        device_key: vec![6; 32],
+                        now_ms: 3_000,
+                        wait_ms: 604_800_000,
+                    },
+                }),
+            ),
         ];
         log.write_entries(first.clone()).await.unwrap();
-        log.save_committed(Some(log_id(3, 1, 6))).await.unwrap();
+        log.save_committed(Some(log_id(3, 1, 11))).await.unwrap();
         sm.apply(first).await.unwrap();
         sm.get_snapshot_builder()
             .await
@@ -149,18 +196,30 @@ async fn every_persisted_value_survives_a_close_and_reopen() {
         log.purge(log_id(2, 1, 4)).await.unwrap();
         // Written after the snapshot and purge, one of them then truncated.
         log.write_entries(vec![
-            entry(3, 7, register("dave", 4)),
-            entry(3, 8, register("erin", 5)),
-            entry(3, 9, register("frank", 6)),
+            entry(3, 12, register("dave", 4)),
+            entry(3, 13, register("erin", 5)),
+            entry(3, 14, register("frank", 6)),
         ])
         .await
         .unwrap();
-        log.truncate(log_id(3, 1, 9)).await.unwrap();
+        log.truncate(log_id(3, 1, 14)).await.unwrap();
     }
     let before = seen(&db).await;
-    assert_eq!(before.log, (Some(log_id(2, 1, 4)), Some(log_id(3, 1, 8))));
-    assert_eq!(before.entries.len(), 4, "{:?}", before.entries);
+    assert_eq!(before.log, (Some(log_id(2, 1, 4)), Some(log_id(3, 1, 13))));
+    assert_eq!(before.entries.len(), 9, "{:?}", before.entries);
     assert_eq!(before.accounts.len(), 3);
+    let row = |name: &str| {
+        let (_, b) = before.accounts.iter().find(|(k, _)| k == name).unwrap();
+        codec::decode_row(b).unwrap()
+    };
+    let bob = row("bob");
+    assert_eq!(
+        (bob.version, bob.last_guess_ms, bob.guesses_used),
+        (2, 2_000, 2)
+    );
+    assert_eq!(bob.hold.unwrap().session_id, vec![9; 16]);
+    let pending = row("carol").replacement.unwrap();
+    assert_eq!(pending.completes_ms, 3_000 + 604_800_000);
     assert!(before.snapshot.is_some());
     let db = reopen(db, &path);
     assert_eq!(seen(&db).await, before);
