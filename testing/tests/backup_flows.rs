@@ -388,3 +388,56 @@ async fn using_up_the_guesses_ends_with_key_permanently_inaccessible() {
     assert_same_tree(&history, Path::new(to));
     w.stack.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_new_phone_without_the_password_can_only_ask_for_a_replacement() {
+    let w = World::new(10).await;
+    let history = w.tmp.path().join("history");
+    chat_history(&history);
+    let a = w.phone("phone-a", "gina");
+    ok(&w
+        .cli(&a, &["enable"], &[("BKV_PASSWORD", "the real one")])
+        .await);
+    ok(&w.cli(&a, &["backup", history.to_str().unwrap()], &[]).await);
+
+    // A new phone of the account (a SIM swap, or the owner without the
+    // password) asks to replace the deposit: it is told to wait, and what
+    // it can do meanwhile.
+    let b = w.phone("phone-b", "gina");
+    let err = failed(
+        &w.cli(
+            &b,
+            &["enable", "--replace"],
+            &[("BKV_PASSWORD", "the thief")],
+        )
+        .await,
+    );
+    assert!(err.contains("waiting period"), "{err}");
+    assert!(err.contains("in 7 days"), "{err}");
+    assert!(err.contains("enable --key-only"), "{err}");
+    assert!(BackupSettings::load(&b).unwrap().is_none());
+    // Every phone of the account sees it.
+    let status = ok(&w.cli(&a, &["status"], &[]).await);
+    assert!(status.contains("asked to replace this deposit"), "{status}");
+    assert!(status.contains("in 7 days"), "{status}");
+    // The owner's restore with the password (on another new phone) cancels it.
+    let c = w.phone("phone-c", "gina");
+    let to = w.tmp.path().join("restored");
+    ok(&w
+        .cli(
+            &c,
+            &["restore", "--with-password", "--to", to.to_str().unwrap()],
+            &[("BKV_PASSWORD", "the real one")],
+        )
+        .await);
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let status = ok(&w.cli(&a, &["status"], &[]).await);
+        if !status.contains("asked to replace") {
+            break;
+        }
+        assert!(std::time::Instant::now() < until, "not cancelled: {status}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    w.stack.shutdown().await;
+}
