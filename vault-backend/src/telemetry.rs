@@ -33,8 +33,24 @@ pub fn describe() {
         "Password guesses counted durably against a deposit's limit."
     );
     describe_counter!(
+        "vault_guesses_paced_total",
+        "Login starts refused by pacing (too soon after the previous guess); nothing counted."
+    );
+    describe_counter!(
+        "vault_replacements_pending_total",
+        "Replacements without proof that started a waiting period."
+    );
+    describe_counter!(
+        "vault_login_sessions_evicted_total",
+        "Open login sessions dropped because their account had its whole budget open."
+    );
+    describe_counter!(
+        "vault_resets_lost_total",
+        "Resets after a verified login that did not commit (the count stays one higher)."
+    );
+    describe_counter!(
         "vault_last_guess_erasures_total",
-        "Guesses that used up a deposit's limit (the deposit is erased unless that guess verifies)."
+        "Guesses that used up a deposit's limit (the record is held until that login verifies or expires)."
     );
     describe_counter!(
         "vault_lockouts_total",
