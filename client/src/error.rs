@@ -61,9 +61,15 @@ pub enum ClientError {
     /// Retryable condition.
     #[error("the vault is unavailable right now ({0}); try again in a moment")]
     Unavailable(String),
-    /// The vault sheds load (a short `BUSY`).
-    #[error("the vault is busy right now ({0}); try again in a moment")]
-    Busy(String),
+    /// The gateway or the vault sheds load, or a budget of this device or
+    /// account is used up (`BUSY`).
+    #[error("{message}; try again in {}", protocol_spec::classify::wait_in_words(*retry_after))]
+    Busy {
+        /// What the server said.
+        message: String,
+        /// How long to wait.
+        retry_after: std::time::Duration,
+    },
     /// The server said something the client does not expect.
     #[error("protocol error: {0}")]
     Protocol(String),
@@ -105,9 +111,10 @@ pub enum ClientError {
     },
 }
 
-/// A `BUSY` asking to wait longer than this is pacing of guesses (an
-/// overload asks for `classify::BUSY_RETRY_AFTER`, 500 ms).
-const PACED_ABOVE_MS: u32 = 5_000;
+/// A `BUSY` to a login start asking to wait longer than this is the
+/// vault's pacing of guesses (an overload asks for
+/// `classify::BUSY_RETRY_AFTER`, 500 ms).
+pub(crate) const PACED_ABOVE: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl ClientError {
     /// A local I/O failure while doing `what`.
@@ -128,11 +135,10 @@ impl ClientError {
             ErrorCode::ReplacementPending => Self::ReplacementPending {
                 retry_after: std::time::Duration::from_millis(e.retry_after_ms.into()),
             },
-            // A wait longer than an overload's is the vault's pacing.
-            ErrorCode::Busy if e.retry_after_ms > PACED_ABOVE_MS => Self::Paced {
+            ErrorCode::Busy => Self::Busy {
+                message: e.message.clone(),
                 retry_after: std::time::Duration::from_millis(e.retry_after_ms.into()),
             },
-            ErrorCode::Busy => Self::Busy(e.message.clone()),
             ErrorCode::Unavailable | ErrorCode::SessionExpired => {
                 Self::Unavailable(e.message.clone())
             }
@@ -151,7 +157,7 @@ impl ClientError {
     pub fn retryable(&self) -> bool {
         match self {
             Self::Unavailable(_)
-            | Self::Busy(_)
+            | Self::Busy { .. }
             | Self::Connect { .. }
             | Self::Io { .. }
             | Self::Store { .. } => true,

@@ -130,7 +130,7 @@ enum DeviceCmd {
 #[tokio::main]
 async fn main() {
     if let Err(e) = run().await {
-        eprintln!("error: {e:#}");
+        eprintln!("error: {}", service_kit::report::one_line(e.as_ref()));
         std::process::exit(1);
     }
 }

@@ -215,7 +215,16 @@ impl<'c> VaultClient<'c> {
                 credential_request: start.message.serialize().to_vec(),
                 purpose: purpose as i32,
             }))
-            .await?
+            .await
+            .map_err(|e| match e {
+                // A long wait before a guess is the vault's pacing.
+                ClientError::Busy { retry_after, .. }
+                    if retry_after > crate::error::PACED_ABOVE =>
+                {
+                    ClientError::Paced { retry_after }
+                }
+                e => e,
+            })?
         else {
             return Err(ClientError::Protocol(
                 "unexpected response to login start".into(),

@@ -24,6 +24,9 @@ pub struct GatewayConfig {
     pub vault_clusters: Vec<ClusterConfig>,
     /// Admin HTTP listener serving `/metrics`. Default none.
     pub admin_listen: Option<SocketAddr>,
+    /// Request budgets per device and per account (`[budgets.per_device.status]`
+    /// `burst = 10`, `every_ms = 1000`, ...; defaults in `budget::BudgetConfig`).
+    pub budgets: crate::budget::BudgetConfig,
 }
 
 impl Default for GatewayConfig {
@@ -39,6 +42,7 @@ impl Default for GatewayConfig {
                 server_name: service_kit::pki::REPLICA_ROLE_NAME.into(),
             }],
             admin_listen: None,
+            budgets: Default::default(),
         }
     }
 }

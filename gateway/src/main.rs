@@ -125,7 +125,7 @@ async fn main() -> anyhow::Result<()> {
             service_kit::observability::install_metrics(cfg.admin_listen)?;
             gateway::telemetry::describe();
             let keys = GatewayKeys::load(&cfg.state_dir)?;
-            let gw = Gateway::start(cfg.listen, &keys, &cfg.vault_clusters)?;
+            let gw = Gateway::start_with(cfg.listen, &keys, &cfg.vault_clusters, &cfg.budgets)?;
             tracing::info!(addr = %gw.local_addr()?, "gateway serving");
             tokio::signal::ctrl_c().await?;
             tracing::info!("shutting down");

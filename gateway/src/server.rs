@@ -20,6 +20,7 @@ use protocol_spec::CloseCode;
 use quinn::crypto::rustls::QuicServerConfig;
 use service_kit::pki;
 
+use crate::budget::{BudgetConfig, Budgets};
 use crate::keys::GatewayKeys;
 use crate::vault_client::{ClusterConfig, VaultClusters};
 
@@ -28,6 +29,7 @@ struct Shared {
     noise_private: [u8; 32],
     verifier: CredentialVerifier,
     vault: VaultClusters,
+    budgets: Budgets,
 }
 
 /// A running gateway.
@@ -65,6 +67,18 @@ pub fn server_config(keys: &GatewayKeys) -> anyhow::Result<quinn::ServerConfig> 
     Ok(cfg)
 }
 
+/// How often the buckets of idle devices and accounts are dropped.
+const FORGET_IDLE_BUDGETS: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Aborts a task when the owner goes.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 fn close(conn: &quinn::Connection, code: CloseCode) {
     metrics::counter!("gateway_connections_closed_total", "reason" => close_label(code))
         .increment(1);
@@ -83,21 +97,41 @@ fn close_label(code: CloseCode) -> &'static str {
 }
 
 impl Gateway {
-    /// Binds `listen` and starts serving.
+    /// Binds `listen` and starts serving, with the default budgets.
     pub fn start(
         listen: SocketAddr,
         keys: &GatewayKeys,
         vault_clusters: &[ClusterConfig],
     ) -> anyhow::Result<Self> {
+        Self::start_with(listen, keys, vault_clusters, &BudgetConfig::default())
+    }
+
+    /// Binds `listen` and starts serving, with request budgets `budgets`
+    /// per device and per account ([`crate::budget`]).
+    pub fn start_with(
+        listen: SocketAddr,
+        keys: &GatewayKeys,
+        vault_clusters: &[ClusterConfig],
+        budgets: &BudgetConfig,
+    ) -> anyhow::Result<Self> {
         let shared = Arc::new(Shared {
             noise_private: *keys.noise_private,
             verifier: CredentialVerifier::new(&keys.account_service_public)?,
             vault: VaultClusters::new(vault_clusters, &keys.vault_client, &keys.vault_ca_pem)?,
+            budgets: Budgets::new(budgets),
         });
         let endpoint = crate::udp::public_endpoint(listen, server_config(keys)?)?;
         let ep = endpoint.clone();
         let sh = shared.clone();
         let task = tokio::spawn(async move {
+            let idle = sh.clone();
+            let _forget = AbortOnDrop(tokio::spawn(async move {
+                let mut tick = tokio::time::interval(FORGET_IDLE_BUDGETS);
+                loop {
+                    tick.tick().await;
+                    idle.budgets.forget_idle();
+                }
+            }));
             while let Some(incoming) = ep.accept().await {
                 let sh = sh.clone();
                 tokio::spawn(async move {
@@ -256,7 +290,7 @@ async fn authenticate(shared: &Shared, conn: &quinn::Connection) -> HandshakeOut
 async fn relay(
     shared: &Shared,
     account_id: &str,
-    device_key: &[u8],
+    device_key: &[u8; 32],
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
 ) -> Result<(), CloseCode> {
@@ -283,6 +317,36 @@ async fn relay(
             return Err(CloseCode::ProtocolError);
         }
     };
+    if let Some(kind) = crate::budget::Kind::of(&request) {
+        if let Err(over) = shared.budgets.check(device_key, account_id, kind) {
+            metrics::counter!(
+                "gateway_requests_shed_total",
+                "request" => request.kind_label(),
+                "scope" => over.scope.label()
+            )
+            .increment(1);
+            let mut e = msg::Error::new(
+                ErrorCode::Busy,
+                format!(
+                    "too many {} requests from this {} in a short time",
+                    request.kind_label().replace('_', " "),
+                    over.scope.label()
+                ),
+            );
+            e.retry_after_ms = u32::try_from(over.retry_after.as_millis())
+                .unwrap_or(u32::MAX)
+                .max(1);
+            let _ = write_message(
+                &mut send,
+                &msg::Response {
+                    kind: Some(msg::response::Kind::Error(e)),
+                },
+            )
+            .await;
+            let _ = send.finish();
+            return Ok(());
+        }
+    }
     let response = shared.vault.call(account_id, device_key, request).await;
     let _ = write_message(&mut send, &response).await;
     let _ = send.finish();

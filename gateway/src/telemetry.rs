@@ -26,6 +26,10 @@ pub fn describe() {
         "Time of one relayed vault request, retries included."
     );
     describe_counter!(
+        "gateway_requests_shed_total",
+        "Requests answered BUSY because a device's or account's budget was used up, by request kind and scope."
+    );
+    describe_counter!(
         "gateway_vault_retries_total",
         "Vault calls tried again on another replica or after a wait."
     );

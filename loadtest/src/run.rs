@@ -100,7 +100,7 @@ pub fn code(e: &ClientError) -> &'static str {
         ClientError::NotRegistered => "not_registered",
         ClientError::AlreadyRegistered => "already_registered",
         ClientError::Unavailable(_) => "unavailable",
-        ClientError::Busy(_) => "busy",
+        ClientError::Busy { .. } => "busy",
         ClientError::Paced { .. } => "paced",
         ClientError::ReplacementPending { .. } => "replacement_pending",
         ClientError::Protocol(_) => "protocol",

@@ -44,6 +44,8 @@ impl Target {
         let stack = LocalStack::start(StackOptions {
             replicas,
             max_attempts,
+            // The generator measures capacity, not the per-device policy.
+            gateway_budgets: gateway::budget::BudgetConfig::unlimited(),
             ..Default::default()
         })
         .await?;

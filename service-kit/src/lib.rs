@@ -16,3 +16,4 @@ pub mod observability;
 pub mod pki;
 #[cfg(feature = "quic")]
 pub mod quic;
+pub mod report;

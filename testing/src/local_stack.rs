@@ -20,6 +20,7 @@ use vault_backend::keyprotect::KeyProtection;
 use vault_backend::provision::{self, layout, FleetMaterial, FleetPublic};
 use vault_backend::replica::{BoundSockets, Replica};
 
+use gateway::budget::BudgetConfig;
 use gateway::keys::{self, GatewayKeys};
 use gateway::server::Gateway;
 use gateway::vault_client::ClusterConfig;
@@ -46,6 +47,9 @@ pub struct StackOptions {
     pub pacing: Pacing,
     /// Waiting period of a replacement without proof, ms (default 7 days).
     pub replacement_wait_ms: u64,
+    /// The gateway's request budgets per device and per account (default:
+    /// the gateway's; failure tests that hammer one account lift them).
+    pub gateway_budgets: BudgetConfig,
     /// Raft settings of every replica.
     pub raft: RaftSettings,
     /// Run each replica as a separate `vault-backend run` process of this
@@ -70,6 +74,7 @@ impl Default for StackOptions {
             max_attempts: protocol_spec::limits::DEFAULT_MAX_ATTEMPTS,
             pacing: Pacing::default(),
             replacement_wait_ms: VaultConfig::default().replacement_wait_ms,
+            gateway_budgets: BudgetConfig::default(),
             raft: RaftSettings::default(),
             replica_binary: None,
             key_protection: KeyProtection::default(),
@@ -206,7 +211,12 @@ impl LocalStack {
             )?;
         }
         let gw_keys = GatewayKeys::load(&gw_dir)?;
-        let gateway = Gateway::start(opts.gateway_listen, &gw_keys, &cluster_configs(&clusters))?;
+        let gateway = Gateway::start_with(
+            opts.gateway_listen,
+            &gw_keys,
+            &cluster_configs(&clusters),
+            &opts.gateway_budgets,
+        )?;
         let fleet = FleetPublic::read(&clusters[0].dir)?;
         let profile = ClientProfile {
             gateway_addr: gateway.local_addr()?,

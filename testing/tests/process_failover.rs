@@ -53,6 +53,7 @@ async fn stack(max_attempts: u32, raft: RaftSettings) -> LocalStack {
         max_attempts,
         raft,
         pacing: Pacing::OFF,
+        gateway_budgets: gateway::budget::BudgetConfig::unlimited(),
         replica_binary: Some(testing::bins::vault_backend()),
         ..Default::default()
     })

@@ -89,21 +89,6 @@ fn words(ms: u64) -> String {
     protocol_spec::classify::wait_in_words(std::time::Duration::from_millis(ms))
 }
 
-/// The error and its causes, each said once, for the replica's log.
-fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let text = c.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        cur = c.source();
-    }
-    out
-}
-
 impl VaultError {
     /// An internal failure without an underlying error.
     pub fn internal(what: impl Into<String>) -> Self {
@@ -153,11 +138,11 @@ impl VaultError {
         let code = self.code();
         let message = match self {
             Self::Storage(_) => {
-                tracing::error!(error = %chain(self), "vault storage failed");
+                tracing::error!(error = %service_kit::report::one_line(self), "vault storage failed");
                 "the vault could not use its storage; retry in a moment".to_owned()
             }
             Self::Internal { .. } | Self::File(_) | Self::Pki(_) => {
-                tracing::error!(error = %chain(self), "vault request failed");
+                tracing::error!(error = %service_kit::report::one_line(self), "vault request failed");
                 "the vault failed on its side; retry later and report it if it persists".to_owned()
             }
             other => other.to_string(),
