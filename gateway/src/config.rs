@@ -27,6 +27,12 @@ pub struct GatewayConfig {
     /// Request budgets per device and per account (`[budgets.per_device.status]`
     /// `burst = 10`, `every_ms = 1000`, ...; defaults in `budget::BudgetConfig`).
     pub budgets: crate::budget::BudgetConfig,
+    /// On SIGTERM or SIGINT, how long requests in flight may take to finish
+    /// before the remaining connections are cut. Default 30000 ms (above
+    /// the relay's 25 s timeout, so a request started just before the
+    /// signal ends on its own; within Kubernetes' default 30 s grace when
+    /// the pod is taken out of the load balancer first).
+    pub drain_deadline_ms: u64,
 }
 
 impl Default for GatewayConfig {
@@ -43,6 +49,7 @@ impl Default for GatewayConfig {
             }],
             admin_listen: None,
             budgets: Default::default(),
+            drain_deadline_ms: 30_000,
         }
     }
 }

@@ -127,9 +127,23 @@ async fn main() -> anyhow::Result<()> {
             let keys = GatewayKeys::load(&cfg.state_dir)?;
             let gw = Gateway::start_with(cfg.listen, &keys, &cfg.vault_clusters, &cfg.budgets)?;
             tracing::info!(addr = %gw.local_addr()?, "gateway serving");
-            tokio::signal::ctrl_c().await?;
-            tracing::info!("shutting down");
-            gw.shutdown().await;
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+            tokio::select! {
+                r = tokio::signal::ctrl_c() => r?,
+                _ = term.recv() => {}
+            }
+            let deadline = std::time::Duration::from_millis(cfg.drain_deadline_ms);
+            tracing::info!(
+                deadline_ms = cfg.drain_deadline_ms,
+                "draining: no new connections; requests in flight finish"
+            );
+            let d = gw.drain(deadline).await;
+            tracing::info!(
+                cut = d.cut,
+                took_ms = d.took.as_millis() as u64,
+                "drained; exiting"
+            );
         }
     }
     Ok(())

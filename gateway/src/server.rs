@@ -7,7 +7,9 @@
 //! pass a request the decoder or validator rejected, or log account ids.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use protocol_spec::credential::CredentialVerifier;
 use protocol_spec::framing;
@@ -30,6 +32,29 @@ struct Shared {
     verifier: CredentialVerifier,
     vault: VaultClusters,
     budgets: Budgets,
+    /// Set once the gateway drains: connections stop taking requests.
+    draining: tokio::sync::watch::Sender<bool>,
+    /// Connections open now (handshaking or authenticated).
+    open: AtomicUsize,
+}
+
+/// What a drain came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Drained {
+    /// Connections still open at the deadline (closed then, GOING_AWAY).
+    pub cut: usize,
+    /// How long the drain took.
+    pub took: Duration,
+}
+
+/// Counts a connection open while it lives.
+struct OpenGuard<'a>(&'a AtomicUsize);
+
+impl Drop for OpenGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+        metrics::gauge!("gateway_connections").decrement(1.0);
+    }
 }
 
 /// A running gateway.
@@ -66,6 +91,9 @@ pub fn server_config(keys: &GatewayKeys) -> anyhow::Result<quinn::ServerConfig> 
     cfg.transport_config(Arc::new(transport));
     Ok(cfg)
 }
+
+/// How long a relay waits for the phone to acknowledge its answer.
+const ANSWER_DELIVERY: Duration = Duration::from_secs(2);
 
 /// How often the buckets of idle devices and accounts are dropped.
 const FORGET_IDLE_BUDGETS: std::time::Duration = std::time::Duration::from_secs(60);
@@ -119,6 +147,8 @@ impl Gateway {
             verifier: CredentialVerifier::new(&keys.account_service_public)?,
             vault: VaultClusters::new(vault_clusters, &keys.vault_client, &keys.vault_ca_pem)?,
             budgets: Budgets::new(budgets),
+            draining: tokio::sync::watch::channel(false).0,
+            open: AtomicUsize::new(0),
         });
         let endpoint = crate::udp::public_endpoint(listen, server_config(keys)?)?;
         let ep = endpoint.clone();
@@ -136,9 +166,10 @@ impl Gateway {
                 let sh = sh.clone();
                 tokio::spawn(async move {
                     if let Ok(conn) = incoming.await {
+                        sh.open.fetch_add(1, Ordering::AcqRel);
                         metrics::gauge!("gateway_connections").increment(1.0);
-                        serve_connection(sh, conn).await;
-                        metrics::gauge!("gateway_connections").decrement(1.0);
+                        let _open = OpenGuard(&sh.open);
+                        serve_connection(sh.clone(), conn).await;
                     }
                 });
             }
@@ -161,7 +192,29 @@ impl Gateway {
         self.shared.vault.cluster(name).map(|c| c.replicas())
     }
 
-    /// Tells clients to go away, then waits for the endpoint to drain.
+    /// Drains (what SIGTERM and SIGINT do): accepts no new connection;
+    /// every connection stops taking requests, lets the ones in flight
+    /// finish and be answered, then is closed with `GOING_AWAY` (the phone
+    /// reconnects, to another gateway if it has one; a login it started
+    /// finishes there, the session being the vault's). After `deadline`,
+    /// whatever is still open is closed. Then shuts down.
+    pub async fn drain(self, deadline: Duration) -> Drained {
+        let started = Instant::now();
+        self.endpoint.set_server_config(None);
+        self.shared.draining.send_replace(true);
+        while self.shared.open.load(Ordering::Acquire) > 0 && started.elapsed() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let cut = self.shared.open.load(Ordering::Acquire);
+        self.shutdown().await;
+        Drained {
+            cut,
+            took: started.elapsed(),
+        }
+    }
+
+    /// Tells clients to go away at once, then waits for the endpoint to
+    /// close (requests in flight are cut; [`Gateway::drain`] lets them end).
     pub async fn shutdown(self) {
         self.task.abort();
         self.shared.vault.close();
@@ -193,14 +246,26 @@ async fn serve_connection(shared: Arc<Shared>, conn: quinn::Connection) {
     metrics::counter!("gateway_authenticated_total", "pattern" => if device.pattern == msg::NoisePattern::Ik { "ik" } else { "xx" }).increment(1);
     let account: Arc<str> = Arc::from(device.account_id.as_str());
     let device_key = device.device_key;
+    let mut draining = shared.draining.subscribe();
+    // This connection's requests in flight (a drain waits for them).
+    let (busy, _) = tokio::sync::watch::channel(0usize);
+    let busy = Arc::new(busy);
     loop {
-        let (send, recv) = match conn.accept_bi().await {
-            Ok(s) => s,
-            Err(_) => return,
+        if *draining.borrow_and_update() {
+            break;
+        }
+        let (send, recv) = tokio::select! {
+            s = conn.accept_bi() => match s {
+                Ok(s) => s,
+                Err(_) => return,
+            },
+            _ = draining.changed() => break,
         };
         let shared = shared.clone();
         let conn2 = conn.clone();
         let account = account.clone();
+        busy.send_modify(|n| *n += 1);
+        let busy2 = busy.clone();
         tokio::spawn(async move {
             match tokio::time::timeout(
                 RELAY_TIMEOUT,
@@ -212,8 +277,15 @@ async fn serve_connection(shared: Arc<Shared>, conn: quinn::Connection) {
                 Ok(Err(code)) => close(&conn2, code),
                 Err(_) => {}
             }
+            busy2.send_modify(|n| *n -= 1);
         });
     }
+    // Draining: the requests in flight finish and are answered (a login
+    // cut off mid-way would cost its owner a guess), then the phone is told
+    // to go elsewhere. Bounded by the relay's own timeout.
+    let mut idle = busy.subscribe();
+    let _ = tokio::time::timeout(RELAY_TIMEOUT, idle.wait_for(|n| *n == 0)).await;
+    close(&conn, CloseCode::GoingAway);
 }
 
 /// Runs the handshake on the first stream; any other stream opened before it
@@ -350,5 +422,9 @@ async fn relay(
     let response = shared.vault.call(account_id, device_key, request).await;
     let _ = write_message(&mut send, &response).await;
     let _ = send.finish();
+    // Until the phone has the answer (bounded): a drain closes the
+    // connection only after this, and closing drops unacknowledged data,
+    // which for a login start would be a guess counted and never answered.
+    let _ = tokio::time::timeout(ANSWER_DELIVERY, send.stopped()).await;
     Ok(())
 }

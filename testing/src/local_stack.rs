@@ -671,6 +671,12 @@ impl LocalStack {
         Ok(())
     }
 
+    /// Drains the gateway as SIGTERM does ([`Gateway::drain`]) and
+    /// removes it from the stack.
+    pub async fn drain_gateway(&mut self, deadline: Duration) -> Option<gateway::server::Drained> {
+        Some(self.gateway.take()?.drain(deadline).await)
+    }
+
     /// Stops everything.
     pub async fn shutdown(mut self) {
         if let Some(g) = self.gateway.take() {

@@ -1,0 +1,89 @@
+#![allow(clippy::unwrap_used)]
+//! Draining the gateway (what SIGTERM and SIGINT do): every request in
+//! flight is answered, no guess is counted without its answer reaching the
+//! phone, idle phones are told `GOING_AWAY`, no new connection is taken,
+//! and the drain ends well within its deadline.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use client::{BackupKey, GatewayConnection};
+use protocol_spec::msg::{self, request::Kind as Req, response::Kind as Resp};
+use testing::helpers::{connect, login_start, register};
+use testing::local_stack::{LocalStack, StackOptions};
+use vault_backend::account::Pacing;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_answers_every_request_in_flight_then_says_going_away() {
+    let mut stack = LocalStack::start(StackOptions {
+        max_attempts: 100_000,
+        pacing: Pacing::OFF,
+        gateway_budgets: gateway::budget::BudgetConfig::unlimited(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    assert!(register(&stack, "owner", b"right", &BackupKey::generate()).await);
+    let idle = connect(&stack, "bystander").await;
+    // A phone sending login starts back to back: each one a counted guess.
+    let busy = connect(&stack, "owner").await;
+    let answered = Arc::new(AtomicU32::new(0));
+    let a = answered.clone();
+    let phone = tokio::spawn(async move {
+        loop {
+            match busy.request(&login_start(b"a guess")).await {
+                Ok(msg::Response {
+                    kind: Some(Resp::LoginStart(_)),
+                }) => {
+                    a.fetch_add(1, Ordering::SeqCst);
+                }
+                Ok(other) => panic!("{other:?}"),
+                Err(e) => return e,
+            }
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let addr = stack.profile.gateway_addr;
+    let drained = stack.drain_gateway(Duration::from_secs(20)).await.unwrap();
+    eprintln!(
+        "drain: {drained:?}, {} answered",
+        answered.load(Ordering::SeqCst)
+    );
+    assert_eq!(drained.cut, 0, "every connection ended on its own");
+    assert!(drained.took < Duration::from_secs(10), "{drained:?}");
+
+    // The busy phone's next request found the connection going away...
+    let err = tokio::time::timeout(Duration::from_secs(10), phone)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(err.to_string().contains("going away"), "{err}");
+    // ...and every guess the vault counted was answered.
+    let rows = stack.rows(0, "owner").await.unwrap();
+    let counted = rows[0].as_ref().unwrap().guesses_used;
+    assert!(answered.load(Ordering::SeqCst) > 0);
+    assert_eq!(
+        counted,
+        answered.load(Ordering::SeqCst),
+        "a guess counted without its answer"
+    );
+    // The idle phone was told too.
+    let status = msg::Request {
+        kind: Some(Req::Status(msg::StatusRequest {})),
+    };
+    let e = idle.request(&status).await.unwrap_err();
+    assert!(e.to_string().contains("going away"), "{e}");
+    // And nothing new is taken.
+    let dev = stack.enroll_device("late").unwrap();
+    let late = tokio::time::timeout(
+        Duration::from_secs(5),
+        GatewayConnection::connect(&stack.profile, &dev),
+    )
+    .await;
+    assert!(
+        !matches!(late, Ok(Ok(_))),
+        "a drained gateway at {addr} took a new connection"
+    );
+    stack.shutdown().await;
+}
