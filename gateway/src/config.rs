@@ -27,6 +27,9 @@ pub struct GatewayConfig {
     /// Request budgets per device and per account (`[budgets.per_device.status]`
     /// `burst = 10`, `every_ms = 1000`, ...; defaults in `budget::BudgetConfig`).
     pub budgets: crate::budget::BudgetConfig,
+    /// Bounds on connections in their handshake (`[admission]`:
+    /// `max_handshakes` 1024, `retry_above` 256, `max_handshakes_per_source` 64).
+    pub admission: crate::admission::AdmissionConfig,
     /// On SIGTERM or SIGINT, how long requests in flight may take to finish
     /// before the remaining connections are cut. Default 30000 ms (above
     /// the relay's 25 s timeout, so a request started just before the
@@ -49,6 +52,7 @@ impl Default for GatewayConfig {
             }],
             admin_listen: None,
             budgets: Default::default(),
+            admission: Default::default(),
             drain_deadline_ms: 30_000,
         }
     }

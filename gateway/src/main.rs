@@ -125,7 +125,11 @@ async fn main() -> anyhow::Result<()> {
             service_kit::observability::install_metrics(cfg.admin_listen)?;
             gateway::telemetry::describe();
             let keys = GatewayKeys::load(&cfg.state_dir)?;
-            let gw = Gateway::start_with(cfg.listen, &keys, &cfg.vault_clusters, &cfg.budgets)?;
+            let door = gateway::server::FrontDoor {
+                budgets: cfg.budgets,
+                admission: cfg.admission,
+            };
+            let gw = Gateway::start_with(cfg.listen, &keys, &cfg.vault_clusters, &door)?;
             tracing::info!(addr = %gw.local_addr()?, "gateway serving");
             let mut term =
                 tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

@@ -22,6 +22,7 @@ use protocol_spec::CloseCode;
 use quinn::crypto::rustls::QuicServerConfig;
 use service_kit::pki;
 
+use crate::admission::{Admission, AdmissionConfig, Decision, Permit};
 use crate::budget::{BudgetConfig, Budgets};
 use crate::keys::GatewayKeys;
 use crate::vault_client::{ClusterConfig, VaultClusters};
@@ -32,10 +33,21 @@ struct Shared {
     verifier: CredentialVerifier,
     vault: VaultClusters,
     budgets: Budgets,
+    admission: Admission,
     /// Set once the gateway drains: connections stop taking requests.
     draining: tokio::sync::watch::Sender<bool>,
     /// Connections open now (handshaking or authenticated).
     open: AtomicUsize,
+}
+
+/// What the gateway lets in: admission before authentication and budgets
+/// after it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FrontDoor {
+    /// Per-device and per-account request budgets.
+    pub budgets: BudgetConfig,
+    /// Bounds on handshakes in progress.
+    pub admission: AdmissionConfig,
 }
 
 /// What a drain came to.
@@ -107,6 +119,12 @@ impl Drop for AbortOnDrop {
     }
 }
 
+/// Refuses a connection attempt statelessly, counted by reason.
+fn refused(incoming: quinn::Incoming, reason: &'static str) {
+    metrics::counter!("gateway_handshakes_refused_total", "reason" => reason).increment(1);
+    incoming.refuse();
+}
+
 fn close(conn: &quinn::Connection, code: CloseCode) {
     metrics::counter!("gateway_connections_closed_total", "reason" => close_label(code))
         .increment(1);
@@ -131,22 +149,23 @@ impl Gateway {
         keys: &GatewayKeys,
         vault_clusters: &[ClusterConfig],
     ) -> anyhow::Result<Self> {
-        Self::start_with(listen, keys, vault_clusters, &BudgetConfig::default())
+        Self::start_with(listen, keys, vault_clusters, &FrontDoor::default())
     }
 
-    /// Binds `listen` and starts serving, with request budgets `budgets`
-    /// per device and per account ([`crate::budget`]).
+    /// Binds `listen` and starts serving, letting in what `door` allows
+    /// ([`crate::admission`], [`crate::budget`]).
     pub fn start_with(
         listen: SocketAddr,
         keys: &GatewayKeys,
         vault_clusters: &[ClusterConfig],
-        budgets: &BudgetConfig,
+        door: &FrontDoor,
     ) -> anyhow::Result<Self> {
         let shared = Arc::new(Shared {
             noise_private: *keys.noise_private,
             verifier: CredentialVerifier::new(&keys.account_service_public)?,
             vault: VaultClusters::new(vault_clusters, &keys.vault_client, &keys.vault_ca_pem)?,
-            budgets: Budgets::new(budgets),
+            budgets: Budgets::new(&door.budgets),
+            admission: Admission::new(door.admission),
             draining: tokio::sync::watch::channel(false).0,
             open: AtomicUsize::new(0),
         });
@@ -163,13 +182,40 @@ impl Gateway {
                 }
             }));
             while let Some(incoming) = ep.accept().await {
+                let source = incoming.remote_address().ip();
+                let permit = match sh
+                    .admission
+                    .decide(source, incoming.remote_address_validated())
+                {
+                    Decision::Accept(p) => p,
+                    Decision::Retry if incoming.may_retry() => {
+                        metrics::counter!("gateway_handshakes_retried_total").increment(1);
+                        let _ = incoming.retry();
+                        continue;
+                    }
+                    Decision::Retry => {
+                        // A source that already answered a Retry cannot be
+                        // asked again: treat it as validated.
+                        match sh.admission.decide(source, true) {
+                            Decision::Accept(p) => p,
+                            _ => {
+                                refused(incoming, "handshakes_full");
+                                continue;
+                            }
+                        }
+                    }
+                    Decision::Refuse(r) => {
+                        refused(incoming, r.label());
+                        continue;
+                    }
+                };
                 let sh = sh.clone();
                 tokio::spawn(async move {
                     if let Ok(conn) = incoming.await {
                         sh.open.fetch_add(1, Ordering::AcqRel);
                         metrics::gauge!("gateway_connections").increment(1.0);
                         let _open = OpenGuard(&sh.open);
-                        serve_connection(sh.clone(), conn).await;
+                        serve_connection(sh.clone(), conn, permit).await;
                     }
                 });
             }
@@ -232,7 +278,7 @@ enum HandshakeOutcome {
     Closed(CloseCode),
 }
 
-async fn serve_connection(shared: Arc<Shared>, conn: quinn::Connection) {
+async fn serve_connection(shared: Arc<Shared>, conn: quinn::Connection, permit: Permit) {
     // Boxed so the handshake's state (Noise responder, frame buffers) is
     // freed once it ends instead of sizing this task's future, which an idle
     // authenticated connection holds for as long as it stays open.
@@ -243,6 +289,8 @@ async fn serve_connection(shared: Arc<Shared>, conn: quinn::Connection) {
             return;
         }
     };
+    // The handshake is over: its place goes to the next one.
+    drop(permit);
     metrics::counter!("gateway_authenticated_total", "pattern" => if device.pattern == msg::NoisePattern::Ik { "ik" } else { "xx" }).increment(1);
     let account: Arc<str> = Arc::from(device.account_id.as_str());
     let device_key = device.device_key;

@@ -26,6 +26,14 @@ pub fn describe() {
         "Time of one relayed vault request, retries included."
     );
     describe_counter!(
+        "gateway_handshakes_refused_total",
+        "Connection attempts refused before any state was kept, by reason (handshakes_full, per_source)."
+    );
+    describe_counter!(
+        "gateway_handshakes_retried_total",
+        "Connection attempts asked to validate their address first (QUIC Retry)."
+    );
+    describe_counter!(
         "gateway_requests_shed_total",
         "Requests answered BUSY because a device's or account's budget was used up, by request kind and scope."
     );

@@ -50,6 +50,8 @@ pub struct StackOptions {
     /// The gateway's request budgets per device and per account (default:
     /// the gateway's; failure tests that hammer one account lift them).
     pub gateway_budgets: BudgetConfig,
+    /// The gateway's bounds on handshakes in progress.
+    pub gateway_admission: gateway::admission::AdmissionConfig,
     /// Raft settings of every replica.
     pub raft: RaftSettings,
     /// Run each replica as a separate `vault-backend run` process of this
@@ -75,6 +77,7 @@ impl Default for StackOptions {
             pacing: Pacing::default(),
             replacement_wait_ms: VaultConfig::default().replacement_wait_ms,
             gateway_budgets: BudgetConfig::default(),
+            gateway_admission: Default::default(),
             raft: RaftSettings::default(),
             replica_binary: None,
             key_protection: KeyProtection::default(),
@@ -215,7 +218,10 @@ impl LocalStack {
             opts.gateway_listen,
             &gw_keys,
             &cluster_configs(&clusters),
-            &opts.gateway_budgets,
+            &gateway::server::FrontDoor {
+                budgets: opts.gateway_budgets,
+                admission: opts.gateway_admission,
+            },
         )?;
         let fleet = FleetPublic::read(&clusters[0].dir)?;
         let profile = ClientProfile {
