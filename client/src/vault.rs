@@ -282,24 +282,27 @@ impl<'c> VaultClient<'c> {
         finalization: Vec<u8>,
     ) -> Result<msg::LoginFinishResponse, ClientError> {
         let deadline = tokio::time::Instant::now() + FINISH_RETRY_BUDGET;
+        let req = msg::Request {
+            kind: Some(Req::LoginFinish(msg::LoginFinishRequest {
+                login_session: session.to_vec(),
+                credential_finalization: finalization,
+            })),
+        };
         loop {
-            let res = self
-                .call(Req::LoginFinish(msg::LoginFinishRequest {
-                    login_session: session.to_vec(),
-                    credential_finalization: finalization.clone(),
-                }))
-                .await;
-            match res {
-                Ok(Resp::LoginFinish(lf)) => return Ok(lf),
-                Ok(_) => {
+            // Only the vault's UNAVAILABLE is retried here: a session the
+            // new leader does not know (SESSION_EXPIRED) ends the login.
+            let again = tokio::time::Instant::now() < deadline;
+            match self.conn.request(&req).await?.kind {
+                Some(Resp::LoginFinish(lf)) => return Ok(lf),
+                Some(Resp::Error(e)) if e.code() == msg::ErrorCode::Unavailable && again => {
+                    tokio::time::sleep(FINISH_RETRY_PAUSE).await;
+                }
+                Some(Resp::Error(e)) => return Err(ClientError::from_wire(&e)),
+                _ => {
                     return Err(ClientError::Protocol(
                         "unexpected response to login finish".into(),
                     ))
                 }
-                Err(ClientError::Unavailable(_)) if tokio::time::Instant::now() < deadline => {
-                    tokio::time::sleep(FINISH_RETRY_PAUSE).await;
-                }
-                Err(e) => return Err(e),
             }
         }
     }

@@ -439,7 +439,9 @@ impl LoginLoop {
                         assert_eq!(got, key);
                         ok2.fetch_add(1, Ordering::Relaxed);
                     }
-                    Err(ClientError::Unavailable(_)) => {
+                    // Typed "retry": a failover, or the last guess's
+                    // login still open after an answer lost to a kill.
+                    Err(ClientError::Unavailable(_) | ClientError::Busy { .. }) => {
                         tokio::time::sleep(Duration::from_millis(50)).await
                     }
                     Err(e) => panic!("a right-password login failed with {e:?}"),
