@@ -22,7 +22,8 @@ pub struct GatewayConfig {
     /// names. Default: one cluster `default` with replicas on
     /// `127.0.0.1:7801`–`7805` (what `vault-backend init-cluster` makes).
     pub vault_clusters: Vec<ClusterConfig>,
-    /// Admin HTTP listener serving `/metrics`. Default none.
+    /// Admin HTTP listener serving `/metrics`, `/health` and `/ready`
+    /// (`gateway::admin`). Default none.
     pub admin_listen: Option<SocketAddr>,
     /// Request budgets per device and per account (`[budgets.per_device.status]`
     /// `burst = 10`, `every_ms = 1000`, ...; defaults in `budget::BudgetConfig`).

@@ -5,6 +5,7 @@
 //! The gateway holds no user secrets: everything that could reveal a password
 //! or key is protected end to end by OPAQUE between client and vault.
 
+pub mod admin;
 pub mod admission;
 pub mod budget;
 pub mod config;

@@ -15,6 +15,9 @@ use gateway::server::Gateway;
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
+    /// Log lines on stderr as `text` or `json`.
+    #[arg(long, global = true, default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
 }
 
 #[derive(Subcommand)]
@@ -65,8 +68,9 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    service_kit::observability::init_tracing("info,openraft=warn");
-    match Cli::parse().cmd {
+    let cli = Cli::parse();
+    service_kit::observability::init_logging("info,openraft=warn", cli.log_format == "json");
+    match cli.cmd {
         Cmd::Init { state_dir, name } => {
             let names: Vec<&str> = name.iter().map(String::as_str).collect();
             keys::init(&state_dir, &names)?;
@@ -122,7 +126,7 @@ async fn main() -> anyhow::Result<()> {
             if admin_listen.is_some() {
                 cfg.admin_listen = admin_listen;
             }
-            service_kit::observability::install_metrics(cfg.admin_listen)?;
+            service_kit::observability::install_recorder()?;
             gateway::telemetry::describe();
             let keys = GatewayKeys::load(&cfg.state_dir)?;
             let door = gateway::server::FrontDoor {
@@ -131,6 +135,19 @@ async fn main() -> anyhow::Result<()> {
             };
             let gw = Gateway::start_with(cfg.listen, &keys, &cfg.vault_clusters, &door)?;
             tracing::info!(addr = %gw.local_addr()?, "gateway serving");
+            let _admin = match cfg.admin_listen {
+                Some(addr) => {
+                    let listener = tokio::net::TcpListener::bind(addr)
+                        .await
+                        .with_context(|| format!("cannot bind the admin port {addr}"))?;
+                    Some(gateway::admin::serve(
+                        listener,
+                        gw.readiness(),
+                        service_kit::observability::prometheus(),
+                    ))
+                }
+                None => None,
+            };
             let mut term =
                 tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
             tokio::select! {

@@ -50,6 +50,27 @@ pub struct FrontDoor {
     pub admission: AdmissionConfig,
 }
 
+/// Whether the gateway should get traffic: not draining, and every vault
+/// cluster's leader answers a quorum read.
+#[derive(Clone)]
+pub struct Readiness(Arc<Shared>);
+
+impl std::fmt::Debug for Readiness {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Readiness")
+    }
+}
+
+impl Readiness {
+    /// `Ok` if ready; otherwise why not.
+    pub async fn check(&self) -> Result<(), String> {
+        if *self.0.draining.borrow() {
+            return Err("draining".into());
+        }
+        self.0.vault.probe().await
+    }
+}
+
 /// What a drain came to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Drained {
@@ -225,6 +246,11 @@ impl Gateway {
             shared,
             task,
         })
+    }
+
+    /// A handle that answers readiness (for the admin port).
+    pub fn readiness(&self) -> Readiness {
+        Readiness(self.shared.clone())
     }
 
     /// The bound address.

@@ -70,6 +70,9 @@ pub fn client_config(
     Ok(cfg)
 }
 
+/// The account a readiness probe reads (never registered).
+pub const READINESS_ACCOUNT: &str = "gateway.readiness-probe";
+
 /// All vault clusters, with accounts placed by rendezvous hashing.
 pub struct VaultClusters {
     endpoint: quinn::Endpoint,
@@ -135,6 +138,26 @@ impl VaultClusters {
     /// The cluster called `name`.
     pub fn cluster(&self, name: &str) -> Option<&ClusterLink> {
         self.clusters.iter().find(|c| c.config.name == name)
+    }
+
+    /// Whether every cluster's leader answers a quorum read now (readiness):
+    /// a status read of a reserved account, which no phone can hold (its id
+    /// is not one an account service mints). The first failing cluster's
+    /// name and reason otherwise.
+    pub async fn probe(&self) -> Result<(), String> {
+        for c in &self.clusters {
+            let req = msg::Request {
+                kind: Some(msg::request::Kind::Status(msg::StatusRequest {})),
+            };
+            match c.call(READINESS_ACCOUNT, &[], req).await.kind {
+                Some(msg::response::Kind::Status(_)) => {}
+                Some(msg::response::Kind::Error(e)) => {
+                    return Err(format!("vault cluster {}: {}", c.config.name, e.message))
+                }
+                _ => return Err(format!("vault cluster {}: no answer", c.config.name)),
+            }
+        }
+        Ok(())
     }
 
     /// Relays one request to the leader of the account's cluster.

@@ -110,3 +110,25 @@ pub async fn recover_eventually(
     }
     None
 }
+
+/// The deposit's status once it is `want` (bounded: 10 s). A verified
+/// login's reset commits after its answer (DESIGN.md invariant 2), so a
+/// status read right after a recover may still count that login's guess.
+///
+/// # Panics
+///
+/// If the status is not `want` within the bound, or cannot be read.
+pub async fn status_eventually(v: &VaultClient<'_>, want: client::Status) {
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let got = v.status().await.expect("a status read");
+        if got == want {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "status stayed {got:?}, expected {want:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -19,6 +19,9 @@ use vault_backend::replica::Replica;
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
+    /// Log lines on stderr as `text` or `json`.
+    #[arg(long, global = true, default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
 }
 
 #[derive(Subcommand)]
@@ -163,8 +166,9 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    service_kit::observability::init_tracing("info,openraft=warn");
-    match run(Cli::parse()).await {
+    let cli = Cli::parse();
+    service_kit::observability::init_logging("info,openraft=warn", cli.log_format == "json");
+    match run(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {}", service_kit::report::one_line(e.as_ref()));
