@@ -125,6 +125,10 @@ pub fn server_config(keys: &GatewayKeys) -> anyhow::Result<quinn::ServerConfig> 
     Ok(cfg)
 }
 
+/// How long a draining connection waits for the finish of a login it
+/// started (a phone sends it within milliseconds of the start's answer).
+const LOGIN_FINISH_GRACE: Duration = Duration::from_secs(10);
+
 /// How long a relay waits for the phone to acknowledge its answer.
 const ANSWER_DELIVERY: Duration = Duration::from_secs(2);
 
@@ -321,31 +325,48 @@ async fn serve_connection(shared: Arc<Shared>, conn: quinn::Connection, permit: 
     let account: Arc<str> = Arc::from(device.account_id.as_str());
     let device_key = device.device_key;
     let mut draining = shared.draining.subscribe();
-    // This connection's requests in flight (a drain waits for them).
+    // This connection's requests in flight, and its logins started and not
+    // yet finished: a drain waits for both (a login cut between its start
+    // and its finish would cost its owner a guess).
     let (busy, _) = tokio::sync::watch::channel(0usize);
     let busy = Arc::new(busy);
+    let logins = Arc::new(AtomicUsize::new(0));
+    let mut drain_started: Option<Instant> = None;
     loop {
         if *draining.borrow_and_update() {
-            break;
+            let since = *drain_started.get_or_insert_with(Instant::now);
+            // Once nothing is in flight and no login awaits its finish (or
+            // the grace is over), the phone is told to go elsewhere. A
+            // request in flight may be a login start whose answer opens a
+            // login, so both are needed.
+            let quiet = *busy.borrow() == 0 && logins.load(Ordering::Acquire) == 0;
+            if quiet || since.elapsed() >= LOGIN_FINISH_GRACE {
+                break;
+            }
         }
+        let draining_now = drain_started.is_some();
         let (send, recv) = tokio::select! {
             s = conn.accept_bi() => match s {
                 Ok(s) => s,
                 Err(_) => return,
             },
-            _ = draining.changed() => break,
+            _ = draining.changed(), if !draining_now => continue,
+            _ = tokio::time::sleep(Duration::from_millis(20)), if draining_now => continue,
         };
         let shared = shared.clone();
         let conn2 = conn.clone();
         let account = account.clone();
         busy.send_modify(|n| *n += 1);
-        let busy2 = busy.clone();
+        let (busy2, logins2) = (busy.clone(), logins.clone());
         tokio::spawn(async move {
-            match tokio::time::timeout(
-                RELAY_TIMEOUT,
-                relay(&shared, &account, &device_key, send, recv),
-            )
-            .await
+            let stream = Stream {
+                send,
+                recv,
+                logins: &logins2,
+                draining: draining_now,
+            };
+            match tokio::time::timeout(RELAY_TIMEOUT, relay(&shared, &account, &device_key, stream))
+                .await
             {
                 Ok(Ok(())) => {}
                 Ok(Err(code)) => close(&conn2, code),
@@ -354,12 +375,21 @@ async fn serve_connection(shared: Arc<Shared>, conn: quinn::Connection, permit: 
             busy2.send_modify(|n| *n -= 1);
         });
     }
-    // Draining: the requests in flight finish and are answered (a login
-    // cut off mid-way would cost its owner a guess), then the phone is told
-    // to go elsewhere. Bounded by the relay's own timeout.
+    // Draining: the requests in flight finish and are answered, then the
+    // phone is told to go elsewhere. Bounded by the relay's own timeout.
     let mut idle = busy.subscribe();
     let _ = tokio::time::timeout(RELAY_TIMEOUT, idle.wait_for(|n| *n == 0)).await;
     close(&conn, CloseCode::GoingAway);
+}
+
+/// One request stream, with what the drain needs to know of it.
+struct Stream<'a> {
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    /// The connection's logins started and not finished.
+    logins: &'a AtomicUsize,
+    /// Accepted while the gateway drains: only login finishes are relayed.
+    draining: bool,
 }
 
 /// Runs the handshake on the first stream; any other stream opened before it
@@ -437,9 +467,14 @@ async fn relay(
     shared: &Shared,
     account_id: &str,
     device_key: &[u8; 32],
-    mut send: quinn::SendStream,
-    mut recv: quinn::RecvStream,
+    stream: Stream<'_>,
 ) -> Result<(), CloseCode> {
+    let Stream {
+        mut send,
+        mut recv,
+        logins,
+        draining,
+    } = stream;
     let request = match read_frame(&mut recv).await {
         Ok(Some(body)) => framing::decode::<msg::Request>(&body)
             .and_then(|r| framing::validate_request(&r).map(|_| r))
@@ -493,7 +528,32 @@ async fn relay(
             return Ok(());
         }
     }
+    let is_finish = matches!(request.kind, Some(msg::request::Kind::LoginFinish(_)));
+    if draining && !is_finish {
+        // Only logins already started are finished here now.
+        let mut e = msg::Error::new(
+            ErrorCode::Unavailable,
+            "this gateway is shutting down; connect again",
+        );
+        e.retry_after_ms =
+            protocol_spec::classify::classify(ErrorCode::Unavailable).retry_after_ms();
+        let _ = write_message(
+            &mut send,
+            &msg::Response {
+                kind: Some(msg::response::Kind::Error(e)),
+            },
+        )
+        .await;
+        let _ = send.finish();
+        return Ok(());
+    }
+    let is_start = matches!(request.kind, Some(msg::request::Kind::LoginStart(_)));
     let response = shared.vault.call(account_id, device_key, request).await;
+    if is_start && matches!(response.kind, Some(msg::response::Kind::LoginStart(_))) {
+        logins.fetch_add(1, Ordering::AcqRel);
+    } else if is_finish {
+        let _ = logins.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+    }
     let _ = write_message(&mut send, &response).await;
     let _ = send.finish();
     // Until the phone has the answer (bounded): a drain closes the

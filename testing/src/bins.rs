@@ -1,4 +1,4 @@
-//! Finding the other packages' binaries (`vault-backend`, `backup-client`)
+//! Finding the other packages' binaries (`vault-backend`, `gateway`, `backup-client`)
 //! for the multi-process tests, as multi-process test crates do: cargo puts
 //! every binary of the workspace in the target folder of the profile, next
 //! to the `deps/` folder that holds this test executable.
@@ -17,6 +17,11 @@ use std::sync::Mutex;
 /// The `vault-backend` binary (a vault replica, `vault-backend run`).
 pub fn vault_backend() -> PathBuf {
     binary("vault-backend", "vault-backend")
+}
+
+/// The gateway (`gateway run`).
+pub fn gateway() -> PathBuf {
+    binary("gateway", "gateway")
 }
 
 /// The phone's command-line client, `backup-client`.
