@@ -5,8 +5,22 @@
 
 use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
 
-/// Registers the descriptions with the installed recorder (a no-op without one).
+/// Registers the descriptions with the installed recorder (a no-op without
+/// one), and makes the unlabelled series exist at zero, so that dashboards
+/// and alert rules see them before the first event (a rate over a series
+/// that does not exist yet is no data, not zero).
 pub fn describe() {
+    metrics::gauge!("gateway_connections").set(0.0);
+    for name in [
+        "gateway_protocol_errors_total",
+        "gateway_handshakes_retried_total",
+        "gateway_vault_retries_total",
+        "gateway_vault_leader_changes_total",
+        "gateway_vault_membership_changes_total",
+        "gateway_vault_redirects_ignored_total",
+    ] {
+        metrics::counter!(name).absolute(0);
+    }
     describe_gauge!("gateway_connections", "Phone connections open now.");
     describe_counter!(
         "gateway_authenticated_total",
@@ -57,4 +71,29 @@ pub fn describe() {
         "gateway_vault_redirects_ignored_total",
         "Not-leader redirects ignored (to an address outside the membership)."
     );
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_series_has_help_and_the_unlabelled_ones_exist_at_zero() {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        metrics::with_local_recorder(&recorder, super::describe);
+        let text = handle.render();
+        for name in [
+            "gateway_protocol_errors_total",
+            "gateway_vault_retries_total",
+        ] {
+            assert!(
+                text.contains(&format!("{name} 0")),
+                "{name} missing:\n{text}"
+            );
+            assert!(
+                text.contains(&format!("# HELP {name} ")),
+                "{name} has no HELP"
+            );
+        }
+        assert!(text.contains("gateway_connections 0"), "{text}");
+    }
 }
