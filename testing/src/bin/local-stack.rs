@@ -130,7 +130,22 @@ async fn main() -> anyhow::Result<()> {
     let t = Instant::now();
     let got = vault.recover(b"demo password").await?;
     println!("  recovered in {:?}; same key: {}", t.elapsed(), got == key);
-    println!("  status: {:?}", vault.status().await?);
+    // The verified login's reset (forgiving the wrong guess and its own)
+    // commits just after the answer; show the status once it has.
+    let mut status = vault.status().await?;
+    let until = Instant::now() + std::time::Duration::from_secs(2);
+    while !matches!(
+        status,
+        client::Status::Active {
+            attempts_left: 10,
+            ..
+        }
+    ) && Instant::now() < until
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        status = vault.status().await?;
+    }
+    println!("  status: {status:?} (the verified login forgave both guesses)");
     conn.close().await;
     anyhow::ensure!(got == key, "recovered key differs");
     let restored = stack.dir.join(format!("demo-restored-{}", v.id));
