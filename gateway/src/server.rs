@@ -463,6 +463,19 @@ async fn authenticate(shared: &Shared, conn: &quinn::Connection) -> HandshakeOut
         .unwrap_or(HandshakeOutcome::Closed(CloseCode::HandshakeTimeout))
 }
 
+/// Answers a request stream with the gateway's own error (nothing went to
+/// the vault) and ends the stream.
+async fn answer_error(send: &mut quinn::SendStream, e: msg::Error) {
+    let _ = write_message(
+        send,
+        &msg::Response {
+            kind: Some(msg::response::Kind::Error(e)),
+        },
+    )
+    .await;
+    let _ = send.finish();
+}
+
 async fn relay(
     shared: &Shared,
     account_id: &str,
@@ -517,14 +530,7 @@ async fn relay(
             e.retry_after_ms = u32::try_from(over.retry_after.as_millis())
                 .unwrap_or(u32::MAX)
                 .max(1);
-            let _ = write_message(
-                &mut send,
-                &msg::Response {
-                    kind: Some(msg::response::Kind::Error(e)),
-                },
-            )
-            .await;
-            let _ = send.finish();
+            answer_error(&mut send, e).await;
             return Ok(());
         }
     }
@@ -537,14 +543,7 @@ async fn relay(
         );
         e.retry_after_ms =
             protocol_spec::classify::classify(ErrorCode::Unavailable).retry_after_ms();
-        let _ = write_message(
-            &mut send,
-            &msg::Response {
-                kind: Some(msg::response::Kind::Error(e)),
-            },
-        )
-        .await;
-        let _ = send.finish();
+        answer_error(&mut send, e).await;
         return Ok(());
     }
     let is_start = matches!(request.kind, Some(msg::request::Kind::LoginStart(_)));

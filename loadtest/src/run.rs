@@ -243,6 +243,15 @@ impl World {
     /// Connects phone `i`, recording the connect and auth phases and every
     /// later request's latency.
     async fn connect(&self, i: usize) -> Result<GatewayConnection, ClientError> {
+        self.connect_device(i, &self.phones[i].device).await
+    }
+
+    /// Connects `device` on phone `i`'s socket, recording as [`connect`](Self::connect).
+    async fn connect_device(
+        &self,
+        i: usize,
+        device: &DeviceIdentity,
+    ) -> Result<GatewayConnection, ClientError> {
         let rec = self.rec.clone();
         let observer: RequestObserver = Arc::new(move |kind, d| rec.record(kind, d));
         let opts = ConnectOptions {
@@ -250,9 +259,7 @@ impl World {
             observer: Some(observer),
             ..Default::default()
         };
-        let conn =
-            GatewayConnection::connect_with(&self.target.profile, &self.phones[i].device, &opts)
-                .await?;
+        let conn = GatewayConnection::connect_with(&self.target.profile, device, &opts).await?;
         let t = conn.handshake_timing();
         self.rec.record("connect", t.quic);
         self.rec.record("auth", t.auth);
@@ -316,18 +323,7 @@ impl World {
             .target
             .enroll(&account)
             .map_err(|e| ClientError::Config(format!("minting a credential: {e}")))?;
-        let rec = self.rec.clone();
-        let observer: RequestObserver = Arc::new(move |kind, d| rec.record(kind, d));
-        let opts = ConnectOptions {
-            endpoint: Some(self.endpoints[i % self.endpoints.len()].clone()),
-            observer: Some(observer),
-            ..Default::default()
-        };
-        let conn = GatewayConnection::connect_with(&self.target.profile, &device, &opts).await?;
-        let t = conn.handshake_timing();
-        self.rec.record("connect", t.quic);
-        self.rec.record("auth", t.auth);
-        self.rec.opened();
+        let conn = self.connect_device(i, &device).await?;
         let result = VaultClient::new(&conn, &self.target.profile)?
             .with_ksf(cheap_ksf_for_load_tests())
             .register(b"a new password", &BackupKey::generate(), false)

@@ -29,23 +29,36 @@ pub struct Applied {
 #[error("a held account row in a command does not decode: {0}")]
 pub struct BadHeldRow(String);
 
+/// A counted guess's write and result, or the refusal (nothing written).
+fn counted(r: Result<(Write, account::Guess), account::Refusal>) -> (Write, CommandResult) {
+    match r {
+        Ok((write, g)) => (
+            write,
+            CommandResult::Guess {
+                record: g.record.encode_to_vec(),
+                attempts_left: g.attempts_left,
+                last: g.last,
+                seq: g.seq,
+            },
+        ),
+        Err(e) => (Write::Keep, CommandResult::Refused(e)),
+    }
+}
+
+/// A transition's write, or the refusal (nothing written).
+fn done(r: Result<Write, account::Refusal>) -> (Write, CommandResult) {
+    match r {
+        Ok(write) => (write, CommandResult::Done),
+        Err(e) => (Write::Keep, CommandResult::Refused(e)),
+    }
+}
+
 /// Applies `cmd` to `row` (the committed row of the command's account).
 pub fn to_row(row: Option<StoredAccount>, cmd: &Command) -> Result<Applied, BadHeldRow> {
     let had_record = row.as_ref().is_some_and(|r| !r.sealed_record.is_empty());
     let (write, result) = match cmd {
         Command::LoginStart { max_attempts, .. } => {
-            match account::login_start(row, *max_attempts) {
-                Ok((write, g)) => (
-                    write,
-                    CommandResult::Guess {
-                        record: g.record.encode_to_vec(),
-                        attempts_left: g.attempts_left,
-                        last: g.last,
-                        seq: g.seq,
-                    },
-                ),
-                Err(e) => (Write::Keep, CommandResult::Refused(e)),
-            }
+            counted(account::login_start(row, *max_attempts))
         }
         Command::LoginVerified {
             registration_id,
@@ -58,31 +71,27 @@ pub fn to_row(row: Option<StoredAccount>, cmd: &Command) -> Result<Applied, BadH
                 .map(codec::decode_row)
                 .transpose()
                 .map_err(|e| BadHeldRow(e.to_string()))?;
-            match account::login_verified(row, registration_id, held.as_ref(), *seq) {
-                Ok(write) => (write, CommandResult::Done),
-                Err(e) => (Write::Keep, CommandResult::Refused(e)),
-            }
+            done(account::login_verified(
+                row,
+                registration_id,
+                held.as_ref(),
+                *seq,
+            ))
         }
         Command::Register {
             authorization,
             registration_id,
             sealed_record,
             ..
-        } => match account::register(
+        } => done(account::register(
             row,
             authorization,
             registration_id.clone(),
             sealed_record.clone(),
-        ) {
-            Ok(write) => (write, CommandResult::Done),
-            Err(e) => (Write::Keep, CommandResult::Refused(e)),
-        },
+        )),
         Command::Disable {
             registration_id, ..
-        } => match account::disable(row, registration_id) {
-            Ok(write) => (write, CommandResult::Done),
-            Err(e) => (Write::Keep, CommandResult::Refused(e)),
-        },
+        } => done(account::disable(row, registration_id)),
         Command::LoginStartAt { rules, .. } => {
             if let Some(tomb) = row
                 .as_ref()
@@ -94,18 +103,7 @@ pub fn to_row(row: Option<StoredAccount>, cmd: &Command) -> Result<Applied, BadH
                     CommandResult::Refused(account::Refusal::LockedOut),
                 )
             } else {
-                match account::login_start_at(row, rules) {
-                    Ok((write, g)) => (
-                        write,
-                        CommandResult::Guess {
-                            record: g.record.encode_to_vec(),
-                            attempts_left: g.attempts_left,
-                            last: g.last,
-                            seq: g.seq,
-                        },
-                    ),
-                    Err(e) => (Write::Keep, CommandResult::Refused(e)),
-                }
+                counted(account::login_start_at(row, rules))
             }
         }
         Command::HoldSession {
@@ -113,19 +111,18 @@ pub fn to_row(row: Option<StoredAccount>, cmd: &Command) -> Result<Applied, BadH
             session_id,
             sealed_state,
             ..
-        } => match account::hold_session(row, *seq, session_id.clone(), sealed_state.clone()) {
-            Ok(write) => (write, CommandResult::Done),
-            Err(e) => (Write::Keep, CommandResult::Refused(e)),
-        },
+        } => done(account::hold_session(
+            row,
+            *seq,
+            session_id.clone(),
+            sealed_state.clone(),
+        )),
         Command::EraseLastGuess {
             seq,
             failed,
             now_ms,
             ..
-        } => match account::erase_last_guess(row, *seq, *failed, *now_ms) {
-            Ok(write) => (write, CommandResult::Done),
-            Err(e) => (Write::Keep, CommandResult::Refused(e)),
-        },
+        } => done(account::erase_last_guess(row, *seq, *failed, *now_ms)),
         Command::RegisterAt {
             authorization,
             registration_id,

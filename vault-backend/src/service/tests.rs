@@ -163,44 +163,7 @@ fn code(r: &Resp) -> Option<ErrorCode> {
 }
 
 async fn register(v: &Vault<MemoryLedger>, account: &str, pw: &[u8], key: &[u8; 32]) {
-    let ksf = op::cheap_ksf_for_load_tests();
-    let start = ClientRegistration::<Suite>::start(&mut OsRng, pw).unwrap();
-    let Resp::RegisterStart(rs) = call(
-        v,
-        account,
-        Req::RegisterStart(msg::RegisterStartRequest {
-            registration_request: start.message.serialize().to_vec(),
-        }),
-    )
-    .await
-    else {
-        panic!("register start")
-    };
-    let response = RegistrationResponse::<Suite>::deserialize(&rs.registration_response).unwrap();
-    let fleet = &v.secrets().fleet_id;
-    let finish = start
-        .state
-        .finish(
-            &mut OsRng,
-            pw,
-            response,
-            ClientRegistrationFinishParameters::new(op::identifiers(account, fleet), Some(&ksf)),
-        )
-        .unwrap();
-    let wrapped = op::wrap_backup_key(&finish.export_key, account, fleet, key).unwrap();
-    let out = call(
-        v,
-        account,
-        Req::RegisterFinish(msg::RegisterFinishRequest {
-            registration_ticket: rs.registration_ticket,
-            registration_upload: finish.message.serialize().to_vec(),
-            wrapped_key: wrapped,
-            authorization: Some(
-                msg::register_finish_request::Authorization::ReplaceExisting(false),
-            ),
-        }),
-    )
-    .await;
+    let out = registration(v, account, &OWNER_DEVICE, pw, key, false).await;
     assert!(matches!(out, Resp::RegisterFinish(_)), "{out:?}");
 }
 
@@ -557,13 +520,16 @@ async fn a_wrong_last_guess_erases_and_an_unfinished_one_expires_into_erasure() 
     assert_eq!(recover(&v, "bob", b"pw").await, Err(ErrorCode::LockedOut));
 }
 
-/// A registration of `pw` asking to replace whatever is deposited.
-async fn replace_from(
+/// A registration of `pw` from `device` (a first deposit, or with
+/// `replace` asking to replace whatever is deposited); the vault's answer
+/// to its finish.
+async fn registration(
     v: &Vault<MemoryLedger>,
     account: &str,
     device: &[u8],
     pw: &[u8],
     key: &[u8; 32],
+    replace: bool,
 ) -> Resp {
     let ksf = op::cheap_ksf_for_load_tests();
     let start = ClientRegistration::<Suite>::start(&mut OsRng, pw).unwrap();
@@ -599,10 +565,23 @@ async fn replace_from(
             registration_ticket: rs.registration_ticket,
             registration_upload: finish.message.serialize().to_vec(),
             wrapped_key: wrapped,
-            authorization: Some(msg::register_finish_request::Authorization::ReplaceExisting(true)),
+            authorization: Some(
+                msg::register_finish_request::Authorization::ReplaceExisting(replace),
+            ),
         }),
     )
     .await
+}
+
+/// A registration asking to replace whatever is deposited.
+async fn replace_from(
+    v: &Vault<MemoryLedger>,
+    account: &str,
+    device: &[u8],
+    pw: &[u8],
+    key: &[u8; 32],
+) -> Resp {
+    registration(v, account, device, pw, key, true).await
 }
 
 async fn replacement(v: &Vault<MemoryLedger>, account: &str) -> Option<u64> {
