@@ -4,6 +4,8 @@
 //!
 //! Must never: send a request before the handshake has completed.
 
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -12,6 +14,7 @@ use protocol_spec::limits::CLIENT_REQUEST_TIMEOUT;
 use protocol_spec::msg;
 use protocol_spec::noise::{self, EXPORTER_LEN};
 use protocol_spec::stream_io::{read_frame, read_message, write_frame, write_message};
+use protocol_spec::CloseCode;
 use quinn::crypto::rustls::QuicClientConfig;
 
 use crate::{ClientError, ClientProfile, DeviceIdentity};
@@ -31,6 +34,9 @@ pub struct ConnectOptions {
     pub endpoint: Option<quinn::Endpoint>,
     /// Told about every request on the connection.
     pub observer: Option<RequestObserver>,
+    /// Do not reconnect after `GOING_AWAY` (load generators count such
+    /// closes themselves; tests of the close itself).
+    pub no_reconnect: bool,
 }
 
 impl std::fmt::Debug for ConnectOptions {
@@ -51,23 +57,55 @@ pub struct HandshakeTiming {
     pub auth: Duration,
 }
 
-/// An authenticated connection.
+/// An authenticated connection. When the gateway says `GOING_AWAY` (it is
+/// draining: SPEC §6.1), the next request reconnects, to another of the
+/// profile's gateways if it has one, with backoff and jitter, and a request
+/// the gateway turned away unprocessed is sent again there.
 pub struct GatewayConnection {
-    conn: quinn::Connection,
+    conn: std::sync::Mutex<quinn::Connection>,
     endpoint: quinn::Endpoint,
     owns_endpoint: bool,
     account_id: String,
     timing: HandshakeTiming,
     observer: Option<RequestObserver>,
+    /// What reconnecting needs; `None`: this connection does not.
+    again: Option<Box<Reconnect>>,
+    /// Reconnections are made one at a time.
+    reconnecting: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for GatewayConnection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("GatewayConnection")
-            .field("remote", &self.conn.remote_address())
+            .field("remote", &self.current().remote_address())
             .finish_non_exhaustive()
     }
 }
+
+/// What a connection needs to connect again.
+struct Reconnect {
+    profile: ClientProfile,
+    device: DeviceIdentity,
+    force_xx: bool,
+    gateways: Vec<SocketAddr>,
+    /// Index in `gateways` of the one connected to now.
+    current: std::sync::atomic::AtomicUsize,
+}
+
+/// Attempts to reconnect after `GOING_AWAY`, over the gateways in turn.
+const RECONNECT_ATTEMPTS: u32 = 6;
+/// All of them within this (a gateway restarting takes a few seconds; one
+/// that is gone should not hold the phone longer).
+const RECONNECT_WITHIN: Duration = Duration::from_secs(10);
+/// First backoff cap between reconnection attempts (doubling; each pause is
+/// drawn uniformly below the cap, "full jitter", so phones told to go at
+/// the same moment do not all come back at the same moment).
+const RECONNECT_BASE: Duration = Duration::from_millis(100);
+/// Largest backoff cap.
+const RECONNECT_MAX: Duration = Duration::from_secs(2);
+/// A new connection (QUIC, TLS and Noise) not made within this is given up
+/// (the gateway closes handshakes after 10 s, SPEC §7).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// rustls client config trusting only the profile's CA (TLS 1.3, ALPN
 /// `bkv/1`).
@@ -120,19 +158,14 @@ impl GatewayConnection {
         device: &DeviceIdentity,
         opts: &ConnectOptions,
     ) -> Result<Self, ClientError> {
-        let credential = device.credential.as_deref().ok_or_else(|| {
-            ClientError::Config(
-                "this device has no credential yet; ask the account service to mint one".into(),
-            )
-        })?;
         let addr = profile.gateway_addr;
-        let cerr = |reason: String| ClientError::Connect {
-            addr: addr.to_string(),
-            reason,
-        };
         let (endpoint, owns_endpoint) = match &opts.endpoint {
             Some(ep) => (ep.clone(), false),
             None => {
+                let cerr = |reason: String| ClientError::Connect {
+                    addr: addr.to_string(),
+                    reason,
+                };
                 let bind = if addr.is_ipv6() {
                     "[::]:0"
                 } else {
@@ -145,66 +178,33 @@ impl GatewayConnection {
                 (ep, true)
             }
         };
-        let started = Instant::now();
-        let conn = endpoint
-            .connect(addr, &profile.gateway_server_name)
-            .map_err(|e| cerr(e.to_string()))?
-            .await
-            .map_err(|e| cerr(e.to_string()))?;
-        let quic = started.elapsed();
-        let mut exporter = [0u8; EXPORTER_LEN];
-        conn.export_keying_material(
-            &mut exporter,
-            noise::EXPORTER_LABEL,
-            noise::EXPORTER_CONTEXT,
-        )
-        .map_err(|_| cerr("TLS exporter unavailable".into()))?;
-        let mut initiator = Initiator::new(
-            *device.static_private,
-            profile.gateway_key()?,
+        let (conn, account_id, timing) = handshake(
+            &endpoint,
+            addr,
+            profile,
+            device,
             opts.force_xx,
-            exporter,
-            credential,
-            concat!("bkv-rust-client/", env!("CARGO_PKG_VERSION")),
-        );
-        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| cerr(e.to_string()))?;
-        let auth_err = |e: String| ClientError::Authentication(e);
-        let first = initiator.start().map_err(|e| auth_err(e.to_string()))?;
-        write_frame(&mut send, &first)
-            .await
-            .map_err(|e| auth_err(e.to_string()))?;
-        let account_id = loop {
-            let frame = match read_frame(&mut recv).await {
-                Ok(Some(f)) => f,
-                Ok(None) | Err(_) => {
-                    return Err(auth_err(match conn.close_reason() {
-                        Some(r) => r.to_string(),
-                        None => "the gateway closed the handshake stream".into(),
-                    }))
-                }
-            };
-            match initiator
-                .on_frame(&frame)
-                .map_err(|e| auth_err(e.to_string()))?
-            {
-                InitiatorStep::Send(f) => write_frame(&mut send, &f)
-                    .await
-                    .map_err(|e| auth_err(e.to_string()))?,
-                InitiatorStep::Wait => {}
-                InitiatorStep::Done { account_id } => break account_id,
-            }
-        };
-        let _ = send.finish();
+            CONNECT_TIMEOUT,
+        )
+        .await?;
+        let again = (!opts.no_reconnect).then(|| {
+            Box::new(Reconnect {
+                profile: profile.clone(),
+                device: device.clone(),
+                force_xx: opts.force_xx,
+                gateways: profile.gateways(),
+                current: std::sync::atomic::AtomicUsize::new(0),
+            })
+        });
         Ok(Self {
-            conn,
+            conn: std::sync::Mutex::new(conn),
             endpoint,
             owns_endpoint,
             account_id,
-            timing: HandshakeTiming {
-                quic,
-                auth: started.elapsed().saturating_sub(quic),
-            },
+            timing,
             observer: opts.observer.clone(),
+            again,
+            reconnecting: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -236,38 +236,268 @@ impl GatewayConnection {
         out
     }
 
-    async fn exchange(&self, req: &msg::Request) -> Result<msg::Response, ClientError> {
-        let (mut send, mut recv) = self
-            .conn
-            .open_bi()
-            .await
-            .map_err(|e| self.lost(e.to_string()))?;
-        write_message(&mut send, req)
-            .await
-            .map_err(|e| self.lost(e.to_string()))?;
-        let _ = send.finish();
-        read_message::<msg::Response, _>(&mut recv)
-            .await
-            .map_err(|e| self.lost(e.to_string()))
-    }
-
-    fn lost(&self, detail: String) -> ClientError {
-        match self.conn.close_reason() {
-            Some(r) => ClientError::Unavailable(format!("connection closed: {r}")),
-            None => ClientError::Unavailable(detail),
+    fn current(&self) -> quinn::Connection {
+        match self.conn.lock() {
+            Ok(c) => c.clone(),
+            Err(p) => p.into_inner().clone(),
         }
     }
 
-    /// The underlying QUIC connection (tests use it to misbehave).
-    pub fn quic(&self) -> &quinn::Connection {
-        &self.conn
+    async fn exchange(&self, req: &msg::Request) -> Result<msg::Response, ClientError> {
+        let mut conn = self.current();
+        let mut moved = 0;
+        loop {
+            if self.again.is_some() && going_away(&conn) {
+                conn = self.reconnect(&conn).await?;
+            }
+            match send_one(&conn, req).await {
+                Ok(r) => return Ok(r),
+                // Turned away unprocessed by a gateway that is going away
+                // (its stream reset, or no stream at all): safe to send
+                // again, once, on a new connection.
+                Err(Sent::Not) if self.again.is_some() && moved == 0 => {
+                    moved += 1;
+                    conn = self.reconnect(&conn).await?;
+                }
+                Err(Sent::Not) => {
+                    return Err(lost(
+                        &conn,
+                        "the gateway is going away; connect again".into(),
+                    ))
+                }
+                Err(Sent::Maybe(detail)) => return Err(lost(&conn, detail)),
+            }
+        }
+    }
+
+    /// Replaces `old` (closed, or closing with `GOING_AWAY`) by a new
+    /// connection: to the next gateway of the profile, with backoff and
+    /// full jitter between attempts.
+    async fn reconnect(&self, old: &quinn::Connection) -> Result<quinn::Connection, ClientError> {
+        let Some(again) = &self.again else {
+            return Err(lost(old, "connection closed".into()));
+        };
+        let _one = self.reconnecting.lock().await;
+        // Another request may have reconnected meanwhile.
+        let now = self.current();
+        if now.stable_id() != old.stable_id() && now.close_reason().is_none() {
+            return Ok(now);
+        }
+        let n = again.gateways.len().max(1);
+        let mut last = None;
+        let until = Instant::now() + RECONNECT_WITHIN;
+        for attempt in 0..RECONNECT_ATTEMPTS {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            // The gateway that went away last, so first the next one.
+            let i = (again.current.load(Ordering::Acquire) + 1 + attempt as usize) % n;
+            let addr = again.gateways[i];
+            if attempt > 0 || n == 1 {
+                let cap = RECONNECT_BASE
+                    .saturating_mul(1 << attempt.min(5))
+                    .min(RECONNECT_MAX);
+                let pause = cap.mul_f64(rand::random::<f64>()).min(left);
+                tokio::time::sleep(pause).await;
+            }
+            let left = until.saturating_duration_since(Instant::now());
+            let made = handshake(
+                &self.endpoint,
+                addr,
+                &again.profile,
+                &again.device,
+                again.force_xx,
+                left.min(CONNECT_TIMEOUT),
+            )
+            .await;
+            match made {
+                Ok((conn, account_id, _)) if account_id == self.account_id => {
+                    again.current.store(i, Ordering::Release);
+                    if let Ok(mut c) = self.conn.lock() {
+                        *c = conn.clone();
+                    }
+                    tracing::info!(gateway = %addr, "reconnected after the gateway went away");
+                    return Ok(conn);
+                }
+                Ok(_) => {
+                    return Err(ClientError::Authentication(
+                        "another gateway authenticated this device as a different account".into(),
+                    ))
+                }
+                // A credential the gateway refuses will not do better on
+                // the next try.
+                Err(e @ ClientError::Authentication(_)) => return Err(e),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| lost(old, "connection closed".into())))
+    }
+
+    /// The underlying QUIC connection now (tests use it to misbehave).
+    pub fn quic(&self) -> quinn::Connection {
+        self.current()
     }
 
     /// Closes the connection politely.
     pub async fn close(self) {
-        self.conn.close(0u32.into(), b"bye");
+        self.current().close(0u32.into(), b"bye");
         if self.owns_endpoint {
             self.endpoint.wait_idle().await;
         }
     }
+}
+
+/// Whether the request reached the gateway's handling.
+enum Sent {
+    /// Certainly not processed: no stream could be opened, or the gateway
+    /// reset it with `GOING_AWAY`.
+    Not,
+    /// It may have been (the link failed after sending).
+    Maybe(String),
+}
+
+/// One request on its own stream of `conn`.
+async fn send_one(conn: &quinn::Connection, req: &msg::Request) -> Result<msg::Response, Sent> {
+    let (mut send, mut recv) = conn.open_bi().await.map_err(|_| Sent::Not)?;
+    let turned_away = |e: &protocol_spec::stream_io::StreamError| {
+        let protocol_spec::stream_io::StreamError::Io(io) = e else {
+            return false;
+        };
+        let away = quinn::VarInt::from_u32(CloseCode::GoingAway as u32);
+        let inner = io.get_ref();
+        inner
+            .and_then(|i| i.downcast_ref::<quinn::ReadError>())
+            .is_some_and(|r| *r == quinn::ReadError::Reset(away))
+            || inner
+                .and_then(|i| i.downcast_ref::<quinn::WriteError>())
+                .is_some_and(|w| *w == quinn::WriteError::Stopped(away))
+    };
+    if let Err(e) = write_message(&mut send, req).await {
+        return Err(if turned_away(&e) || going_away(conn) {
+            Sent::Not
+        } else {
+            Sent::Maybe(e.to_string())
+        });
+    }
+    let _ = send.finish();
+    match read_message::<msg::Response, _>(&mut recv).await {
+        Ok(r) => Ok(r),
+        Err(e) if turned_away(&e) => Err(Sent::Not),
+        Err(e) => Err(Sent::Maybe(e.to_string())),
+    }
+}
+
+/// Whether `conn` was closed by the gateway with `GOING_AWAY`.
+fn going_away(conn: &quinn::Connection) -> bool {
+    matches!(
+        conn.close_reason(),
+        Some(quinn::ConnectionError::ApplicationClosed(c))
+            if u64::from(c.error_code) == CloseCode::GoingAway as u64
+    )
+}
+
+fn lost(conn: &quinn::Connection, detail: String) -> ClientError {
+    match conn.close_reason() {
+        Some(r) => ClientError::Unavailable(format!("connection closed: {r}")),
+        None => ClientError::Unavailable(detail),
+    }
+}
+
+/// QUIC, TLS and the Noise handshake to the gateway at `addr`: the
+/// connection, the account it authenticated, and how long each step took.
+async fn handshake(
+    endpoint: &quinn::Endpoint,
+    addr: SocketAddr,
+    profile: &ClientProfile,
+    device: &DeviceIdentity,
+    force_xx: bool,
+    within: Duration,
+) -> Result<(quinn::Connection, String, HandshakeTiming), ClientError> {
+    let cerr = |reason: String| ClientError::Connect {
+        addr: addr.to_string(),
+        reason,
+    };
+    match tokio::time::timeout(
+        within,
+        handshake_unbounded(endpoint, addr, profile, device, force_xx),
+    )
+    .await
+    {
+        Ok(out) => out,
+        Err(_) => Err(cerr(format!("no answer within {within:?}"))),
+    }
+}
+
+async fn handshake_unbounded(
+    endpoint: &quinn::Endpoint,
+    addr: SocketAddr,
+    profile: &ClientProfile,
+    device: &DeviceIdentity,
+    force_xx: bool,
+) -> Result<(quinn::Connection, String, HandshakeTiming), ClientError> {
+    let credential = device.credential.as_deref().ok_or_else(|| {
+        ClientError::Config(
+            "this device has no credential yet; ask the account service to mint one".into(),
+        )
+    })?;
+    let cerr = |reason: String| ClientError::Connect {
+        addr: addr.to_string(),
+        reason,
+    };
+    let started = Instant::now();
+    let conn = endpoint
+        .connect(addr, &profile.gateway_server_name)
+        .map_err(|e| cerr(e.to_string()))?
+        .await
+        .map_err(|e| cerr(e.to_string()))?;
+    let quic = started.elapsed();
+    let mut exporter = [0u8; EXPORTER_LEN];
+    conn.export_keying_material(
+        &mut exporter,
+        noise::EXPORTER_LABEL,
+        noise::EXPORTER_CONTEXT,
+    )
+    .map_err(|_| cerr("TLS exporter unavailable".into()))?;
+    let mut initiator = Initiator::new(
+        *device.static_private,
+        profile.gateway_key()?,
+        force_xx,
+        exporter,
+        credential,
+        concat!("bkv-rust-client/", env!("CARGO_PKG_VERSION")),
+    );
+    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| cerr(e.to_string()))?;
+    let auth_err = |e: String| ClientError::Authentication(e);
+    let first = initiator.start().map_err(|e| auth_err(e.to_string()))?;
+    write_frame(&mut send, &first)
+        .await
+        .map_err(|e| auth_err(e.to_string()))?;
+    let account_id = loop {
+        let frame = match read_frame(&mut recv).await {
+            Ok(Some(f)) => f,
+            Ok(None) | Err(_) => {
+                return Err(auth_err(match conn.close_reason() {
+                    Some(r) => r.to_string(),
+                    None => "the gateway closed the handshake stream".into(),
+                }))
+            }
+        };
+        match initiator
+            .on_frame(&frame)
+            .map_err(|e| auth_err(e.to_string()))?
+        {
+            InitiatorStep::Send(f) => write_frame(&mut send, &f)
+                .await
+                .map_err(|e| auth_err(e.to_string()))?,
+            InitiatorStep::Wait => {}
+            InitiatorStep::Done { account_id } => break account_id,
+        }
+    };
+    let _ = send.finish();
+    let timing = HandshakeTiming {
+        quic,
+        auth: started.elapsed().saturating_sub(quic),
+    };
+    Ok((conn, account_id, timing))
 }

@@ -15,6 +15,10 @@ use crate::ClientError;
 pub struct ClientProfile {
     /// Gateway UDP address.
     pub gateway_addr: SocketAddr,
+    /// Further gateways of the same deployment (same TLS name, CA and Noise
+    /// key): where the client goes when its gateway says `GOING_AWAY`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub other_gateways: Vec<SocketAddr>,
     /// TLS server name on the gateway certificate.
     pub gateway_server_name: String,
     /// PEM of the CA (or certificate) the gateway's TLS certificate must chain to.
@@ -59,6 +63,17 @@ impl ClientProfile {
             ));
         }
         Ok(k)
+    }
+
+    /// Every gateway, the primary first.
+    pub fn gateways(&self) -> Vec<SocketAddr> {
+        let mut all = vec![self.gateway_addr];
+        all.extend(
+            self.other_gateways
+                .iter()
+                .filter(|a| **a != self.gateway_addr),
+        );
+        all
     }
 
     /// Decoded gateway Noise key, if pinned.

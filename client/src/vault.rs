@@ -68,6 +68,9 @@ struct Verified {
     export_key: Zeroizing<Vec<u8>>,
 }
 
+/// How many times one request is sent again after a short `BUSY`.
+pub const BUSY_RESENDS: u32 = 2;
+
 impl<'c> VaultClient<'c> {
     /// Uses the profile's fleet pin and the standard client KSF.
     pub fn new(conn: &'c GatewayConnection, profile: &ClientProfile) -> Result<Self, ClientError> {
@@ -91,15 +94,28 @@ impl<'c> VaultClient<'c> {
         self.conn.account_id()
     }
 
+    /// One request; a short `BUSY` (a budget or load shedding: nothing was
+    /// counted or changed) is waited out as the answer says and the request
+    /// sent again, at most [`BUSY_RESENDS`] times. A longer one (pacing of
+    /// guesses) is the caller's to show.
     async fn call(&self, kind: Req) -> Result<Resp, ClientError> {
-        let resp = self
-            .conn
-            .request(&msg::Request { kind: Some(kind) })
-            .await?;
-        match resp.kind {
-            Some(Resp::Error(e)) => Err(ClientError::from_wire(&e)),
-            Some(k) => Ok(k),
-            None => Err(ClientError::Protocol("empty response".into())),
+        let req = msg::Request { kind: Some(kind) };
+        let mut resends = 0;
+        loop {
+            let resp = self.conn.request(&req).await?;
+            match resp.kind {
+                Some(Resp::Error(e)) => match ClientError::from_wire(&e) {
+                    ClientError::Busy { retry_after, .. }
+                        if retry_after <= crate::error::PACED_ABOVE && resends < BUSY_RESENDS =>
+                    {
+                        resends += 1;
+                        tokio::time::sleep(retry_after).await;
+                    }
+                    err => return Err(err),
+                },
+                Some(k) => return Ok(k),
+                None => return Err(ClientError::Protocol("empty response".into())),
+            }
         }
     }
 

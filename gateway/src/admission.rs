@@ -4,17 +4,29 @@
 //! a threshold, QUIC address validation (a Retry round trip) before any
 //! state is kept, so spoofed sources cost one stateless packet.
 //!
+//! When every place is taken, a new attempt takes the place of the oldest
+//! handshake that has stalled (in progress longer than
+//! [`AdmissionConfig::stalled_after_ms`]): a flood that opens handshakes
+//! and never finishes them (slowloris) then costs its sender a full QUIC
+//! and TLS handshake per place every few seconds, and phones, whose
+//! handshakes take a few round trips, still get in.
+//!
 //! A plain type: the accept loop asks [`Admission::decide`] with the
-//! source and whether it is validated, and holds the returned [`Permit`]
-//! until the connection's handshake ends (authenticated or not).
+//! source, whether it is validated and the time, and holds the returned
+//! [`Permit`] until the connection's handshake ends (authenticated or not);
+//! a permit whose place was taken says so ([`Permit::evicted`]) and its
+//! connection is closed as timed out.
 //!
 //! Must never: keep state for a refused or retried attempt, or count a
 //! connection past its handshake (authenticated phones are budgeted by
 //! `budget`, not here).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
 
 use serde::{Deserialize, Serialize};
 
@@ -31,6 +43,11 @@ pub struct AdmissionConfig {
     /// Handshakes at once from one source address. Default 64 (carrier NAT
     /// puts many phones behind one address).
     pub max_handshakes_per_source: usize,
+    /// With every place taken, a handshake in progress longer than this
+    /// gives its place to a new attempt. Default 3000 ms (a phone's QUIC,
+    /// TLS and Noise handshakes take about three round trips: under a
+    /// second on the slowest mobile networks).
+    pub stalled_after_ms: u64,
 }
 
 impl Default for AdmissionConfig {
@@ -39,6 +56,7 @@ impl Default for AdmissionConfig {
             max_handshakes: 1024,
             retry_above: 256,
             max_handshakes_per_source: 64,
+            stalled_after_ms: 3000,
         }
     }
 }
@@ -77,6 +95,25 @@ impl Refusal {
 struct State {
     total: usize,
     per_source: HashMap<IpAddr, usize>,
+    /// Handshakes in progress, oldest first: (start, id) -> its source and
+    /// the signal that tells it its place was taken.
+    order: BTreeMap<(Instant, u64), (IpAddr, Arc<Notify>)>,
+    next_id: u64,
+}
+
+impl State {
+    /// Frees the place of handshake `key`, if it still holds one.
+    fn free(&mut self, key: &(Instant, u64)) -> Option<Arc<Notify>> {
+        let (source, evicted) = self.order.remove(key)?;
+        self.total = self.total.saturating_sub(1);
+        if let Some(n) = self.per_source.get_mut(&source) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_source.remove(&source);
+            }
+        }
+        Some(evicted)
+    }
 }
 
 /// The handshakes in progress of one gateway.
@@ -89,20 +126,23 @@ pub struct Admission {
 /// A handshake in progress; dropping it frees its place.
 #[derive(Debug)]
 pub struct Permit {
-    source: IpAddr,
+    key: (Instant, u64),
+    evicted: Arc<Notify>,
     state: Arc<Mutex<State>>,
+}
+
+impl Permit {
+    /// Resolves if another attempt took this handshake's place (it had
+    /// stalled while every place was taken): close the connection.
+    pub async fn evicted(&self) {
+        self.evicted.notified().await;
+    }
 }
 
 impl Drop for Permit {
     fn drop(&mut self) {
         if let Ok(mut s) = self.state.lock() {
-            s.total = s.total.saturating_sub(1);
-            if let Some(n) = s.per_source.get_mut(&self.source) {
-                *n -= 1;
-                if *n == 0 {
-                    s.per_source.remove(&self.source);
-                }
-            }
+            s.free(&self.key);
         }
     }
 }
@@ -121,14 +161,32 @@ impl Admission {
         self.state.lock().map(|s| s.total).unwrap_or(0)
     }
 
-    /// Decides on an attempt from `source`; `validated` says whether QUIC
-    /// has already validated its address (it answered a Retry).
-    pub fn decide(&self, source: IpAddr, validated: bool) -> Decision {
+    /// Decides on an attempt from `source` at `now`; `validated` says
+    /// whether QUIC has already validated its address (it answered a
+    /// Retry).
+    pub fn decide(&self, source: IpAddr, validated: bool, now: Instant) -> Decision {
         let Ok(mut s) = self.state.lock() else {
             return Decision::Refuse(Refusal::Full);
         };
+        let from_source = s.per_source.get(&source).copied().unwrap_or(0);
         if s.total >= self.cfg.max_handshakes {
-            return Decision::Refuse(Refusal::Full);
+            // Only a validated source may displace a stalled handshake: a
+            // spoofed one must not cut real ones.
+            let stalled = Duration::from_millis(self.cfg.stalled_after_ms);
+            let oldest = s.order.keys().next().copied();
+            match oldest {
+                Some(key)
+                    if validated
+                        && from_source < self.cfg.max_handshakes_per_source
+                        && now.saturating_duration_since(key.0) >= stalled =>
+                {
+                    if let Some(evicted) = s.free(&key) {
+                        evicted.notify_one();
+                    }
+                }
+                _ if !validated && s.total >= self.cfg.retry_above => return Decision::Retry,
+                _ => return Decision::Refuse(Refusal::Full),
+            }
         }
         if !validated && s.total >= self.cfg.retry_above {
             return Decision::Retry;
@@ -139,8 +197,13 @@ impl Admission {
         }
         s.total += 1;
         *s.per_source.entry(source).or_default() += 1;
+        s.next_id += 1;
+        let key = (now, s.next_id);
+        let evicted = Arc::new(Notify::new());
+        s.order.insert(key, (source, evicted.clone()));
         Decision::Accept(Permit {
-            source,
+            key,
+            evicted,
             state: self.state.clone(),
         })
     }
@@ -159,6 +222,7 @@ mod tests {
             max_handshakes: 4,
             retry_above: 2,
             max_handshakes_per_source: 2,
+            stalled_after_ms: 1000,
         }
     }
 
@@ -172,31 +236,70 @@ mod tests {
     #[test]
     fn above_the_threshold_unvalidated_sources_must_prove_their_address() {
         let a = Admission::new(cfg());
-        let _p1 = accept(a.decide(ip(1), false));
-        let _p2 = accept(a.decide(ip(2), false));
-        assert!(matches!(a.decide(ip(3), false), Decision::Retry));
+        let t = Instant::now();
+        let _p1 = accept(a.decide(ip(1), false, t));
+        let _p2 = accept(a.decide(ip(2), false, t));
+        assert!(matches!(a.decide(ip(3), false, t), Decision::Retry));
         // After the Retry round trip, the same source is validated.
-        let _p3 = accept(a.decide(ip(3), true));
+        let _p3 = accept(a.decide(ip(3), true, t));
         assert_eq!(a.in_progress(), 3);
     }
 
     #[test]
     fn the_total_and_each_source_are_bounded_and_places_come_back() {
         let a = Admission::new(cfg());
-        let p1 = accept(a.decide(ip(1), true));
-        let _p2 = accept(a.decide(ip(1), true));
+        let t = Instant::now();
+        let p1 = accept(a.decide(ip(1), true, t));
+        let _p2 = accept(a.decide(ip(1), true, t));
         assert!(matches!(
-            a.decide(ip(1), true),
+            a.decide(ip(1), true, t),
             Decision::Refuse(Refusal::PerSource)
         ));
-        let _p3 = accept(a.decide(ip(2), true));
-        let _p4 = accept(a.decide(ip(3), true));
+        let _p3 = accept(a.decide(ip(2), true, t));
+        let _p4 = accept(a.decide(ip(3), true, t));
         assert!(matches!(
-            a.decide(ip(4), true),
+            a.decide(ip(4), true, t),
             Decision::Refuse(Refusal::Full)
         ));
         drop(p1);
         assert_eq!(a.in_progress(), 3);
-        let _p5 = accept(a.decide(ip(1), true));
+        let _p5 = accept(a.decide(ip(1), true, t));
+    }
+
+    #[test]
+    fn when_full_a_validated_attempt_takes_the_place_of_the_oldest_stalled_one() {
+        let a = Admission::new(cfg());
+        let t = Instant::now();
+        let oldest = accept(a.decide(ip(1), true, t));
+        let _p2 = accept(a.decide(ip(2), true, t + Duration::from_millis(10)));
+        let _p3 = accept(a.decide(ip(3), true, t + Duration::from_millis(20)));
+        let _p4 = accept(a.decide(ip(4), true, t + Duration::from_millis(30)));
+        // Full, nothing stalled yet.
+        let soon = t + Duration::from_millis(500);
+        assert!(matches!(
+            a.decide(ip(5), true, soon),
+            Decision::Refuse(Refusal::Full)
+        ));
+        // An unvalidated source is asked to validate, never lets one go.
+        let late = t + Duration::from_millis(1000);
+        assert!(matches!(a.decide(ip(5), false, late), Decision::Retry));
+        let _p5 = accept(a.decide(ip(5), true, late));
+        assert_eq!(a.in_progress(), 4);
+        // The oldest was told, and its drop frees nothing twice.
+        let told = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap()
+            .block_on(async {
+                tokio::time::timeout(Duration::from_secs(1), oldest.evicted())
+                    .await
+                    .is_ok()
+            });
+        assert!(told);
+        drop(oldest);
+        assert_eq!(a.in_progress(), 4);
+        // The next stalled one is p2 (started 10 ms after).
+        let _p6 = accept(a.decide(ip(6), true, late + Duration::from_millis(10)));
+        assert_eq!(a.in_progress(), 4);
     }
 }

@@ -31,6 +31,9 @@ pub struct GatewayConfig {
     /// Bounds on connections in their handshake (`[admission]`:
     /// `max_handshakes` 1024, `retry_above` 256, `max_handshakes_per_source` 64).
     pub admission: crate::admission::AdmissionConfig,
+    /// Bounds of the relay to each vault cluster (`[relay]`:
+    /// `max_in_flight` 1024 requests per cluster; more are shed as `BUSY`).
+    pub relay: crate::relay::RelayConfig,
     /// On SIGTERM or SIGINT, how long requests in flight may take to finish
     /// before the remaining connections are cut. Default 30000 ms (above
     /// the relay's 25 s timeout, so a request started just before the
@@ -54,6 +57,7 @@ impl Default for GatewayConfig {
             admin_listen: None,
             budgets: Default::default(),
             admission: Default::default(),
+            relay: Default::default(),
             drain_deadline_ms: 30_000,
         }
     }

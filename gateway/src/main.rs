@@ -132,6 +132,7 @@ async fn main() -> anyhow::Result<()> {
             let door = gateway::server::FrontDoor {
                 budgets: cfg.budgets,
                 admission: cfg.admission,
+                relay: cfg.relay,
             };
             let gw = Gateway::start_with(cfg.listen, &keys, &cfg.vault_clusters, &door)?;
             tracing::info!(addr = %gw.local_addr()?, "gateway serving");

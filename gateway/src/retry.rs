@@ -102,7 +102,7 @@ pub const FIRST_BACKOFF: Duration = Duration::from_millis(25);
 pub const MAX_BACKOFF: Duration = Duration::from_millis(400);
 
 /// The retry state of one call.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Retry {
     deadline: Instant,
     idempotent: bool,

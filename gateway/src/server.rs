@@ -48,6 +48,8 @@ pub struct FrontDoor {
     pub budgets: BudgetConfig,
     /// Bounds on handshakes in progress.
     pub admission: AdmissionConfig,
+    /// Bounds of the relay to each vault cluster.
+    pub relay: crate::relay::RelayConfig,
 }
 
 /// Whether the gateway should get traffic: not draining, and every vault
@@ -188,7 +190,12 @@ impl Gateway {
         let shared = Arc::new(Shared {
             noise_private: *keys.noise_private,
             verifier: CredentialVerifier::new(&keys.account_service_public)?,
-            vault: VaultClusters::new(vault_clusters, &keys.vault_client, &keys.vault_ca_pem)?,
+            vault: VaultClusters::new(
+                vault_clusters,
+                &keys.vault_client,
+                &keys.vault_ca_pem,
+                door.relay,
+            )?,
             budgets: Budgets::new(&door.budgets),
             admission: Admission::new(door.admission),
             draining: tokio::sync::watch::channel(false).0,
@@ -208,10 +215,11 @@ impl Gateway {
             }));
             while let Some(incoming) = ep.accept().await {
                 let source = incoming.remote_address().ip();
-                let permit = match sh
-                    .admission
-                    .decide(source, incoming.remote_address_validated())
-                {
+                let permit = match sh.admission.decide(
+                    source,
+                    incoming.remote_address_validated(),
+                    Instant::now(),
+                ) {
                     Decision::Accept(p) => p,
                     Decision::Retry if incoming.may_retry() => {
                         metrics::counter!("gateway_handshakes_retried_total").increment(1);
@@ -221,7 +229,7 @@ impl Gateway {
                     Decision::Retry => {
                         // A source that already answered a Retry cannot be
                         // asked again: treat it as validated.
-                        match sh.admission.decide(source, true) {
+                        match sh.admission.decide(source, true, Instant::now()) {
                             Decision::Accept(p) => p,
                             _ => {
                                 refused(incoming, "handshakes_full");
@@ -236,7 +244,16 @@ impl Gateway {
                 };
                 let sh = sh.clone();
                 tokio::spawn(async move {
-                    if let Ok(conn) = incoming.await {
+                    // A QUIC/TLS handshake that stalls while every place
+                    // is taken gives its place up too.
+                    let conn = tokio::select! {
+                        c = incoming => c,
+                        _ = permit.evicted() => {
+                            metrics::counter!("gateway_handshakes_evicted_total").increment(1);
+                            return;
+                        }
+                    };
+                    if let Ok(conn) = conn {
                         sh.open.fetch_add(1, Ordering::AcqRel);
                         metrics::gauge!("gateway_connections").increment(1.0);
                         let _open = OpenGuard(&sh.open);
@@ -266,6 +283,12 @@ impl Gateway {
     /// (learned from the cluster's membership); `None` for an unknown name.
     pub fn vault_replicas(&self, name: &str) -> Option<Vec<SocketAddr>> {
         self.shared.vault.cluster(name).map(|c| c.replicas())
+    }
+
+    /// The replicas of cluster `name` the relay routes around now (marked
+    /// down until a probe finds them healthy).
+    pub fn vault_down_replicas(&self, name: &str) -> Option<Vec<SocketAddr>> {
+        self.shared.vault.cluster(name).map(|c| c.down_replicas())
     }
 
     /// Drains (what SIGTERM and SIGINT do): accepts no new connection;
@@ -312,7 +335,15 @@ async fn serve_connection(shared: Arc<Shared>, conn: quinn::Connection, permit: 
     // Boxed so the handshake's state (Noise responder, frame buffers) is
     // freed once it ends instead of sizing this task's future, which an idle
     // authenticated connection holds for as long as it stays open.
-    let device = match Box::pin(authenticate(&shared, &conn)).await {
+    let outcome = tokio::select! {
+        o = Box::pin(authenticate(&shared, &conn)) => o,
+        // Stalled while every place was taken: its place went to another.
+        _ = permit.evicted() => {
+            metrics::counter!("gateway_handshakes_evicted_total").increment(1);
+            HandshakeOutcome::Closed(CloseCode::HandshakeTimeout)
+        }
+    };
+    let device = match outcome {
         HandshakeOutcome::Authenticated(d) => d,
         HandshakeOutcome::Closed(code) => {
             close(&conn, code);
@@ -476,6 +507,14 @@ async fn answer_error(send: &mut quinn::SendStream, e: msg::Error) {
     let _ = send.finish();
 }
 
+/// Counts a request the gateway answered itself (`None`: it could not be
+/// decoded).
+fn count(request: Option<&msg::Request>, outcome: &'static str) {
+    let label = request.map_or("invalid", msg::Request::kind_label);
+    metrics::counter!("gateway_requests_total", "request" => label, "outcome" => outcome)
+        .increment(1);
+}
+
 async fn relay(
     shared: &Shared,
     account_id: &str,
@@ -500,6 +539,7 @@ async fn relay(
         Ok(r) => r,
         Err(why) => {
             metrics::counter!("gateway_protocol_errors_total").increment(1);
+            count(None, "protocol_error");
             let _ = write_message(
                 &mut send,
                 &msg::Response::error(ErrorCode::ProtocolError, why),
@@ -519,6 +559,7 @@ async fn relay(
                 "scope" => over.scope.label()
             )
             .increment(1);
+            count(Some(&request), "over_budget");
             let mut e = msg::Error::new(
                 ErrorCode::Busy,
                 format!(
@@ -536,18 +577,22 @@ async fn relay(
     }
     let is_finish = matches!(request.kind, Some(msg::request::Kind::LoginFinish(_)));
     if draining && !is_finish {
-        // Only logins already started are finished here now.
-        let mut e = msg::Error::new(
-            ErrorCode::Unavailable,
-            "this gateway is shutting down; connect again",
-        );
-        e.retry_after_ms =
-            protocol_spec::classify::classify(ErrorCode::Unavailable).retry_after_ms();
-        answer_error(&mut send, e).await;
+        // Only logins already started are finished here now; anything else
+        // is turned away unprocessed, its stream reset with GOING_AWAY,
+        // which tells the phone to send it again elsewhere (SPEC §6.1).
+        count(Some(&request), "draining");
+        let _ = send.reset((CloseCode::GoingAway as u32).into());
         return Ok(());
     }
     let is_start = matches!(request.kind, Some(msg::request::Kind::LoginStart(_)));
-    let response = shared.vault.call(account_id, device_key, request).await;
+    let label = request.kind_label();
+    let (response, outcome) = shared
+        .vault
+        .relay(account_id, device_key, request)
+        .await
+        .into_response();
+    metrics::counter!("gateway_requests_total", "request" => label, "outcome" => outcome)
+        .increment(1);
     if is_start && matches!(response.kind, Some(msg::response::Kind::LoginStart(_))) {
         logins.fetch_add(1, Ordering::AcqRel);
     } else if is_finish {

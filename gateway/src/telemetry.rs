@@ -14,10 +14,12 @@ pub fn describe() {
     for name in [
         "gateway_protocol_errors_total",
         "gateway_handshakes_retried_total",
+        "gateway_handshakes_evicted_total",
         "gateway_vault_retries_total",
         "gateway_vault_leader_changes_total",
         "gateway_vault_membership_changes_total",
         "gateway_vault_redirects_ignored_total",
+        "gateway_vault_probes_total",
     ] {
         metrics::counter!(name).absolute(0);
     }
@@ -44,12 +46,31 @@ pub fn describe() {
         "Connection attempts refused before any state was kept, by reason (handshakes_full, per_source)."
     );
     describe_counter!(
+        "gateway_handshakes_evicted_total",
+        "Handshakes closed because they had stalled while every place was taken, their place given to a new attempt."
+    );
+    describe_counter!(
         "gateway_handshakes_retried_total",
         "Connection attempts asked to validate their address first (QUIC Retry)."
     );
     describe_counter!(
         "gateway_requests_shed_total",
         "Requests answered BUSY because a device's or account's budget was used up, by request kind and scope."
+    );
+    describe_counter!(
+        "gateway_requests_total",
+        "Phone requests answered, by request kind and outcome (ok, the vault's error code, \
+         or the gateway's own: over_budget, draining, protocol_error, shed, timed_out, \
+         and the give-up reasons of gateway_vault_gave_up_total)."
+    );
+    describe_counter!(
+        "gateway_vault_replicas_marked_down_total",
+        "Vault replicas marked down (routed around until a probe finds them healthy), by reason \
+         (stopped, no_leader, unreachable)."
+    );
+    describe_counter!(
+        "gateway_vault_probes_total",
+        "Probes of vault replicas marked down."
     );
     describe_counter!(
         "gateway_vault_retries_total",

@@ -1,7 +1,9 @@
 //! The gateway's links to the vault clusters: the cluster an account lives
 //! on ([`crate::placement`]), and, within a cluster, finding and caching its
-//! leader over mutually authenticated QUIC, one stream per request, with
-//! each attempt's outcome handed to the retry decision ([`crate::retry`]).
+//! leader over mutually authenticated QUIC, one stream per request, through
+//! the relay stack ([`crate::relay`]: shedding, a concurrency limit, the
+//! deadline, the retry decision of [`crate::retry`]), routing around
+//! replicas that cannot serve ([`crate::health`]).
 //!
 //! Retries are where guesses could be double-counted, so the rule is: a
 //! request moves to another replica only when it certainly did nothing —
@@ -19,12 +21,15 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use protocol_spec::internal::{vault_response, MembersQuery, VaultRequest, VaultResponse};
-use protocol_spec::limits::VAULT_CALL_DEADLINE;
+use protocol_spec::internal::{
+    vault_response, MembersQuery, ReplicaHealth, VaultRequest, VaultResponse,
+};
+use tower::ServiceExt;
 
+use crate::health::{Health, Strike};
 use crate::placement::{place, redirect};
-use crate::retry::{self, Decision, Failure, GaveUp, Retry};
-use protocol_spec::msg::{self, ErrorCode};
+use crate::relay::{self, AttemptError, Call, RelayConfig, Relayed};
+use protocol_spec::msg;
 use protocol_spec::stream_io::{read_message, write_message};
 use quinn::crypto::rustls::QuicClientConfig;
 use serde::{Deserialize, Serialize};
@@ -93,6 +98,7 @@ impl VaultClusters {
         clusters: &[ClusterConfig],
         identity: &CertAndKey,
         vault_ca_pem: &str,
+        relay: RelayConfig,
     ) -> anyhow::Result<Self> {
         anyhow::ensure!(
             !clusters.is_empty(),
@@ -120,7 +126,7 @@ impl VaultClusters {
         Ok(Self {
             clusters: clusters
                 .iter()
-                .map(|c| ClusterLink::new(c.clone(), endpoint.clone()))
+                .map(|c| ClusterLink::new(c.clone(), endpoint.clone(), relay))
                 .collect(),
             endpoint,
         })
@@ -128,16 +134,13 @@ impl VaultClusters {
 
     /// The cluster that holds `account_id`'s deposit.
     pub fn cluster_for(&self, account_id: &str) -> &ClusterLink {
-        let i = place(
-            account_id,
-            self.clusters.iter().map(|c| c.config.name.as_str()),
-        );
+        let i = place(account_id, self.clusters.iter().map(|c| c.name()));
         &self.clusters[i]
     }
 
     /// The cluster called `name`.
     pub fn cluster(&self, name: &str) -> Option<&ClusterLink> {
-        self.clusters.iter().find(|c| c.config.name == name)
+        self.clusters.iter().find(|c| c.name() == name)
     }
 
     /// Whether every cluster's leader answers a quorum read now (readiness):
@@ -152,9 +155,9 @@ impl VaultClusters {
             match c.call(READINESS_ACCOUNT, &[], req).await.kind {
                 Some(msg::response::Kind::Status(_)) => {}
                 Some(msg::response::Kind::Error(e)) => {
-                    return Err(format!("vault cluster {}: {}", c.config.name, e.message))
+                    return Err(format!("vault cluster {}: {}", c.name(), e.message))
                 }
-                _ => return Err(format!("vault cluster {}: no answer", c.config.name)),
+                _ => return Err(format!("vault cluster {}: no answer", c.name())),
             }
         }
         Ok(())
@@ -174,14 +177,29 @@ impl VaultClusters {
             .await
     }
 
+    /// Relays one request to the leader of the account's cluster and says
+    /// how it ended (the server maps that to the phone's answer and the
+    /// `gateway_requests_total` outcome).
+    pub async fn relay(
+        &self,
+        account_id: &str,
+        device_key: &[u8],
+        request: msg::Request,
+    ) -> Relayed {
+        self.cluster_for(account_id)
+            .relay(account_id, device_key, request)
+            .await
+    }
+
     /// Closes every link.
     pub fn close(&self) {
         self.endpoint.close(0u32.into(), b"bye");
     }
 }
 
-/// The link to one cluster: its replicas, the cached leader, one
-/// connection per replica.
+/// The link to one cluster: the relay stack ([`crate::relay`]) over the
+/// cluster's replicas, the cached leader, their health, one connection per
+/// replica.
 ///
 /// The configured replicas are seeds: every answer of a replica carries the
 /// log index of the Raft membership it has applied, and when that is newer
@@ -189,6 +207,21 @@ impl VaultClusters {
 /// them from then on, so replicas added or removed by a membership change
 /// are followed without a restart.
 pub struct ClusterLink {
+    link: Arc<Link>,
+    stack: relay::Stack,
+}
+
+impl std::fmt::Debug for ClusterLink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterLink")
+            .field("name", &self.link.config.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the relay stack's attempts share: replicas, leader, health,
+/// connections.
+pub struct Link {
     config: ClusterConfig,
     endpoint: quinn::Endpoint,
     /// Gateway-facing addresses of the voters of the newest membership
@@ -197,6 +230,9 @@ pub struct ClusterLink {
     /// Log index of the membership `replicas` comes from (0: configured).
     membership_id: AtomicU64,
     leader: std::sync::Mutex<Option<SocketAddr>>,
+    health: std::sync::Mutex<Health>,
+    /// A probe of down replicas is running.
+    probing: AtomicBool,
     next: AtomicUsize,
     conns: Mutex<HashMap<SocketAddr, quinn::Connection>>,
     /// An ignored redirect was logged at warn level already: a misconfigured
@@ -204,48 +240,108 @@ pub struct ClusterLink {
     warned_redirect: AtomicBool,
 }
 
-impl std::fmt::Debug for ClusterLink {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ClusterLink")
-            .field("name", &self.config.name)
-            .finish_non_exhaustive()
-    }
-}
-
-enum Attempt {
-    /// The replica answered.
+/// What a replica's answer came to, short of the request's fate.
+enum Exchanged {
     Answer(msg::Response),
-    /// "Not the leader": nothing was done.
     NotLeader(Option<SocketAddr>),
-    /// Nothing was sent (no connection or no stream); safe to try elsewhere.
-    NotSent(String),
-    /// The replica refused this gateway in the TLS handshake (certificate
-    /// not trusted): retrying cannot help.
-    Refused(String),
-    /// Sent, then the link failed: the outcome is unknown.
-    Lost(String),
 }
 
 impl ClusterLink {
-    fn new(config: ClusterConfig, endpoint: quinn::Endpoint) -> Self {
-        Self {
+    fn new(config: ClusterConfig, endpoint: quinn::Endpoint, relay: RelayConfig) -> Self {
+        let link = Arc::new(Link {
             replicas: std::sync::RwLock::new(config.replicas.clone()),
             membership_id: AtomicU64::new(0),
             config,
             endpoint,
             leader: std::sync::Mutex::new(None),
+            health: std::sync::Mutex::new(Health::default()),
+            probing: AtomicBool::new(false),
             next: AtomicUsize::new(0),
             conns: Mutex::new(HashMap::new()),
             warned_redirect: AtomicBool::new(false),
+        });
+        Self {
+            stack: relay::stack(link.clone(), relay),
+            link,
         }
+    }
+
+    /// The cluster's configured name.
+    pub fn name(&self) -> &str {
+        &self.link.config.name
     }
 
     /// The leader this link last saw, if any.
     pub fn cached_leader(&self) -> Option<SocketAddr> {
+        self.link.cached_leader()
+    }
+
+    /// The replicas requests go to: the voters of the newest membership
+    /// learned (or the configured replicas).
+    pub fn replicas(&self) -> Vec<SocketAddr> {
+        self.link.replicas()
+    }
+
+    /// The replicas marked down now (routed around until a probe finds
+    /// them healthy).
+    pub fn down_replicas(&self) -> Vec<SocketAddr> {
+        let r = self.link.replicas();
+        self.link
+            .health
+            .lock()
+            .map(|h| r.into_iter().filter(|a| !h.usable(*a)).collect())
+            .unwrap_or_default()
+    }
+
+    /// Relays one request through the stack and says how it ended.
+    pub async fn relay(
+        &self,
+        account_id: &str,
+        device_key: &[u8],
+        request: msg::Request,
+    ) -> Relayed {
+        let started = Instant::now();
+        self.link.probe_due(started);
+        let req = VaultRequest {
+            account_id: account_id.to_owned(),
+            request: Some(request),
+            members: None,
+            device_key: device_key.to_vec(),
+        };
+        let n = self
+            .link
+            .replicas()
+            .len()
+            .max(self.link.config.replicas.len());
+        let call = Call::new(req, n, started);
+        let out = Relayed::from_result(self.stack.clone().oneshot(call).await);
+        metrics::histogram!("gateway_vault_request_seconds")
+            .record(started.elapsed().as_secs_f64());
+        out
+    }
+
+    /// Relays one request to this cluster's leader and returns what the
+    /// phone receives.
+    pub async fn call(
+        &self,
+        account_id: &str,
+        device_key: &[u8],
+        request: msg::Request,
+    ) -> msg::Response {
+        self.relay(account_id, device_key, request)
+            .await
+            .into_response()
+            .0
+    }
+}
+
+impl Link {
+    fn cached_leader(&self) -> Option<SocketAddr> {
         self.leader.lock().ok().and_then(|g| *g)
     }
 
-    fn set_leader(&self, addr: Option<SocketAddr>) {
+    /// Records the leader (`None`: unknown).
+    pub(crate) fn set_leader(&self, addr: Option<SocketAddr>) {
         if let Ok(mut g) = self.leader.lock() {
             if *g != addr && addr.is_some() {
                 metrics::counter!("gateway_vault_leader_changes_total").increment(1);
@@ -254,21 +350,97 @@ impl ClusterLink {
         }
     }
 
-    /// The replicas requests go to: the voters of the newest membership
-    /// learned (or the configured replicas).
-    pub fn replicas(&self) -> Vec<SocketAddr> {
+    fn replicas(&self) -> Vec<SocketAddr> {
         match self.replicas.read() {
             Ok(r) => r.clone(),
             Err(_) => self.config.replicas.clone(),
         }
     }
 
-    fn next_replica(&self) -> SocketAddr {
-        let r = self.replicas();
-        match r.len() {
-            0 => self.config.replicas[0],
-            n => r[self.next.fetch_add(1, Ordering::Relaxed) % n],
+    /// Where an attempt without a target goes: the cached leader unless it
+    /// is down, else the next replica that is not down.
+    fn pick(&self) -> SocketAddr {
+        let replicas = self.replicas();
+        let Ok(health) = self.health.lock() else {
+            return self.config.replicas[0];
+        };
+        if let Some(l) = self.cached_leader().filter(|l| health.usable(*l)) {
+            return l;
         }
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        health
+            .pick(&replicas, start)
+            .unwrap_or(self.config.replicas[0])
+    }
+
+    /// Marks `addr` down (and forgets it as leader).
+    fn strike(&self, addr: SocketAddr, why: Strike) {
+        if self.cached_leader() == Some(addr) {
+            self.set_leader(None);
+        }
+        let Ok(mut h) = self.health.lock() else {
+            return;
+        };
+        if h.strike(addr, why, Instant::now()) {
+            metrics::counter!("gateway_vault_replicas_marked_down_total", "reason" => why.label())
+                .increment(1);
+            tracing::warn!(
+                cluster = %self.config.name,
+                replica = %addr,
+                reason = why.label(),
+                "vault replica marked down; requests go to the others until a probe finds it healthy"
+            );
+        }
+    }
+
+    /// `addr` answered as one that can serve.
+    fn healthy(&self, addr: SocketAddr) {
+        let back = self
+            .health
+            .lock()
+            .map(|mut h| h.healthy(addr))
+            .unwrap_or(false);
+        if back {
+            tracing::info!(cluster = %self.config.name, replica = %addr, "vault replica healthy again");
+        }
+    }
+
+    /// Notes what an answer's `health` says of the replica that gave it.
+    fn note_health(&self, addr: SocketAddr, health: ReplicaHealth) {
+        match health {
+            ReplicaHealth::Serving | ReplicaHealth::Unspecified => self.healthy(addr),
+            ReplicaHealth::NoLeader => self.strike(addr, Strike::NoLeader),
+            ReplicaHealth::Stopped => self.strike(addr, Strike::Stopped),
+        }
+    }
+
+    /// Starts a probe of the down replicas whose pause is over, unless one
+    /// runs: each is asked for the members (which changes nothing and
+    /// needs no quorum), and its answer's `health` decides. Phones'
+    /// requests never serve as probes.
+    fn probe_due(self: &Arc<Self>, now: Instant) {
+        let due = match self.health.lock() {
+            Ok(h) => h.due(&self.replicas(), now),
+            Err(_) => return,
+        };
+        if due.is_empty() || self.probing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let link = self.clone();
+        tokio::spawn(async move {
+            let req = VaultRequest {
+                members: Some(MembersQuery {}),
+                ..Default::default()
+            };
+            for addr in due {
+                metrics::counter!("gateway_vault_probes_total").increment(1);
+                match tokio::time::timeout(PROBE_TIMEOUT, link.exchange(addr, &req)).await {
+                    Ok(Ok(resp)) => link.note_health(addr, resp.health()),
+                    Ok(Err(_)) | Err(_) => link.strike(addr, Strike::Unreachable),
+                }
+            }
+            link.probing.store(false, Ordering::Release);
+        });
     }
 
     /// Whether `addr` is a replica of this cluster: configured, or a member
@@ -318,6 +490,9 @@ impl ClusterLink {
                     "vault cluster membership changed; routing to its voters"
                 );
                 metrics::counter!("gateway_vault_membership_changes_total").increment(1);
+                if let Ok(mut h) = self.health.lock() {
+                    h.retain(&voters);
+                }
             }
             *known = voters;
         }
@@ -331,26 +506,28 @@ impl ClusterLink {
         }
     }
 
-    async fn connection(&self, addr: SocketAddr) -> Result<quinn::Connection, Attempt> {
+    async fn connection(&self, addr: SocketAddr) -> Result<quinn::Connection, AttemptError> {
         if let Some(c) = self.conns.lock().await.get(&addr) {
             if c.close_reason().is_none() {
                 return Ok(c.clone());
             }
         }
+        let not_sent = |why: String| AttemptError::NotSent { target: addr, why };
         let connecting = self
             .endpoint
             .connect(addr, &self.config.server_name)
-            .map_err(|e| Attempt::NotSent(e.to_string()))?;
+            .map_err(|e| not_sent(e.to_string()))?;
         let c = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
             .await
-            .map_err(|_| {
-                Attempt::NotSent(format!("no answer from {addr} within {CONNECT_TIMEOUT:?}"))
-            })?
+            .map_err(|_| not_sent(format!("no answer within {CONNECT_TIMEOUT:?}")))?
             .map_err(|e| {
                 if is_tls_refusal(&e) {
-                    Attempt::Refused(format!("replica {addr} refused this gateway: {e}"))
+                    AttemptError::Refused {
+                        target: addr,
+                        why: e.to_string(),
+                    }
                 } else {
-                    Attempt::NotSent(e.to_string())
+                    not_sent(e.to_string())
                 }
             })?;
         self.conns.lock().await.insert(addr, c.clone());
@@ -362,43 +539,107 @@ impl ClusterLink {
         &self,
         addr: SocketAddr,
         req: &VaultRequest,
-    ) -> Result<VaultResponse, Attempt> {
+    ) -> Result<VaultResponse, AttemptError> {
         let conn = self.connection(addr).await?;
-        let (mut send, mut recv) = conn
-            .open_bi()
-            .await
-            .map_err(|e| Attempt::NotSent(e.to_string()))?;
-        write_message(&mut send, req)
-            .await
-            .map_err(|e| Attempt::Lost(e.to_string()))?;
+        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| AttemptError::NotSent {
+            target: addr,
+            why: e.to_string(),
+        })?;
+        let lost = |e: protocol_spec::stream_io::StreamError| AttemptError::Lost {
+            target: addr,
+            why: e.to_string(),
+            timed_out: false,
+        };
+        write_message(&mut send, req).await.map_err(lost)?;
         let _ = send.finish();
         read_message::<VaultResponse, _>(&mut recv)
             .await
-            .map_err(|e| Attempt::Lost(e.to_string()))
+            .map_err(lost)
     }
 
-    async fn attempt(&self, addr: SocketAddr, req: &VaultRequest) -> Attempt {
-        let resp = match self.exchange(addr, req).await {
-            Ok(r) => r,
-            Err(a) => return a,
-        };
-        self.note_membership(addr, resp.membership_id).await;
-        match resp.kind {
-            Some(vault_response::Kind::Response(r)) => Attempt::Answer(r),
-            Some(vault_response::Kind::NotLeader(n)) => {
-                Attempt::NotLeader(n.leader_addr.parse().ok())
+    /// One attempt at `target` (or the replica [`Link::pick`] chooses),
+    /// within `budget`; tells the health table and the leader cache what
+    /// it saw.
+    pub(crate) async fn attempt(
+        &self,
+        target: Option<SocketAddr>,
+        req: &VaultRequest,
+        budget: Duration,
+    ) -> Result<msg::Response, AttemptError> {
+        let target = target.unwrap_or_else(|| self.pick());
+        let exchanged = tokio::time::timeout(budget, async {
+            let resp = self.exchange(target, req).await?;
+            self.note_membership(target, resp.membership_id).await;
+            let health = resp.health();
+            match resp.kind {
+                Some(vault_response::Kind::Response(r)) => Ok((Exchanged::Answer(r), health)),
+                Some(vault_response::Kind::NotLeader(n)) => {
+                    Ok((Exchanged::NotLeader(n.leader_addr.parse().ok()), health))
+                }
+                Some(vault_response::Kind::Members(_)) | None => Err(AttemptError::Lost {
+                    target,
+                    why: "unexpected vault response".into(),
+                    timed_out: false,
+                }),
             }
-            Some(vault_response::Kind::Members(_)) | None => {
-                Attempt::Lost("unexpected vault response".into())
+        })
+        .await;
+        let (exchanged, health) = match exchanged {
+            Ok(Ok(x)) => x,
+            Ok(Err(e)) => {
+                match &e {
+                    AttemptError::NotSent { why, .. } => {
+                        tracing::debug!(replica = %target, error = %why, "vault replica unreachable");
+                        self.strike(target, Strike::Unreachable);
+                    }
+                    AttemptError::Refused { why, .. } => {
+                        tracing::error!(replica = %target, error = %why, "vault refused the gateway's certificate");
+                    }
+                    AttemptError::Lost { why, .. } => {
+                        self.set_leader(None);
+                        if !crate::retry::is_idempotent(
+                            req.request.as_ref().and_then(|r| r.kind.as_ref()),
+                        ) {
+                            tracing::warn!(replica = %target, error = %why, "vault link lost after sending; not retried");
+                        }
+                        self.strike(target, Strike::Unreachable);
+                    }
+                    AttemptError::NotLeader { .. } | AttemptError::GaveUp(_) => {}
+                }
+                return Err(e);
+            }
+            Err(_) => {
+                self.set_leader(None);
+                return Err(AttemptError::Lost {
+                    target,
+                    why: format!("no answer within {budget:?}"),
+                    timed_out: true,
+                });
+            }
+        };
+        self.note_health(target, health);
+        match exchanged {
+            Exchanged::Answer(r) => {
+                if health != ReplicaHealth::Stopped {
+                    self.set_leader(Some(target));
+                }
+                Ok(r)
+            }
+            Exchanged::NotLeader(named) => {
+                // A leader the link does not know yet may have joined.
+                if named.is_some_and(|n| !self.is_member(n)) {
+                    self.learn_members(target).await;
+                }
+                let redirect = redirect(|a| self.is_member(a), target, named);
+                if redirect.is_none() {
+                    if named.is_some_and(|n| n != target) {
+                        self.warn_redirect_ignored(target, named);
+                    }
+                    self.set_leader(None);
+                }
+                Err(AttemptError::NotLeader { target, redirect })
             }
         }
-    }
-
-    /// The phone's `UNAVAILABLE` for a call that gave up (counted by
-    /// reason; the replica details were logged as they happened).
-    fn gave_up(&self, why: GaveUp) -> msg::Response {
-        metrics::counter!("gateway_vault_gave_up_total", "reason" => why.label()).increment(1);
-        unavailable(why.reason())
     }
 
     /// Logs once that a replica named a leader outside this cluster's
@@ -416,95 +657,10 @@ impl ClusterLink {
             );
         }
     }
-
-    /// Relays one request to this cluster's leader, following redirects
-    /// and retrying as [`Retry`] decides, within [`VAULT_CALL_DEADLINE`].
-    pub async fn call(
-        &self,
-        account_id: &str,
-        device_key: &[u8],
-        request: msg::Request,
-    ) -> msg::Response {
-        let idempotent = retry::is_idempotent(request.kind.as_ref());
-        let req = VaultRequest {
-            account_id: account_id.to_owned(),
-            request: Some(request),
-            members: None,
-            device_key: device_key.to_vec(),
-        };
-        let started = Instant::now();
-        let n = self.replicas().len().max(self.config.replicas.len());
-        let mut policy = Retry::new(started, VAULT_CALL_DEADLINE, n, idempotent);
-        let mut target = self.cached_leader().unwrap_or_else(|| self.next_replica());
-        let out = loop {
-            let left = match policy.next_attempt(Instant::now()) {
-                Ok(left) => left,
-                Err(gave_up) => break self.gave_up(gave_up),
-            };
-            let attempt = tokio::time::timeout(left, self.attempt(target, &req)).await;
-            let decision = match attempt {
-                Ok(Attempt::Answer(r)) => {
-                    self.set_leader(Some(target));
-                    break r;
-                }
-                Ok(Attempt::NotLeader(named)) => {
-                    // A leader the link does not know yet may have joined.
-                    if named.is_some_and(|n| !self.is_member(n)) {
-                        self.learn_members(target).await;
-                    }
-                    let redirect = redirect(|a| self.is_member(a), target, named);
-                    if redirect.is_none() {
-                        if named.is_some_and(|n| n != target) {
-                            self.warn_redirect_ignored(target, named);
-                        }
-                        self.set_leader(None);
-                    }
-                    policy.failed(Failure::NotLeader { redirect }, Instant::now())
-                }
-                Ok(Attempt::NotSent(e)) => {
-                    tracing::debug!(replica = %target, error = %e, "vault replica unreachable");
-                    if self.cached_leader() == Some(target) {
-                        self.set_leader(None);
-                    }
-                    policy.failed(Failure::NotSent(e), Instant::now())
-                }
-                Ok(Attempt::Refused(e)) => {
-                    tracing::error!(error = %e, "vault refused the gateway's certificate");
-                    policy.failed(Failure::Refused(e), Instant::now())
-                }
-                Ok(Attempt::Lost(e)) => {
-                    self.set_leader(None);
-                    if !idempotent {
-                        tracing::warn!(error = %e, "vault link lost after sending; not retried");
-                    }
-                    policy.failed(
-                        Failure::Lost(format!("replica {target}: {e}")),
-                        Instant::now(),
-                    )
-                }
-                Err(_) => {
-                    self.set_leader(None);
-                    policy.timed_out(Instant::now())
-                }
-            };
-            match decision {
-                Decision::Redirect(leader) => {
-                    self.set_leader(Some(leader));
-                    target = leader;
-                }
-                Decision::Retry { after } => {
-                    metrics::counter!("gateway_vault_retries_total").increment(1);
-                    tokio::time::sleep(after).await;
-                    target = self.next_replica();
-                }
-                Decision::GiveUp(gave_up) => break self.gave_up(gave_up),
-            }
-        };
-        metrics::histogram!("gateway_vault_request_seconds")
-            .record(started.elapsed().as_secs_f64());
-        out
-    }
 }
+
+/// How long a probe waits for a down replica's answer.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Whether a failed handshake was a TLS refusal (a crypto alert).
 fn is_tls_refusal(e: &quinn::ConnectionError) -> bool {
@@ -513,16 +669,5 @@ fn is_tls_refusal(e: &quinn::ConnectionError) -> bool {
         quinn::ConnectionError::TransportError(t) => crypto(t.code),
         quinn::ConnectionError::ConnectionClosed(c) => crypto(c.error_code),
         _ => false,
-    }
-}
-
-fn unavailable(why: &str) -> msg::Response {
-    let mut e = msg::Error::new(
-        ErrorCode::Unavailable,
-        format!("the vault is unavailable ({why}); retry in a moment"),
-    );
-    e.retry_after_ms = protocol_spec::classify::classify(ErrorCode::Unavailable).retry_after_ms();
-    msg::Response {
-        kind: Some(msg::response::Kind::Error(e)),
     }
 }

@@ -146,6 +146,7 @@ pub async fn relay(
         &clusters,
         &keys.vault_client,
         &keys.vault_ca_pem,
+        gateway::relay::RelayConfig::default(),
     )?);
     let until = Instant::now() + duration;
     for i in 0..concurrency.max(1) {

@@ -51,6 +51,28 @@ impl msg::Error {
     }
 }
 
+impl msg::ErrorCode {
+    /// The code as a low-cardinality metric label.
+    pub fn label(self) -> &'static str {
+        use msg::ErrorCode as C;
+        match self {
+            C::Unspecified => "unspecified",
+            C::ProtocolError => "protocol_error",
+            C::Unauthenticated => "unauthenticated",
+            C::NotRegistered => "not_registered",
+            C::WrongPassword => "wrong_password",
+            C::LockedOut => "locked_out",
+            C::AlreadyRegistered => "already_registered",
+            C::SessionExpired => "session_expired",
+            C::Busy => "busy",
+            C::Unavailable => "unavailable",
+            C::Internal => "internal",
+            C::PermissionDenied => "permission_denied",
+            C::ReplacementPending => "replacement_pending",
+        }
+    }
+}
+
 impl msg::Request {
     /// The request's kind as a low-cardinality metric label: the one list
     /// every crate's metrics use.

@@ -29,8 +29,12 @@ pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<Option<Vec<u8
     read_frame_limited(r, crate::limits::MAX_FRAME_LEN).await
 }
 
-/// The most a reader reserves before a body's bytes arrive.
-const FIRST_RESERVE: usize = 16 * 1024;
+/// The most a reader reserves before a body's bytes arrive; beyond it the
+/// buffer grows as they do. 1 KiB holds every Noise handshake frame but the
+/// largest credentials and most requests; a phone that announces the full
+/// 16 KiB and sends nothing (the handshake flood of issue 13 held 3,000 of
+/// them, 16 KiB each) now costs 1 KiB.
+const FIRST_RESERVE: usize = 1024;
 
 /// Reads one frame body of at most `max` bytes. `Ok(None)` if the stream
 /// ended cleanly before a frame. A peer that announces `max` bytes and

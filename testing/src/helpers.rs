@@ -74,15 +74,38 @@ pub async fn register(stack: &LocalStack, account: &str, pw: &[u8], key: &Backup
 }
 
 /// Registers, retrying (bounded: 10 s) while the cluster is unavailable.
+/// An "unavailable" registration may still have landed (its answer was
+/// lost with a leader that died): then the retry finds the account
+/// registered, and the deposit is checked to be this one (the password
+/// recovers `key`).
 ///
 /// # Panics
 ///
 /// If it is not acknowledged within the bound, or fails otherwise.
 pub async fn register_eventually(stack: &LocalStack, account: &str, pw: &[u8], key: &BackupKey) {
+    let mut unanswered = false;
     for _ in 0..50 {
-        if register(stack, account, pw, key).await {
-            return;
+        let conn = connect(stack, account).await;
+        let out = vault(&conn, stack).register(pw, key, false).await;
+        match out {
+            Ok(_) => {
+                conn.close().await;
+                return;
+            }
+            Err(ClientError::Unavailable(_)) => unanswered = true,
+            Err(ClientError::AlreadyRegistered) if unanswered => {
+                let got = recover_eventually(&conn, stack, pw).await;
+                conn.close().await;
+                assert_eq!(
+                    got.as_ref(),
+                    Some(key),
+                    "{account}: the deposit that landed is not this one"
+                );
+                return;
+            }
+            Err(e) => panic!("registration failed with {e:?}"),
         }
+        conn.close().await;
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     panic!("registering {account} stayed unavailable for 10 s");

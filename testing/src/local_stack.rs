@@ -52,6 +52,8 @@ pub struct StackOptions {
     pub gateway_budgets: BudgetConfig,
     /// The gateway's bounds on handshakes in progress.
     pub gateway_admission: gateway::admission::AdmissionConfig,
+    /// The gateway's bounds on its relay to each cluster.
+    pub gateway_relay: gateway::relay::RelayConfig,
     /// Raft settings of every replica.
     pub raft: RaftSettings,
     /// Run each replica as a separate `vault-backend run` process of this
@@ -78,6 +80,7 @@ impl Default for StackOptions {
             replacement_wait_ms: VaultConfig::default().replacement_wait_ms,
             gateway_budgets: BudgetConfig::default(),
             gateway_admission: Default::default(),
+            gateway_relay: Default::default(),
             raft: RaftSettings::default(),
             replica_binary: None,
             key_protection: KeyProtection::default(),
@@ -221,11 +224,13 @@ impl LocalStack {
             &gateway::server::FrontDoor {
                 budgets: opts.gateway_budgets,
                 admission: opts.gateway_admission,
+                relay: opts.gateway_relay,
             },
         )?;
         let fleet = FleetPublic::read(&clusters[0].dir)?;
         let profile = ClientProfile {
             gateway_addr: gateway.local_addr()?,
+            other_gateways: Vec::new(),
             gateway_server_name: "localhost".into(),
             gateway_ca_pem: gw_keys.ca_pem.clone(),
             gateway_noise_key: Some(hex::encode(gw_keys.noise_public)),
@@ -264,7 +269,7 @@ impl LocalStack {
                 .any(|c| c.raft.max_command_version < newest);
             if !held_back {
                 stack
-                    .wait_for_command_version(k, newest, Duration::from_secs(20))
+                    .wait_for_command_version(k, newest, Duration::from_secs(60))
                     .await?;
             }
         }

@@ -334,6 +334,7 @@ async fn the_vault_refuses_peers_without_a_gateway_certificate() {
         }],
         &rogue,
         &ca_pem,
+        gateway::relay::RelayConfig::default(),
     )
     .unwrap();
     let resp = link

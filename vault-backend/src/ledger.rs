@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use openraft::error::{CheckIsLeaderError, ClientWriteError, ForwardToLeader, RaftError};
+use protocol_spec::internal::ReplicaHealth;
 
 use crate::account::{LastGuessHold, StoredAccount};
 use crate::raft::member::ReplicaNode;
@@ -144,6 +145,7 @@ impl Ledger {
     /// It is written in the cluster's active command version, which every
     /// member reads (see `raft::codec`).
     pub async fn write(&self, cmd: Command) -> Result<CommandResult, VaultError> {
+        self.refuse_if_stopped()?;
         let started = Instant::now();
         let proposal = Proposal::new(self.version.get(), cmd);
         let out = tokio::time::timeout(self.commit_timeout, self.raft.client_write(proposal)).await;
@@ -166,6 +168,7 @@ impl Ledger {
     /// Reads one row after confirming with a quorum that this replica is
     /// still the leader and has applied everything committed before the read.
     pub async fn read(&self, account_id: &str) -> Result<Option<StoredAccount>, VaultError> {
+        self.refuse_if_stopped()?;
         let started = Instant::now();
         let deadline = started + self.commit_timeout;
         let arrived = self.barrier.started.load(Ordering::Acquire);
@@ -227,6 +230,36 @@ impl Ledger {
                 f.leader_id
                     .and_then(|id| self.serve_addrs.get(&id).copied())
             }),
+        }
+    }
+
+    /// A replica whose consensus engine has stopped leads nothing and does
+    /// nothing: it says "not the leader, no leader known" before proposing,
+    /// so that the gateway may send the request elsewhere (SPEC 8.1; its
+    /// answers' `health` says `STOPPED`, and the gateway routes around it).
+    /// Only an engine that stops during a proposal leaves the outcome
+    /// unknown (`Unavailable`, below).
+    fn refuse_if_stopped(&self) -> Result<(), VaultError> {
+        if self.raft.metrics().borrow().running_state.is_err() {
+            metrics::counter!("vault_refused_while_stopped_total").increment(1);
+            return Err(VaultError::NotLeader {
+                leader_id: None,
+                leader_addr: None,
+            });
+        }
+        Ok(())
+    }
+
+    /// Whether this replica can serve, as the gateway should know it.
+    pub fn health(&self) -> ReplicaHealth {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        if m.running_state.is_err() {
+            ReplicaHealth::Stopped
+        } else if m.current_leader.is_none() {
+            ReplicaHealth::NoLeader
+        } else {
+            ReplicaHealth::Serving
         }
     }
 

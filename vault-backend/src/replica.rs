@@ -207,6 +207,14 @@ impl Replica {
         self.node.stopped().await
     }
 
+    /// Stops this replica's consensus engine and nothing else: the listener
+    /// keeps answering, as a replica whose engine stopped on a fatal storage
+    /// error does (a fault for the system tests).
+    #[cfg(feature = "fault-injection")]
+    pub async fn stop_consensus(&self) {
+        let _ = self.node.raft.shutdown().await;
+    }
+
     /// Stops the listener and Raft and releases the database.
     pub async fn shutdown(self) {
         for t in &self.tasks {

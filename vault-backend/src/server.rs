@@ -128,6 +128,7 @@ async fn serve_connection(vault: Arc<Vault>, conn: quinn::Connection) {
                         kind: Some(msg::response::Kind::Error(late.to_wire())),
                     });
                     r.membership_id = vault.ledger().membership_id();
+                    r.set_health(vault.ledger().health());
                     r
                 }
             };
@@ -140,6 +141,7 @@ async fn serve_connection(vault: Arc<Vault>, conn: quinn::Connection) {
 async fn handle(vault: &Vault, req: VaultRequest) -> VaultResponse {
     let mut resp = answer(vault, req).await;
     resp.membership_id = vault.ledger().membership_id();
+    resp.set_health(vault.ledger().health());
     resp
 }
 
@@ -159,6 +161,7 @@ async fn answer(vault: &Vault, req: VaultRequest) -> VaultResponse {
                     .collect(),
             })),
             membership_id: 0,
+            health: 0,
         };
     }
     let Some(inner) = req.request else {
@@ -185,6 +188,7 @@ async fn answer(vault: &Vault, req: VaultRequest) -> VaultResponse {
                 leader_addr: leader_addr.map(|a| a.to_string()).unwrap_or_default(),
             })),
             membership_id: 0,
+            health: 0,
         },
     }
 }
@@ -193,5 +197,6 @@ fn reply(r: msg::Response) -> VaultResponse {
     VaultResponse {
         kind: Some(vault_response::Kind::Response(r)),
         membership_id: 0,
+        health: 0,
     }
 }

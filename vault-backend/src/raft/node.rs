@@ -244,11 +244,13 @@ impl RaftNode {
 /// How often a leader whose cluster writes an older command version asks
 /// the members whether they all read the newest.
 const UPGRADE_CHECK: Duration = Duration::from_secs(2);
-/// As often during the first seconds of a replica's life, so that a new
-/// cluster (whose members all start together) writes the newest version,
-/// with its rules, within about a second of electing a leader.
+/// As often during a leader's first seconds, so that a new cluster (whose
+/// members all start together) writes the newest version, with its rules,
+/// within about a second of electing a leader.
 const UPGRADE_CHECK_AT_START: Duration = Duration::from_millis(200);
-/// How long the start-up rate lasts.
+/// How long the fast rate lasts, counted from when this replica became
+/// leader (not from its start: on a loaded machine the election itself can
+/// take most of that time; CI once saw no switch within 20 s).
 const UPGRADE_START_PERIOD: Duration = Duration::from_secs(15);
 
 /// Raises the cluster's command version once every member reads it: while
@@ -265,33 +267,46 @@ fn spawn_version_upgrader(
     reads: u32,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let started = tokio::time::Instant::now();
+        // The term in which this replica last became leader, and when.
+        let mut leading: Option<(u64, tokio::time::Instant)> = None;
         loop {
-            let pause = if started.elapsed() < UPGRADE_START_PERIOD {
+            let fast = leading.is_none_or(|(_, since)| since.elapsed() < UPGRADE_START_PERIOD);
+            tokio::time::sleep(if fast {
                 UPGRADE_CHECK_AT_START
             } else {
                 UPGRADE_CHECK
-            };
-            tokio::time::sleep(pause).await;
+            })
+            .await;
+            if version.get() >= codec::MAX_VERSION {
+                return;
+            }
             let m = raft.metrics().borrow().clone();
-            if m.current_leader != Some(m.id) || version.get() >= codec::MAX_VERSION {
+            if m.current_leader != Some(m.id) {
+                leading = None;
                 continue;
             }
-            let mut members = vec![Some(reads)];
-            for (id, node) in m.membership_config.nodes() {
-                if *id == m.id {
-                    continue;
-                }
-                members.push(match node.peer_addr() {
-                    Some(addr) => {
-                        let mut peer = PeerClient::to(endpoint.clone(), *id, addr);
+            if leading.is_none_or(|(term, _)| term != m.current_term) {
+                leading = Some((m.current_term, tokio::time::Instant::now()));
+            }
+            // Asked all at once: one slow or absent member costs one
+            // timeout per round, not one per member.
+            let peers = m
+                .membership_config
+                .nodes()
+                .filter(|(id, _)| **id != m.id)
+                .map(|(id, node)| {
+                    let endpoint = endpoint.clone();
+                    let (id, addr) = (*id, node.peer_addr());
+                    async move {
+                        let addr = addr?;
+                        let mut peer = PeerClient::to(endpoint, id, addr);
                         let max = peer.max_version().await;
                         peer.close();
                         max
                     }
-                    None => None,
                 });
-            }
+            let mut members = futures::future::join_all(peers).await;
+            members.push(Some(reads));
             let Some(target) = switch_to(version.get(), &members) else {
                 continue;
             };
