@@ -34,6 +34,9 @@ pub struct GatewayConfig {
     /// Bounds of the relay to each vault cluster (`[relay]`:
     /// `max_in_flight` 1024 requests per cluster; more are shed as `BUSY`).
     pub relay: crate::relay::RelayConfig,
+    /// Authenticated connections per device and per account (`[connections]`:
+    /// `per_device` 4, `per_account` 16; beyond them the oldest is closed).
+    pub connections: crate::connections::ConnectionCaps,
     /// On SIGTERM or SIGINT, how long requests in flight may take to finish
     /// before the remaining connections are cut. Default 30000 ms (above
     /// the relay's 25 s timeout, so a request started just before the
@@ -58,6 +61,7 @@ impl Default for GatewayConfig {
             budgets: Default::default(),
             admission: Default::default(),
             relay: Default::default(),
+            connections: Default::default(),
             drain_deadline_ms: 30_000,
         }
     }

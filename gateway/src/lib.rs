@@ -9,6 +9,7 @@ pub mod admin;
 pub mod admission;
 pub mod budget;
 pub mod config;
+pub mod connections;
 pub mod health;
 pub mod keys;
 pub mod placement;

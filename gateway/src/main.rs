@@ -133,6 +133,7 @@ async fn main() -> anyhow::Result<()> {
                 budgets: cfg.budgets,
                 admission: cfg.admission,
                 relay: cfg.relay,
+                connections: cfg.connections,
             };
             let gw = Gateway::start_with(cfg.listen, &keys, &cfg.vault_clusters, &door)?;
             tracing::info!(addr = %gw.local_addr()?, "gateway serving");

@@ -24,6 +24,7 @@ use service_kit::pki;
 
 use crate::admission::{Admission, AdmissionConfig, Decision, Permit};
 use crate::budget::{BudgetConfig, Budgets};
+use crate::connections::{Caps, ConnectionCaps, Ticket};
 use crate::keys::GatewayKeys;
 use crate::vault_client::{ClusterConfig, VaultClusters};
 
@@ -34,6 +35,8 @@ struct Shared {
     vault: VaultClusters,
     budgets: Budgets,
     admission: Admission,
+    /// Authenticated connections per device and account.
+    connections: std::sync::Mutex<Caps<quinn::Connection>>,
     /// Set once the gateway drains: connections stop taking requests.
     draining: tokio::sync::watch::Sender<bool>,
     /// Connections open now (handshaking or authenticated).
@@ -50,6 +53,8 @@ pub struct FrontDoor {
     pub admission: AdmissionConfig,
     /// Bounds of the relay to each vault cluster.
     pub relay: crate::relay::RelayConfig,
+    /// Authenticated connections per device and per account.
+    pub connections: ConnectionCaps,
 }
 
 /// Whether the gateway should get traffic: not draining, and every vault
@@ -198,6 +203,7 @@ impl Gateway {
             )?,
             budgets: Budgets::new(&door.budgets),
             admission: Admission::new(door.admission),
+            connections: std::sync::Mutex::new(Caps::new(door.connections)),
             draining: tokio::sync::watch::channel(false).0,
             open: AtomicUsize::new(0),
         });
@@ -355,6 +361,7 @@ async fn serve_connection(shared: Arc<Shared>, conn: quinn::Connection, permit: 
     metrics::counter!("gateway_authenticated_total", "pattern" => if device.pattern == msg::NoisePattern::Ik { "ik" } else { "xx" }).increment(1);
     let account: Arc<str> = Arc::from(device.account_id.as_str());
     let device_key = device.device_key;
+    let _held = Held::open(&shared, device_key, &account, &conn);
     let mut draining = shared.draining.subscribe();
     // This connection's requests in flight, and its logins started and not
     // yet finished: a drain waits for both (a login cut between its start
@@ -411,6 +418,43 @@ async fn serve_connection(shared: Arc<Shared>, conn: quinn::Connection, permit: 
     let mut idle = busy.subscribe();
     let _ = tokio::time::timeout(RELAY_TIMEOUT, idle.wait_for(|n| *n == 0)).await;
     close(&conn, CloseCode::GoingAway);
+}
+
+/// An authenticated connection's place under the per-device and
+/// per-account caps; opening it closes the oldest beyond them.
+struct Held<'a> {
+    shared: &'a Shared,
+    ticket: Ticket,
+}
+
+impl<'a> Held<'a> {
+    fn open(
+        shared: &'a Shared,
+        device: [u8; 32],
+        account: &str,
+        conn: &quinn::Connection,
+    ) -> Option<Self> {
+        let mut table = shared.connections.lock().ok()?;
+        let (ticket, older) = table.open(device, account, conn.clone());
+        drop(table);
+        for (c, scope) in older {
+            metrics::counter!("gateway_connections_replaced_total", "scope" => scope.label())
+                .increment(1);
+            c.close(
+                (CloseCode::Normal as u32).into(),
+                b"replaced by a newer connection of this device or account",
+            );
+        }
+        Some(Self { shared, ticket })
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut t) = self.shared.connections.lock() {
+            t.close(&self.ticket);
+        }
+    }
 }
 
 /// One request stream, with what the drain needs to know of it.

@@ -29,6 +29,10 @@ pub fn describe() {
         "Devices authenticated, by Noise pattern (ik: vault key pinned, xx: first contact)."
     );
     describe_counter!(
+        "gateway_connections_replaced_total",
+        "Authenticated connections closed because a newer one of the same device or account went past its cap, by scope."
+    );
+    describe_counter!(
         "gateway_connections_closed_total",
         "Phone connections closed, by reason."
     );

@@ -6,7 +6,10 @@
 //!   rate is compared;
 //! - the vault asked directly over the gateway's own vault link (the
 //!   gateway's certificate, leader discovery and all), against which a
-//!   request relayed through the gateway is compared.
+//!   request relayed through the gateway is compared;
+//! - the vault's leader asked over one bare mutual-TLS QUIC connection (a
+//!   stream per request, no relay stack, no retry, no health), against
+//!   which the vault link's tower stack is compared.
 //!
 //! Embedded stacks only: both need the gateway's keys.
 //!
@@ -17,7 +20,9 @@ use std::time::{Duration, Instant};
 
 use gateway::keys::GatewayKeys;
 use gateway::vault_client::{ClusterConfig, VaultClusters};
+use protocol_spec::internal::{vault_response, VaultRequest, VaultResponse};
 use protocol_spec::msg::{self, request::Kind as Req};
+use protocol_spec::stream_io::{read_message, write_message};
 
 use crate::report::Recorder;
 use crate::run::{self, World};
@@ -93,14 +98,14 @@ pub async fn bare_quinn(
 /// `status` requests: relayed through the gateway on each phone's
 /// connection, then sent straight to the vault cluster over a vault link
 /// like the gateway's; `concurrency` in flight each way for `duration`.
-/// Returns (through the gateway, direct).
+/// Returns (through the gateway, direct over the vault link, bare).
 pub async fn relay(
     world: &Arc<World>,
     keys: &GatewayKeys,
     clusters: Vec<ClusterConfig>,
     concurrency: usize,
     duration: Duration,
-) -> anyhow::Result<(Recorder, Recorder)> {
+) -> anyhow::Result<(Recorder, Recorder, Recorder)> {
     let via = Arc::new(Recorder::default());
     let status = msg::Request {
         kind: Some(Req::Status(msg::StatusRequest {})),
@@ -168,9 +173,64 @@ pub async fn relay(
         });
     }
     while tasks.join_next().await.is_some() {}
+    // Bare: the leader the link found, one mutual-TLS connection, a stream
+    // per request and nothing else.
+    let first = world.account(0);
+    let leader = link
+        .cluster_for(&first)
+        .cached_leader()
+        .ok_or_else(|| anyhow::anyhow!("the vault link found no leader"))?;
+    let server_name = clusters
+        .iter()
+        .find(|c| c.replicas.contains(&leader))
+        .map_or_else(
+            || service_kit::pki::REPLICA_ROLE_NAME.to_owned(),
+            |c| c.server_name.clone(),
+        );
     link.close();
+    let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
+    ep.set_default_client_config(gateway::vault_client::client_config(
+        &keys.vault_client,
+        &keys.vault_ca_pem,
+    )?);
+    let conn = ep.connect(leader, &server_name)?.await?;
+    let bare = Arc::new(Recorder::default());
+    let until = Instant::now() + duration;
+    for i in 0..concurrency.max(1) {
+        let (conn, rec) = (conn.clone(), bare.clone());
+        let req = VaultRequest {
+            account_id: world.account(i),
+            request: Some(status.clone()),
+            ..Default::default()
+        };
+        tasks.spawn(async move {
+            while Instant::now() < until {
+                let t = Instant::now();
+                let out = async {
+                    let (mut send, mut recv) = conn.open_bi().await.ok()?;
+                    write_message(&mut send, &req).await.ok()?;
+                    let _ = send.finish();
+                    read_message::<VaultResponse, _>(&mut recv).await.ok()
+                }
+                .await;
+                match out.and_then(|r| r.kind) {
+                    Some(vault_response::Kind::Response(msg::Response {
+                        kind: Some(msg::response::Kind::Status(_)),
+                    })) => {
+                        rec.record("status", t.elapsed());
+                        rec.ok();
+                    }
+                    _ => rec.fail("bare"),
+                }
+            }
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+    conn.close(0u32.into(), b"done");
+    ep.wait_idle().await;
     Ok((
         Arc::try_unwrap(via).unwrap_or_default(),
         Arc::try_unwrap(direct).unwrap_or_default(),
+        Arc::try_unwrap(bare).unwrap_or_default(),
     ))
 }

@@ -4,6 +4,7 @@
 //! cryptography a session cannot avoid ([`floor`]).
 
 pub mod baseline;
+pub mod flood;
 pub mod floor;
 pub mod plot;
 pub mod report;

@@ -109,6 +109,16 @@ struct Common {
     /// QUIC/TLS settings for the same time, and report the ratio (embedded).
     #[arg(long)]
     compare_bare_quinn: bool,
+    /// Flood the gateway with this many connections that hold their
+    /// handshake open (QUIC and TLS done, a 16 KiB Noise frame announced,
+    /// nothing sent) while the phones run; they start 2 s before the run.
+    /// Loopback targets only.
+    #[arg(long, default_value_t = 0)]
+    flood: usize,
+    /// The flood's source addresses (127.0.0.2 and up; the phones use
+    /// 127.0.0.1).
+    #[arg(long, default_value_t = 16)]
+    flood_sources: u8,
 }
 
 #[tokio::main]
@@ -187,7 +197,7 @@ async fn main() -> anyhow::Result<()> {
             .as_ref()
             .zip(world.target.stack.as_ref())
             .context("relay needs --embedded")?;
-        let (via, direct) = loadtest::baseline::relay(
+        let (via, direct, bare) = loadtest::baseline::relay(
             &world,
             keys,
             stack.cluster_configs(),
@@ -196,9 +206,14 @@ async fn main() -> anyhow::Result<()> {
         )
         .await?;
         let via = via.report("status via gateway", plan.duration);
-        let direct = direct.report("status direct to vault", plan.duration);
-        println!("{}{}", via.table(), direct.table());
-        let (a, b) = (&via.latency_us["status"], &direct.latency_us["status"]);
+        let direct = direct.report("status over the vault link", plan.duration);
+        let bare = bare.report("status over a bare vault connection", plan.duration);
+        println!("{}{}{}", via.table(), direct.table(), bare.table());
+        let (a, b, z) = (
+            &via.latency_us["status"],
+            &direct.latency_us["status"],
+            &bare.latency_us["status"],
+        );
         println!(
             "relay overhead: p50 {:.2} ms vs {:.2} ms ({:.2}x), throughput {:.0}/s vs {:.0}/s ({:.2}x)",
             a.p50 as f64 / 1000.0,
@@ -207,6 +222,15 @@ async fn main() -> anyhow::Result<()> {
             via.throughput_per_s,
             direct.throughput_per_s,
             via.throughput_per_s / direct.throughput_per_s.max(1e-9)
+        );
+        println!(
+            "vault link (relay stack) vs bare connection: p50 {:.2} ms vs {:.2} ms ({:.2}x), throughput {:.0}/s vs {:.0}/s ({:.2}x)",
+            b.p50 as f64 / 1000.0,
+            z.p50 as f64 / 1000.0,
+            b.p50 as f64 / z.p50.max(1) as f64,
+            direct.throughput_per_s,
+            bare.throughput_per_s,
+            direct.throughput_per_s / bare.throughput_per_s.max(1e-9)
         );
         return Ok(());
     }
@@ -219,6 +243,33 @@ async fn main() -> anyhow::Result<()> {
                 .await?
                 .0,
         )
+    } else {
+        None
+    };
+    let flood = if c.flood > 0 {
+        let addr = world.target.profile.gateway_addr;
+        anyhow::ensure!(
+            addr.ip().is_loopback(),
+            "--flood only against a gateway on loopback"
+        );
+        let tls = client::connection::rustls_config(&world.target.profile)?;
+        let cfg = client::connection::quinn_config(tls)?;
+        let f = loadtest::flood::Flood::start(
+            addr,
+            &world.target.profile.gateway_server_name,
+            cfg,
+            c.flood,
+            c.flood_sources,
+        )?;
+        let rss0 = target::rss_bytes("self");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        println!(
+            "flood: {} connections from {} addresses; {} holding a handshake after 2 s",
+            c.flood,
+            c.flood_sources,
+            f.stats.holding.load(std::sync::atomic::Ordering::Relaxed)
+        );
+        Some((f, rss0, world.target.scrape().await))
     } else {
         None
     };
@@ -268,6 +319,37 @@ async fn main() -> anyhow::Result<()> {
         world.rec.report(scenario.name(), elapsed)
     };
     println!("{}", report.table());
+    if let Some((f, rss0, before)) = flood {
+        use std::sync::atomic::Ordering::Relaxed;
+        let held = f.stats.holding.load(Relaxed);
+        let rss1 = target::rss_bytes("self");
+        let after = world.target.scrape().await;
+        let st = &f.stats;
+        println!(
+            "flood: {} attempts, {} got a connection, {} refused; {} holding at the end",
+            st.attempts.load(Relaxed),
+            st.accepted.load(Relaxed),
+            st.refused.load(Relaxed),
+            held
+        );
+        if let (Some(b), Some(a)) = (before, after) {
+            let d = |name: &str| target::counter_sum(&a, name) - target::counter_sum(&b, name);
+            println!(
+                "gateway during the run: {:.0} handshakes refused (full or per source), {:.0} Retry, {:.0} stalled handshakes evicted",
+                d("gateway_handshakes_refused_total"),
+                d("gateway_handshakes_retried_total"),
+                d("gateway_handshakes_evicted_total"),
+            );
+        }
+        if let (Some(a), Some(b)) = (rss0, rss1) {
+            println!(
+                "memory of this process (gateway, vault, phones and flood together): {:.1} MiB -> {:.1} MiB",
+                a as f64 / 1048576.0,
+                b as f64 / 1048576.0
+            );
+        }
+        f.stop();
+    }
     if let Some(bare) = bare {
         println!(
             "bare quinn accept loop (same TLS/QUIC settings, same run): {bare:.0} connections/s; connect + Noise through the gateway: {:.0}/s ({:.2} of bare)",

@@ -46,6 +46,7 @@ impl Target {
             max_attempts,
             // The generator measures capacity, not the per-device policy.
             gateway_budgets: gateway::budget::BudgetConfig::unlimited(),
+            gateway_connections: gateway::connections::ConnectionCaps::unlimited(),
             // Every simulated phone comes from 127.0.0.1.
             gateway_admission: gateway::admission::AdmissionConfig {
                 max_handshakes_per_source: usize::MAX,

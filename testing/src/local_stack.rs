@@ -54,6 +54,8 @@ pub struct StackOptions {
     pub gateway_admission: gateway::admission::AdmissionConfig,
     /// The gateway's bounds on its relay to each cluster.
     pub gateway_relay: gateway::relay::RelayConfig,
+    /// The gateway's caps on connections per device and account.
+    pub gateway_connections: gateway::connections::ConnectionCaps,
     /// Raft settings of every replica.
     pub raft: RaftSettings,
     /// Run each replica as a separate `vault-backend run` process of this
@@ -81,6 +83,7 @@ impl Default for StackOptions {
             gateway_budgets: BudgetConfig::default(),
             gateway_admission: Default::default(),
             gateway_relay: Default::default(),
+            gateway_connections: Default::default(),
             raft: RaftSettings::default(),
             replica_binary: None,
             key_protection: KeyProtection::default(),
@@ -225,6 +228,7 @@ impl LocalStack {
                 budgets: opts.gateway_budgets,
                 admission: opts.gateway_admission,
                 relay: opts.gateway_relay,
+                connections: opts.gateway_connections,
             },
         )?;
         let fleet = FleetPublic::read(&clusters[0].dir)?;

@@ -111,3 +111,71 @@ async fn one_credential_beyond_its_budgets_is_refused_before_the_vault() {
     }
     stack.shutdown().await;
 }
+
+/// Connections per device and per account: one credential that opens
+/// connection after connection only replaces its own oldest ones (closed,
+/// counted), and its newest ones serve.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_devices_oldest_connections_give_way_to_its_newest() {
+    let stack = LocalStack::start(StackOptions {
+        replicas: 3,
+        gateway_connections: gateway::connections::ConnectionCaps {
+            per_device: 2,
+            per_account: 2,
+        },
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let opts = client::connection::ConnectOptions {
+        no_reconnect: true,
+        ..Default::default()
+    };
+    let dev = stack.enroll_device("many").unwrap();
+    let mut conns = Vec::new();
+    for _ in 0..4 {
+        conns.push(
+            GatewayConnection::connect_with(&stack.profile, &dev, &opts)
+                .await
+                .unwrap(),
+        );
+    }
+    let status = msg::Request {
+        kind: Some(Req::Status(msg::StatusRequest {})),
+    };
+    // The two oldest were closed by the gateway, saying why.
+    for c in &conns[..2] {
+        let why = tokio::time::timeout(Duration::from_secs(5), c.quic().closed())
+            .await
+            .unwrap();
+        assert!(
+            why.to_string().contains("replaced by a newer connection"),
+            "{why}"
+        );
+    }
+    for c in &conns[2..] {
+        assert!(matches!(
+            c.request(&status).await.unwrap().kind,
+            Some(Resp::Status(_))
+        ));
+    }
+    // A second device of the same account: the account's cap (2) takes
+    // the oldest of the first device's.
+    let other = stack.enroll_device("many").unwrap();
+    let fifth = GatewayConnection::connect_with(&stack.profile, &other, &opts)
+        .await
+        .unwrap();
+    let why = tokio::time::timeout(Duration::from_secs(5), conns[2].quic().closed())
+        .await
+        .unwrap();
+    assert!(why.to_string().contains("replaced"), "{why}");
+    assert!(matches!(
+        fifth.request(&status).await.unwrap().kind,
+        Some(Resp::Status(_))
+    ));
+    assert!(matches!(
+        conns[3].request(&status).await.unwrap().kind,
+        Some(Resp::Status(_))
+    ));
+    stack.shutdown().await;
+}
