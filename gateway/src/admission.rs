@@ -4,12 +4,15 @@
 //! a threshold, QUIC address validation (a Retry round trip) before any
 //! state is kept, so spoofed sources cost one stateless packet.
 //!
-//! When every place is taken, a new attempt takes the place of the oldest
-//! handshake that has stalled (in progress longer than
-//! [`AdmissionConfig::stalled_after_ms`]): a flood that opens handshakes
-//! and never finishes them (slowloris) then costs its sender a full QUIC
-//! and TLS handshake per place every few seconds, and phones, whose
-//! handshakes take a few round trips, still get in.
+//! When every place is taken, a new attempt from a validated address takes
+//! the place of a handshake that has stalled (in progress longer than
+//! [`AdmissionConfig::stalled_after_ms`]) of the source holding the most
+//! places, provided the newcomer's source holds fewer (max-min fairness):
+//! a flood that opens handshakes and never finishes them (slowloris) then
+//! keeps its places only as long as no other source needs them, cannot
+//! take them from phones, and costs its sender a full QUIC and TLS
+//! handshake per place each time; phones, whose handshakes take a few
+//! round trips, still get in.
 //!
 //! A plain type: the accept loop asks [`Admission::decide`] with the
 //! source, whether it is validated and the time, and holds the returned
@@ -44,9 +47,11 @@ pub struct AdmissionConfig {
     /// puts many phones behind one address).
     pub max_handshakes_per_source: usize,
     /// With every place taken, a handshake in progress longer than this
-    /// gives its place to a new attempt. Default 3000 ms (a phone's QUIC,
-    /// TLS and Noise handshakes take about three round trips: under a
-    /// second on the slowest mobile networks).
+    /// may give its place to a new attempt from a source holding fewer
+    /// places. Default 1000 ms (a phone's QUIC, TLS and Noise handshakes
+    /// take about three round trips, 30 ms on loopback under load and well
+    /// under a second on mobile networks; at 1 s the 1024 places turn over
+    /// about 1000 times a second under a flood).
     pub stalled_after_ms: u64,
 }
 
@@ -56,7 +61,7 @@ impl Default for AdmissionConfig {
             max_handshakes: 1024,
             retry_above: 256,
             max_handshakes_per_source: 64,
-            stalled_after_ms: 3000,
+            stalled_after_ms: 1000,
         }
     }
 }
@@ -102,6 +107,35 @@ struct State {
 }
 
 impl State {
+    /// The handshake a source holding `holds` places may displace at
+    /// `now`: the oldest one stalled for `stalled` among the sources that
+    /// hold the most places, if they hold at least two more; else, for a
+    /// source holding none, the oldest stalled one.
+    fn victim(&self, holds: usize, now: Instant, stalled: Duration) -> Option<(Instant, u64)> {
+        let is_stalled = |key: &(Instant, u64)| now.saturating_duration_since(key.0) >= stalled;
+        let most = self.per_source.values().copied().max()?;
+        let holds_most = |ip: &IpAddr| self.per_source.get(ip).copied().unwrap_or(0) == most;
+        if holds + 1 < most {
+            // Of the sources holding the most, the oldest stalled place.
+            return self
+                .order
+                .iter()
+                .find(|(k, (ip, _))| holds_most(ip) && is_stalled(k))
+                .map(|(k, _)| *k);
+        }
+        // No strictly fairer swap: only a source that holds no place at
+        // all takes the oldest stalled one (a flood from as many addresses
+        // as there are places); sources that hold places do not churn
+        // each other's (each swap would cost the gateway a handshake).
+        if holds > 0 {
+            return None;
+        }
+        self.order
+            .iter()
+            .find(|(k, _)| is_stalled(k))
+            .map(|(k, _)| *k)
+    }
+
     /// Frees the place of handshake `key`, if it still holds one.
     fn free(&mut self, key: &(Instant, u64)) -> Option<Arc<Notify>> {
         let (source, evicted) = self.order.remove(key)?;
@@ -170,22 +204,22 @@ impl Admission {
         };
         let from_source = s.per_source.get(&source).copied().unwrap_or(0);
         if s.total >= self.cfg.max_handshakes {
-            // Only a validated source may displace a stalled handshake: a
-            // spoofed one must not cut real ones.
+            if !validated && s.total >= self.cfg.retry_above {
+                return Decision::Retry;
+            }
+            // Only a validated source may displace a stalled handshake (a
+            // spoofed one must not cut real ones), and only one that would
+            // still hold fewer places than the source it takes from: so
+            // sources that flood cannot displace each other's places, and
+            // every other source, phones first, gets places back from the
+            // source that holds the most.
             let stalled = Duration::from_millis(self.cfg.stalled_after_ms);
-            let oldest = s.order.keys().next().copied();
-            match oldest {
-                Some(key)
-                    if validated
-                        && from_source < self.cfg.max_handshakes_per_source
-                        && now.saturating_duration_since(key.0) >= stalled =>
-                {
-                    if let Some(evicted) = s.free(&key) {
-                        evicted.notify_one();
-                    }
-                }
-                _ if !validated && s.total >= self.cfg.retry_above => return Decision::Retry,
-                _ => return Decision::Refuse(Refusal::Full),
+            let victim = validated
+                .then(|| s.victim(from_source, now, stalled))
+                .flatten();
+            match victim.and_then(|key| s.free(&key)) {
+                Some(evicted) => evicted.notify_one(),
+                None => return Decision::Refuse(Refusal::Full),
             }
         }
         if !validated && s.total >= self.cfg.retry_above {
@@ -301,5 +335,40 @@ mod tests {
         // The next stalled one is p2 (started 10 ms after).
         let _p6 = accept(a.decide(ip(6), true, late + Duration::from_millis(10)));
         assert_eq!(a.in_progress(), 4);
+    }
+
+    #[test]
+    fn a_source_holding_the_most_gives_places_to_the_others_and_cannot_take_them_back() {
+        let a = Admission::new(AdmissionConfig {
+            max_handshakes: 4,
+            retry_above: 4,
+            max_handshakes_per_source: 4,
+            stalled_after_ms: 1000,
+        });
+        let t = Instant::now();
+        let flood: Vec<Permit> = (0..3).map(|_| accept(a.decide(ip(1), true, t))).collect();
+        let _phone = accept(a.decide(ip(2), true, t));
+        let late = t + Duration::from_secs(1);
+        // The flooding source, already holding the most, is refused...
+        assert!(matches!(
+            a.decide(ip(1), true, late),
+            Decision::Refuse(Refusal::Full)
+        ));
+        // ...while the phone's source takes one of its stalled places.
+        let _second = accept(a.decide(ip(2), true, late));
+        // Now both hold two: neither takes from the other.
+        assert!(matches!(
+            a.decide(ip(1), true, late),
+            Decision::Refuse(Refusal::Full)
+        ));
+        assert!(matches!(
+            a.decide(ip(2), true, late),
+            Decision::Refuse(Refusal::Full)
+        ));
+        // A third source, holding none, takes one of the oldest.
+        let _third = accept(a.decide(ip(3), true, late));
+        assert_eq!(a.in_progress(), 4);
+        drop(flood);
+        assert_eq!(a.in_progress(), 3, "the evicted ones were freed once");
     }
 }

@@ -77,11 +77,6 @@ impl Health {
         self.down.get(&addr).is_some_and(|d| d.until <= now)
     }
 
-    /// Whether `addr` is marked down (its pause may be over).
-    pub fn is_down(&self, addr: SocketAddr) -> bool {
-        self.down.contains_key(&addr)
-    }
-
     /// How many replicas are marked down.
     pub fn down_count(&self) -> usize {
         self.down.len()

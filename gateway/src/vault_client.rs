@@ -420,6 +420,8 @@ impl Link {
     /// requests never serve as probes.
     fn probe_due(self: &Arc<Self>, now: Instant) {
         let due = match self.health.lock() {
+            // The common case (every replica up) costs one lock.
+            Ok(h) if h.down_count() == 0 => return,
             Ok(h) => h.due(&self.replicas(), now),
             Err(_) => return,
         };
