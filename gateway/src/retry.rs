@@ -320,4 +320,77 @@ mod tests {
             Decision::GiveUp(GaveUp::Refused)
         );
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        #[derive(Debug, Clone)]
+        enum Event {
+            NotLeader(Option<u16>),
+            NotSent,
+            Refused,
+            Lost,
+            TimedOut,
+        }
+
+        fn event() -> impl Strategy<Value = Event> {
+            prop_oneof![
+                proptest::option::of(1u16..6).prop_map(Event::NotLeader),
+                Just(Event::NotSent),
+                Just(Event::Refused),
+                Just(Event::Lost),
+                Just(Event::TimedOut),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 1024, ..ProptestConfig::default() })]
+
+            /// Whatever the attempts come to: a request whose outcome is
+            /// unknown (lost or timed out after sending) is never sent
+            /// again unless it changes nothing; no pause runs past the
+            /// deadline; and the attempts end.
+            #[test]
+            fn an_unknown_outcome_is_resent_only_for_requests_that_change_nothing(
+                idempotent in any::<bool>(),
+                replicas in 1usize..8,
+                budget_ms in 1u64..30_000,
+                events in proptest::collection::vec((event(), 0u64..3_000), 1..64),
+            ) {
+                let start = Instant::now();
+                let deadline = start + Duration::from_millis(budget_ms);
+                let mut r = Retry::new(start, Duration::from_millis(budget_ms), replicas, idempotent);
+                let mut now = start;
+                let mut attempts = 0usize;
+                for (ev, elapsed) in events {
+                    let Ok(left) = r.next_attempt(now) else { break };
+                    attempts += 1;
+                    prop_assert!(now + left <= deadline);
+                    now += Duration::from_millis(elapsed);
+                    let unknown = matches!(ev, Event::Lost | Event::TimedOut);
+                    let d = match ev {
+                        Event::NotLeader(p) => r.failed(
+                            Failure::NotLeader { redirect: p.map(addr) },
+                            now,
+                        ),
+                        Event::NotSent => r.failed(Failure::NotSent("x".into()), now),
+                        Event::Refused => r.failed(Failure::Refused("x".into()), now),
+                        Event::Lost => r.failed(Failure::Lost("x".into()), now),
+                        Event::TimedOut => r.timed_out(now),
+                    };
+                    match d {
+                        Decision::GiveUp(_) => break,
+                        Decision::Redirect(_) => prop_assert!(!unknown),
+                        Decision::Retry { after } => {
+                            prop_assert!(!unknown || idempotent, "{ev:?} of a state-changing request resent");
+                            prop_assert!(now + after <= deadline.max(now));
+                            now += after;
+                        }
+                    }
+                }
+                prop_assert!(attempts <= 4 * replicas + 4);
+            }
+        }
+    }
 }
