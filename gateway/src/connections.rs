@@ -48,24 +48,9 @@ impl ConnectionCaps {
     }
 }
 
-/// Which cap closed a connection (a metric label).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Scope {
-    /// The device's.
-    Device,
-    /// The account's.
-    Account,
-}
-
-impl Scope {
-    /// A metric label.
-    pub fn label(self) -> &'static str {
-        match self {
-            Self::Device => "device",
-            Self::Account => "account",
-        }
-    }
-}
+/// Which cap closed a connection: the device's or the account's (the
+/// budgets' scopes, with their metric labels).
+pub use crate::budget::Scope;
 
 /// The open connections, oldest first, per device and per account.
 #[derive(Debug)]
