@@ -58,7 +58,9 @@ pub struct Caps<T> {
     caps: ConnectionCaps,
     next: u64,
     devices: HashMap<[u8; 32], VecDeque<(u64, T)>>,
-    accounts: HashMap<String, VecDeque<(u64, T)>>,
+    /// Each entry names its device, so an account's eviction edits that
+    /// device's list only.
+    accounts: HashMap<String, VecDeque<(u64, [u8; 32], T)>>,
 }
 
 /// An open connection's place in the table.
@@ -94,18 +96,18 @@ impl<T: Clone> Caps<T> {
             }
         }
         let a = self.accounts.entry(account.to_owned()).or_default();
-        a.push_back((id, conn));
+        a.push_back((id, device, conn));
         // One closed for its device's cap leaves the account's list too.
-        a.retain(|(i, _)| !close.iter().any(|(old, _, _)| old == i));
+        a.retain(|(i, _, _)| !close.iter().any(|(old, _, _)| old == i));
+        let mut evicted = Vec::new();
         while a.len() > self.caps.per_account.max(1) {
-            if let Some((old, c)) = a.pop_front() {
+            if let Some((old, dev, c)) = a.pop_front() {
+                evicted.push((old, dev));
                 close.push((old, c, Scope::Account));
             }
         }
-        for (old, _, scope) in &close {
-            if *scope == Scope::Account {
-                self.remove_device_entry(*old);
-            }
+        for (old, dev) in evicted {
+            self.remove_device_entry(dev, old);
         }
         let ticket = Ticket {
             id,
@@ -115,23 +117,20 @@ impl<T: Clone> Caps<T> {
         (ticket, close.into_iter().map(|(_, c, s)| (c, s)).collect())
     }
 
-    fn remove_device_entry(&mut self, id: u64) {
-        self.devices.retain(|_, d| {
+    fn remove_device_entry(&mut self, device: [u8; 32], id: u64) {
+        if let Some(d) = self.devices.get_mut(&device) {
             d.retain(|(i, _)| *i != id);
-            !d.is_empty()
-        });
+            if d.is_empty() {
+                self.devices.remove(&device);
+            }
+        }
     }
 
     /// The connection of `ticket` ended.
     pub fn close(&mut self, ticket: &Ticket) {
-        if let Some(d) = self.devices.get_mut(&ticket.device) {
-            d.retain(|(i, _)| *i != ticket.id);
-            if d.is_empty() {
-                self.devices.remove(&ticket.device);
-            }
-        }
+        self.remove_device_entry(ticket.device, ticket.id);
         if let Some(a) = self.accounts.get_mut(&ticket.account) {
-            a.retain(|(i, _)| *i != ticket.id);
+            a.retain(|(i, _, _)| *i != ticket.id);
             if a.is_empty() {
                 self.accounts.remove(&ticket.account);
             }

@@ -56,7 +56,6 @@ pub const MAX_PAUSE: Duration = Duration::from_secs(10);
 struct Down {
     until: Instant,
     strikes: u32,
-    why: Strike,
 }
 
 /// The health of one cluster's replicas.
@@ -97,7 +96,6 @@ impl Health {
             Down {
                 until: now + pause,
                 strikes,
-                why,
             },
         );
         was_up
@@ -106,11 +104,6 @@ impl Health {
     /// `addr` answered as healthy; returns whether it was down before.
     pub fn healthy(&mut self, addr: SocketAddr) -> bool {
         self.down.remove(&addr).is_some()
-    }
-
-    /// Why `addr` is down, if it is.
-    pub fn why_down(&self, addr: SocketAddr) -> Option<Strike> {
-        self.down.get(&addr).map(|d| d.why)
     }
 
     /// The down replicas among `replicas` whose pause is over: the probe

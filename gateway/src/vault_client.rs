@@ -308,11 +308,7 @@ impl ClusterLink {
             members: None,
             device_key: device_key.to_vec(),
         };
-        let n = self
-            .link
-            .replicas()
-            .len()
-            .max(self.link.config.replicas.len());
+        let n = self.link.replica_count();
         let call = Call::new(req, n, started);
         let out = Relayed::from_result(self.stack.clone().oneshot(call).await);
         metrics::histogram!("gateway_vault_request_seconds")
@@ -350,6 +346,13 @@ impl Link {
         }
     }
 
+    /// How many replicas a call may go through (for the retry budget),
+    /// without copying the list on each request.
+    fn replica_count(&self) -> usize {
+        let known = self.replicas.read().map_or(0, |r| r.len());
+        known.max(self.config.replicas.len())
+    }
+
     fn replicas(&self) -> Vec<SocketAddr> {
         match self.replicas.read() {
             Ok(r) => r.clone(),
@@ -360,13 +363,14 @@ impl Link {
     /// Where an attempt without a target goes: the cached leader unless it
     /// is down, else the next replica that is not down.
     fn pick(&self) -> SocketAddr {
-        let replicas = self.replicas();
         let Ok(health) = self.health.lock() else {
             return self.config.replicas[0];
         };
         if let Some(l) = self.cached_leader().filter(|l| health.usable(*l)) {
             return l;
         }
+        // Only without a usable leader is the replica list copied.
+        let replicas = self.replicas();
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         health
             .pick(&replicas, start)
