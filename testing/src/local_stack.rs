@@ -251,17 +251,7 @@ impl LocalStack {
         };
         for k in 0..stack.clusters.len() {
             if let Err(e) = stack.wait_for_leader(k, Duration::from_secs(20)).await {
-                // Say why: the end of each process replica's log.
-                let mut why = e.to_string();
-                for i in 0..stack.clusters[k].configs.len() {
-                    let log = stack.replica_log(k, i);
-                    let tail: Vec<&str> = log.lines().rev().take(3).collect();
-                    if !tail.is_empty() {
-                        why.push_str(&format!("\nreplica {}: ", i + 1));
-                        why.push_str(&tail.into_iter().rev().collect::<Vec<_>>().join("\n  "));
-                    }
-                }
-                anyhow::bail!(why);
+                anyhow::bail!("{e}{}", stack.log_tails(k));
             }
             // A new cluster starts in the oldest command version and
             // switches once every member says it reads the newest; wait
@@ -272,9 +262,12 @@ impl LocalStack {
                 .iter()
                 .any(|c| c.raft.max_command_version < newest);
             if !held_back {
-                stack
+                if let Err(e) = stack
                     .wait_for_command_version(k, newest, Duration::from_secs(60))
-                    .await?;
+                    .await
+                {
+                    anyhow::bail!("{e}{}", stack.log_tails(k));
+                }
             }
         }
         Ok(stack)
@@ -444,6 +437,21 @@ impl LocalStack {
         let id = seen?;
         let i = c.configs.iter().position(|cfg| cfg.node_id == id)?;
         c.replicas[i].is_running().then_some(i)
+    }
+
+    /// The end of each process replica's log of cluster `k`, to say why a
+    /// wait failed.
+    fn log_tails(&self, k: usize) -> String {
+        let mut why = String::new();
+        for i in 0..self.clusters[k].configs.len() {
+            let log = self.replica_log(k, i);
+            let tail: Vec<&str> = log.lines().rev().take(3).collect();
+            if !tail.is_empty() {
+                why.push_str(&format!("\nreplica {}: ", i + 1));
+                why.push_str(&tail.into_iter().rev().collect::<Vec<_>>().join("\n  "));
+            }
+        }
+        why
     }
 
     /// Waits until cluster `k`'s running replicas agree on a running leader.
