@@ -8,8 +8,11 @@
 //! replica, client); listen beyond loopback.
 
 pub mod bins;
+pub mod chaos;
+pub mod gateway_process;
 pub mod helpers;
 pub mod local_stack;
+pub mod netsplit;
 pub mod softhsm;
 
 pub use local_stack::{LocalStack, StackOptions, PROFILE_FILE};

@@ -20,6 +20,8 @@ use vault_backend::keyprotect::KeyProtection;
 use vault_backend::provision::{self, layout, FleetMaterial, FleetPublic};
 use vault_backend::replica::{BoundSockets, Replica};
 
+use crate::netsplit::PeerProxies;
+
 use gateway::budget::BudgetConfig;
 use gateway::keys::{self, GatewayKeys};
 use gateway::server::Gateway;
@@ -67,6 +69,10 @@ pub struct StackOptions {
     /// Extra environment of each process replica; `{id}` in a value becomes
     /// the replica id (e.g. a PKCS#11 module configuration per replica).
     pub replica_env: Vec<(String, String)>,
+    /// Put each replica's peer port behind a proxy of this process
+    /// ([`crate::netsplit`]), so a test can cut a replica off from its
+    /// peers ([`LocalStack::partition`]). New stacks only.
+    pub peer_proxies: bool,
 }
 
 impl Default for StackOptions {
@@ -88,6 +94,7 @@ impl Default for StackOptions {
             replica_binary: None,
             key_protection: KeyProtection::default(),
             replica_env: Vec::new(),
+            peer_proxies: false,
         }
     }
 }
@@ -130,6 +137,8 @@ pub struct LocalCluster {
     pub replicas: Vec<ReplicaHandle>,
     replica_binary: Option<PathBuf>,
     replica_env: Vec<(String, String)>,
+    /// The proxies in front of the replicas' peer ports, if any.
+    pub proxies: Option<PeerProxies>,
 }
 
 impl std::fmt::Debug for LocalCluster {
@@ -281,7 +290,12 @@ impl LocalStack {
         fleet: Option<FleetMaterial>,
     ) -> anyhow::Result<LocalCluster> {
         let processes = opts.replica_binary.is_some();
+        let mut proxies = None;
         let configs = if cdir.join(vfiles::FLEET_PUBLIC).exists() {
+            anyhow::ensure!(
+                !opts.peer_proxies,
+                "peer proxies are made with a new stack only"
+            );
             let mut configs = Vec::new();
             for id in 1.. {
                 let p = cdir.join(layout::replica_dir(id)).join(vfiles::CONFIG);
@@ -304,7 +318,16 @@ impl LocalStack {
                 // Free ports are found by binding port 0; the replicas bind
                 // them again when they start.
                 let serve = UdpSocket::bind(at(0)?)?.local_addr()?;
-                let peer = UdpSocket::bind(at(100)?)?.local_addr()?;
+                let mut peer = UdpSocket::bind(at(100)?)?.local_addr()?;
+                if opts.peer_proxies {
+                    // The membership names the proxy; the replica binds
+                    // the real port (set below).
+                    let px: &mut PeerProxies = proxies.get_or_insert_with(Default::default);
+                    let front = UdpSocket::bind("127.0.0.1:0")?;
+                    let at = front.local_addr()?;
+                    px.add(front, peer)?;
+                    peer = at;
+                }
                 let admin = match processes {
                     true => Some(std::net::TcpListener::bind(at(200)?)?.local_addr()?),
                     false => None,
@@ -326,7 +349,10 @@ impl LocalStack {
                 &opts.key_protection,
             )?
             .replicas;
-            for c in &mut configs {
+            for (i, c) in configs.iter_mut().enumerate() {
+                if let Some(px) = &proxies {
+                    c.peer_listen = px.replica_of(i);
+                }
                 c.raft = opts.raft.clone();
                 c.pacing = opts.pacing;
                 c.replacement_wait_ms = opts.replacement_wait_ms;
@@ -347,6 +373,7 @@ impl LocalStack {
             replicas: Vec::new(),
             replica_binary: opts.replica_binary.clone(),
             replica_env: opts.replica_env.clone(),
+            proxies,
         };
         for i in 0..cluster.configs.len() {
             cluster.replicas.push(ReplicaHandle::Stopped);
@@ -588,6 +615,36 @@ impl LocalStack {
     pub fn replica_exit(&mut self, k: usize, i: usize) -> Option<std::process::ExitStatus> {
         match &mut self.clusters[k].replicas[i] {
             ReplicaHandle::Process(child) => child.try_wait().ok().flatten(),
+            _ => None,
+        }
+    }
+
+    /// Cuts replica `i` of cluster `k` off from its peers (`cut`), or joins
+    /// it again; it still serves the gateway. Needs `peer_proxies`.
+    pub fn partition(&self, k: usize, i: usize, cut: bool) -> anyhow::Result<()> {
+        let c = &self.clusters[k];
+        let px = c
+            .proxies
+            .as_ref()
+            .ok_or_else(|| anyhow::anyhow!("partitions need a stack with peer proxies"))?;
+        let port = c.configs[i].peer_listen;
+        anyhow::ensure!(px.proxies(port), "replica {i} has no proxy (added later)");
+        px.cut(port, cut);
+        Ok(())
+    }
+
+    /// Whether replica `i` of cluster `k` can be partitioned.
+    pub fn partitionable(&self, k: usize, i: usize) -> bool {
+        let c = &self.clusters[k];
+        c.proxies
+            .as_ref()
+            .is_some_and(|px| px.proxies(c.configs[i].peer_listen))
+    }
+
+    /// The process id of process replica `i` of cluster `k`, if it runs.
+    pub fn replica_pid(&self, k: usize, i: usize) -> Option<u32> {
+        match &self.clusters[k].replicas[i] {
+            ReplicaHandle::Process(c) => c.id(),
             _ => None,
         }
     }

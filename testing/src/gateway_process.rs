@@ -1,0 +1,152 @@
+//! A gateway as a real `gateway run` child process serving a
+//! [`LocalStack`]'s vault clusters with the stack's gateway keys: started
+//! on a fixed loopback port (so a restart comes back where phones look for
+//! it), stopped with SIGTERM (it drains) or SIGKILL.
+//!
+//! Must never: listen beyond loopback; leave its process behind (killed on
+//! drop).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use gateway::config::GatewayConfig;
+
+use crate::local_stack::LocalStack;
+
+/// One gateway process.
+#[derive(Debug)]
+pub struct GatewayProcess {
+    /// Its phone-facing UDP address.
+    pub addr: SocketAddr,
+    /// Its admin HTTP address (`/health`, `/ready`, `/metrics`).
+    pub admin: SocketAddr,
+    config: PathBuf,
+    log: PathBuf,
+    child: Option<tokio::process::Child>,
+}
+
+impl GatewayProcess {
+    /// Writes `name.toml` in the stack's folder (the stack's clusters,
+    /// free loopback ports, then `tune`) and starts the process.
+    pub async fn start(
+        stack: &LocalStack,
+        name: &str,
+        tune: impl FnOnce(&mut GatewayConfig),
+    ) -> anyhow::Result<Self> {
+        let addr = std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()?;
+        let admin = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+        let mut cfg = GatewayConfig {
+            listen: addr,
+            state_dir: stack.gateway_dir(),
+            vault_clusters: stack.cluster_configs(),
+            admin_listen: Some(admin),
+            ..Default::default()
+        };
+        tune(&mut cfg);
+        let config = stack.dir.join(format!("{name}.toml"));
+        service_kit::files::write_public(&config, toml::to_string(&cfg)?.as_bytes())?;
+        let mut g = Self {
+            addr: cfg.listen,
+            admin: cfg.admin_listen.unwrap_or(admin),
+            config,
+            log: stack.dir.join(format!("{name}.log")),
+            child: None,
+        };
+        g.spawn().await?;
+        Ok(g)
+    }
+
+    /// Starts the process again (a no-op while it runs) and waits
+    /// (bounded: 20 s) until its admin port answers.
+    pub async fn spawn(&mut self) -> anyhow::Result<()> {
+        if self.running() {
+            return Ok(());
+        }
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)?;
+        let child = tokio::process::Command::new(crate::bins::gateway())
+            .arg("run")
+            .arg("--config")
+            .arg(&self.config)
+            .env("RUST_LOG", "info")
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()?;
+        self.child = Some(child);
+        let until = Instant::now() + Duration::from_secs(20);
+        loop {
+            if tokio::net::TcpStream::connect(self.admin).await.is_ok() {
+                return Ok(());
+            }
+            if let Some(exit) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                anyhow::bail!(
+                    "the gateway process exited at start ({exit}):\n{}",
+                    self.log()
+                );
+            }
+            anyhow::ensure!(
+                Instant::now() < until,
+                "the gateway process did not come up"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Whether the process runs.
+    pub fn running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_none())
+    }
+
+    /// Its process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(tokio::process::Child::id)
+    }
+
+    /// SIGTERM, then waits (bounded by `within`) for it to drain and exit.
+    pub async fn terminate(
+        &mut self,
+        within: Duration,
+    ) -> anyhow::Result<std::process::ExitStatus> {
+        let mut child = self
+            .child
+            .take()
+            .ok_or_else(|| anyhow::anyhow!("the gateway is not running"))?;
+        let pid = child
+            .id()
+            .ok_or_else(|| anyhow::anyhow!("the gateway process already exited"))?;
+        let sent = tokio::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .await?;
+        anyhow::ensure!(sent.success(), "kill -TERM {pid} failed");
+        match tokio::time::timeout(within, child.wait()).await {
+            Ok(status) => Ok(status?),
+            Err(_) => {
+                let _ = child.kill().await;
+                anyhow::bail!("the gateway did not exit within {within:?} of SIGTERM")
+            }
+        }
+    }
+
+    /// SIGKILL: no drain, connections die with the process.
+    pub async fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill().await;
+        }
+    }
+
+    /// Its log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
