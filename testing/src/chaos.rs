@@ -41,7 +41,7 @@ use vault_backend::config::RaftSettings;
 use zeroize::Zeroizing;
 
 use crate::gateway_process::GatewayProcess;
-use crate::helpers::login_start;
+use crate::helpers::{copy_dir, login_start};
 use crate::local_stack::{LocalStack, StackOptions};
 
 const CLUSTER: usize = 0;
@@ -330,8 +330,8 @@ impl History {
 
     /// Records a phone's error: a typed retryable one is counted by kind;
     /// anything else, or a message naming an internal address, is a
-    /// violation. Returns whether the connection should be dropped.
-    fn error(&self, op: &'static str, e: &ClientError) -> bool {
+    /// violation.
+    fn error(&self, op: &'static str, e: &ClientError) {
         let text = e.to_string();
         if let Some(a) = self.internal.iter().find(|a| text.contains(a.as_str())) {
             self.violation(format!(
@@ -348,7 +348,6 @@ impl History {
             }
         };
         self.op(op, kind);
-        true
     }
 }
 
@@ -841,15 +840,6 @@ impl Faults {
 fn tail(log: &str, n: usize) -> String {
     let t: Vec<&str> = log.lines().rev().take(n).collect();
     t.into_iter().rev().collect::<Vec<_>>().join("\n")
-}
-
-fn copy_dir(from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()> {
-    std::fs::create_dir_all(to)?;
-    for e in std::fs::read_dir(from)? {
-        let e = e?;
-        std::fs::copy(e.path(), to.join(e.file_name()))?;
-    }
-    Ok(())
 }
 
 /// The rollback: replica `i`'s data folder, copied earlier, put back. It

@@ -121,21 +121,7 @@ impl GatewayProcess {
             .child
             .take()
             .ok_or_else(|| anyhow::anyhow!("the gateway is not running"))?;
-        let pid = child
-            .id()
-            .ok_or_else(|| anyhow::anyhow!("the gateway process already exited"))?;
-        let sent = tokio::process::Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status()
-            .await?;
-        anyhow::ensure!(sent.success(), "kill -TERM {pid} failed");
-        match tokio::time::timeout(within, child.wait()).await {
-            Ok(status) => Ok(status?),
-            Err(_) => {
-                let _ = child.kill().await;
-                anyhow::bail!("the gateway did not exit within {within:?} of SIGTERM")
-            }
-        }
+        crate::local_stack::terminate(&mut child, within, "the gateway").await
     }
 
     /// SIGKILL: no drain, connections die with the process.

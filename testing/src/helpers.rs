@@ -155,3 +155,15 @@ pub async fn status_eventually(v: &VaultClient<'_>, want: client::Status) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Copies the files of folder `from` into `to` (made if missing), as a
+/// host backup of a data folder would (no subfolders: a replica's data
+/// folder has none).
+pub fn copy_dir(from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for e in std::fs::read_dir(from)? {
+        let e = e?;
+        std::fs::copy(e.path(), to.join(e.file_name()))?;
+    }
+    Ok(())
+}

@@ -590,23 +590,9 @@ impl LocalStack {
                 r.shutdown().await;
                 Ok(None)
             }
-            ReplicaHandle::Process(mut child) => {
-                let pid = child
-                    .id()
-                    .ok_or_else(|| anyhow::anyhow!("replica process already reaped"))?;
-                let sent = tokio::process::Command::new("kill")
-                    .args(["-TERM", &pid.to_string()])
-                    .status()
-                    .await?;
-                anyhow::ensure!(sent.success(), "kill -TERM {pid} failed");
-                match tokio::time::timeout(within, child.wait()).await {
-                    Ok(status) => Ok(Some(status?)),
-                    Err(_) => {
-                        let _ = child.kill().await;
-                        anyhow::bail!("replica {i} did not exit within {within:?} of SIGTERM")
-                    }
-                }
-            }
+            ReplicaHandle::Process(mut child) => Ok(Some(
+                terminate(&mut child, within, &format!("replica {i}")).await?,
+            )),
         }
     }
 
@@ -841,6 +827,31 @@ impl LocalCluster {
             }
         }
         Err(last.unwrap_or_else(|| anyhow::anyhow!("replica did not restart")))
+    }
+}
+
+/// Stops `child` as a service manager does: SIGTERM, then waits (bounded
+/// by `within`; SIGKILL after it) for it to exit; how it exited. `what`
+/// names it in the error.
+pub async fn terminate(
+    child: &mut tokio::process::Child,
+    within: Duration,
+    what: &str,
+) -> anyhow::Result<std::process::ExitStatus> {
+    let pid = child
+        .id()
+        .ok_or_else(|| anyhow::anyhow!("{what}: the process already exited"))?;
+    let sent = tokio::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .await?;
+    anyhow::ensure!(sent.success(), "kill -TERM {pid} failed");
+    match tokio::time::timeout(within, child.wait()).await {
+        Ok(status) => Ok(status?),
+        Err(_) => {
+            let _ = child.kill().await;
+            anyhow::bail!("{what} did not exit within {within:?} of SIGTERM")
+        }
     }
 }
 

@@ -120,7 +120,9 @@ impl PeerProxies {
 /// Forwards datagrams from any source to `replica` through one upstream
 /// socket per source (so the replica's answers find their way back).
 async fn forward(front: Arc<UdpSocket>, replica: SocketAddr, cuts: Cuts) {
-    let mut upstreams: HashMap<SocketAddr, (Arc<UdpSocket>, JoinHandle<()>)> = HashMap::new();
+    let mut upstreams: HashMap<SocketAddr, Arc<UdpSocket>> = HashMap::new();
+    // The answer tasks end with this one (a JoinSet aborts them on drop).
+    let mut answers = tokio::task::JoinSet::new();
     let mut buf = vec![0u8; DATAGRAM];
     loop {
         // An ICMP "port unreachable" (the replica is down) surfaces as an
@@ -132,7 +134,7 @@ async fn forward(front: Arc<UdpSocket>, replica: SocketAddr, cuts: Cuts) {
             continue;
         }
         let up = match upstreams.get(&src) {
-            Some((u, _)) => u.clone(),
+            Some(u) => u.clone(),
             None if upstreams.len() >= MAX_SOURCES => continue,
             None => {
                 let Ok(u) = UdpSocket::bind("127.0.0.1:0").await else {
@@ -142,9 +144,8 @@ async fn forward(front: Arc<UdpSocket>, replica: SocketAddr, cuts: Cuts) {
                     continue;
                 }
                 let u = Arc::new(u);
-                let back =
-                    tokio::spawn(answer(u.clone(), front.clone(), src, replica, cuts.clone()));
-                upstreams.insert(src, (u.clone(), back));
+                answers.spawn(answer(u.clone(), front.clone(), src, replica, cuts.clone()));
+                upstreams.insert(src, u.clone());
                 u
             }
         };

@@ -66,11 +66,7 @@ fn data_dir(stack: &LocalStack, i: usize) -> PathBuf {
 }
 
 fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
-    }
+    testing::helpers::copy_dir(from, to).unwrap();
 }
 
 /// Puts `from`'s files in place of `to`'s.
