@@ -1064,6 +1064,13 @@ pub async fn run(opts: ChaosOptions) -> anyhow::Result<ChaosReport> {
             rollback = Some((i, copy, locked_before));
         } else if !rolled && t > opts.duration / 2 {
             if let Some((i, copy, before)) = &rollback {
+                // The check below needs a deposit used up since the copy
+                // (the copy still had guesses for it): wait for one
+                // (bounded), so it never passes with nothing to check.
+                let until = Instant::now() + Duration::from_secs(30);
+                while lock(&h.locked).len() == *before && Instant::now() < until {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
                 let after: Vec<String> = lock(&h.locked)[*before..].to_vec();
                 roll_back(&mut stack, &mut f, *i, copy, &mut report).await?;
                 // Deposits used up since the copy: the copy still had

@@ -23,5 +23,9 @@ async fn chaos_with_a_history_check_finds_no_violation() {
     assert!(report.restarts.0 > 0 && report.restarts.0 == report.restarts.1);
     assert_eq!(report.rollbacks, (1, 1), "{report}");
     assert_eq!(report.extra_guesses, 0);
+    assert!(
+        report.rollback_checked > 0,
+        "a deposit used up since the copy was checked: {report}"
+    );
     assert!(report.attacked.0 > 0, "some deposit was attacked");
 }
