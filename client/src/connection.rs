@@ -397,6 +397,27 @@ fn going_away(conn: &quinn::Connection) -> bool {
     )
 }
 
+/// Why the handshake stream ended before the gateway accepted the device.
+/// A gateway that refuses the device closes the connection itself (an
+/// application or transport close); a gateway going away (draining), or a
+/// connection lost on the way (timed out, reset), refused nothing: that is
+/// "unavailable", and the next gateway or a retry may do better. The chaos
+/// run found phones told "the gateway did not accept this device" by a
+/// draining gateway, which also stopped their reconnecting.
+fn handshake_ended(conn: &quinn::Connection) -> ClientError {
+    use quinn::ConnectionError as E;
+    match conn.close_reason() {
+        _ if going_away(conn) => {
+            ClientError::Unavailable("the gateway is going away; connect again".into())
+        }
+        Some(r @ (E::ApplicationClosed(_) | E::ConnectionClosed(_))) => {
+            ClientError::Authentication(r.to_string())
+        }
+        Some(r) => ClientError::Unavailable(format!("connection closed: {r}")),
+        None => ClientError::Authentication("the gateway closed the handshake stream".into()),
+    }
+}
+
 fn lost(conn: &quinn::Connection, detail: String) -> ClientError {
     match conn.close_reason() {
         Some(r) => ClientError::Unavailable(format!("connection closed: {r}")),
@@ -476,12 +497,7 @@ async fn handshake_unbounded(
     let account_id = loop {
         let frame = match read_frame(&mut recv).await {
             Ok(Some(f)) => f,
-            Ok(None) | Err(_) => {
-                return Err(auth_err(match conn.close_reason() {
-                    Some(r) => r.to_string(),
-                    None => "the gateway closed the handshake stream".into(),
-                }))
-            }
+            Ok(None) | Err(_) => return Err(handshake_ended(&conn)),
         };
         match initiator
             .on_frame(&frame)
