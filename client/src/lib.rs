@@ -65,4 +65,4 @@ pub use profile::ClientProfile;
 pub use protocol_spec::backup_format::FormatError;
 pub use protocol_spec::classify::wait_in_words;
 pub use settings::{BackupSettings, Protection};
-pub use vault::{Status, VaultClient};
+pub use vault::{Exchange, Status, VaultClient};

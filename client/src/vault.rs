@@ -45,15 +45,40 @@ const FINISH_RETRY_BUDGET: std::time::Duration = std::time::Duration::from_secs(
 /// Pause between those retries.
 const FINISH_RETRY_PAUSE: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// What [`VaultClient`] needs of a connection: send one request, get its
+/// answer, for the account the gateway authenticated. [`GatewayConnection`]
+/// is the one phones use; a hostile gateway under test (the fuzz harness's
+/// `client_responses` target) is another, which answers whatever it likes.
+pub trait Exchange: Send + Sync {
+    /// The account the gateway authenticated this connection as.
+    fn account_id(&self) -> &str;
+
+    /// One request and its answer.
+    fn request(
+        &self,
+        req: &msg::Request,
+    ) -> impl std::future::Future<Output = Result<msg::Response, ClientError>> + Send;
+}
+
+impl Exchange for GatewayConnection {
+    fn account_id(&self) -> &str {
+        GatewayConnection::account_id(self)
+    }
+
+    async fn request(&self, req: &msg::Request) -> Result<msg::Response, ClientError> {
+        GatewayConnection::request(self, req).await
+    }
+}
+
 /// Vault operations for the connection's account.
-pub struct VaultClient<'c> {
-    conn: &'c GatewayConnection,
+pub struct VaultClient<'c, C = GatewayConnection> {
+    conn: &'c C,
     fleet_id: String,
     fleet_key: Vec<u8>,
     ksf: opaque_ke::argon2::Argon2<'static>,
 }
 
-impl std::fmt::Debug for VaultClient<'_> {
+impl<C> std::fmt::Debug for VaultClient<'_, C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("VaultClient")
             .field("fleet_id", &self.fleet_id)
@@ -71,9 +96,9 @@ struct Verified {
 /// How many times one request is sent again after a short `BUSY`.
 pub const BUSY_RESENDS: u32 = 2;
 
-impl<'c> VaultClient<'c> {
+impl<'c, C: Exchange> VaultClient<'c, C> {
     /// Uses the profile's fleet pin and the standard client KSF.
-    pub fn new(conn: &'c GatewayConnection, profile: &ClientProfile) -> Result<Self, ClientError> {
+    pub fn new(conn: &'c C, profile: &ClientProfile) -> Result<Self, ClientError> {
         Ok(Self {
             conn,
             fleet_id: profile.fleet_id.clone(),

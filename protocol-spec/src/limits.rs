@@ -48,6 +48,12 @@ pub const MAX_CONCURRENT_REQUESTS: u32 = 16;
 /// How long a login session (between LoginStart and LoginFinish, or between a
 /// verified change-password login and its RegisterFinish) stays usable.
 pub const LOGIN_SESSION_TTL: Duration = Duration::from_secs(120);
+/// How long a registration ticket (`RegisterStartResponse`) may be used for
+/// its `RegisterFinish`. Long enough for the slowest phone's key stretching
+/// and a retry; short enough that a finish recorded by a compromised
+/// gateway cannot be replayed after the deposit's guesses are used up (at
+/// the default pacing, guesses past the third take an hour and more).
+pub const REGISTRATION_TICKET_TTL: Duration = Duration::from_secs(600);
 /// Idle time after which QUIC closes a connection without keep-alives.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Default number of password guesses a deposit allows (a vault policy).

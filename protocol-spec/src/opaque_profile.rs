@@ -42,7 +42,8 @@ pub const CREDENTIAL_RESPONSE_LEN: usize = 320;
 pub const CREDENTIAL_FINALIZATION_LEN: usize = 64;
 /// Vault fleet public key (ristretto255 point).
 pub const FLEET_PUBLIC_KEY_LEN: usize = 32;
-/// Registration ticket: 16-byte registration id + 16-byte MAC.
+/// Registration ticket: 16-byte registration id (the issue time, Unix ms as
+/// a big-endian u64, then 8 random bytes) + 16-byte MAC. Opaque to phones.
 pub const REGISTRATION_TICKET_LEN: usize = 32;
 /// Login session id.
 pub const LOGIN_SESSION_LEN: usize = 16;

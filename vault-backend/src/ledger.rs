@@ -30,9 +30,9 @@ use crate::VaultError;
 
 /// What the vault service needs of its ledger: commit a command and get
 /// what applying it produced, and read a row linearizably. [`Ledger`] is
-/// the replicated one; the service's unit tests run on an in-memory one
-/// (`service::tests`) that applies commands with the same
-/// [`crate::raft::apply`] rules.
+/// the replicated one; the service's unit tests and the fuzz harness run
+/// on an in-memory one ([`crate::memory_ledger`]) that applies commands
+/// with the same [`crate::raft::apply`] rules.
 pub trait AccountLedger: Send + Sync + 'static {
     /// Commits `cmd` and returns what applying it produced.
     fn write(

@@ -16,6 +16,7 @@ pub mod config;
 pub mod error;
 pub mod keyprotect;
 pub mod ledger;
+pub mod memory_ledger;
 pub mod pending;
 pub mod provision;
 pub mod raft;

@@ -19,6 +19,7 @@ use protocol_spec::msg::{self, ErrorCode};
 use protocol_spec::stream_io::{read_message, write_message};
 use quinn::crypto::rustls::QuicServerConfig;
 
+use crate::ledger::AccountLedger;
 use crate::service::{Outcome, Vault};
 use service_kit::pki::{self, CertAndKey};
 
@@ -164,6 +165,18 @@ async fn answer(vault: &Vault, req: VaultRequest) -> VaultResponse {
             health: 0,
         };
     }
+    answer_request(vault, req).await
+}
+
+/// Answers a gateway's request for an account (everything but the
+/// membership query): the boundary check ([`crate::request::validate`]),
+/// then the service, over any ledger. The server runs it on the
+/// replicated [`Ledger`](crate::ledger::Ledger); the fuzz harness on
+/// [`crate::memory_ledger::MemoryLedger`], from a frame's bytes.
+pub async fn answer_request<L: AccountLedger>(
+    vault: &Vault<L>,
+    req: VaultRequest,
+) -> VaultResponse {
     let Some(inner) = req.request else {
         return reply(msg::Response::error(
             ErrorCode::ProtocolError,

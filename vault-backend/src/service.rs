@@ -30,7 +30,7 @@ use opaque_ke::{
     ServerLoginParameters, ServerRegistration,
 };
 use prost::Message;
-use protocol_spec::limits::LOGIN_SESSION_TTL;
+use protocol_spec::limits::{LOGIN_SESSION_TTL, REGISTRATION_TICKET_TTL};
 use protocol_spec::msg::{self, response, AccountState, LoginPurpose};
 use protocol_spec::opaque_profile::{self as op, Suite};
 use rand::{rngs::OsRng, RngCore};
@@ -341,9 +341,12 @@ impl<L: AccountLedger> Vault<L> {
         request: RegistrationRequest<Suite>,
     ) -> Result<response::Kind, VaultError> {
         // A fresh registration id gives this registration its own OPRF key, so
-        // registration starts are no oracle for an existing deposit.
+        // registration starts are no oracle for an existing deposit. It
+        // starts with the issue time, which the ticket's MAC covers: the
+        // finish checks the ticket's age (`REGISTRATION_TICKET_TTL`).
         let mut registration_id = [0u8; 16];
-        OsRng.fill_bytes(&mut registration_id);
+        registration_id[..8].copy_from_slice(&self.now_ms().to_be_bytes());
+        OsRng.fill_bytes(&mut registration_id[8..]);
         let cred_id =
             op::credential_identifier(&self.secrets.fleet_id, account_id, &registration_id);
         let start =
@@ -373,6 +376,36 @@ impl<L: AccountLedger> Vault<L> {
             .map_err(|_| {
                 VaultError::PermissionDenied("registration ticket was not issued to this account")
             })?;
+        // A ticket is good for one registration, soon after it was issued.
+        // Without this, a gateway that kept a phone's finish could send it
+        // again once the guesses were used up and the deposit erased, and
+        // bring the deposit back with its guesses restored (found while
+        // writing the `vault_handler` fuzz target).
+        let mut issued = [0u8; 8];
+        issued.copy_from_slice(&r.registration_id[..8]);
+        let issued = u64::from_be_bytes(issued);
+        let (now, ttl) = (self.now_ms(), ms(REGISTRATION_TICKET_TTL));
+        if now.saturating_sub(issued) > ttl || issued.saturating_sub(now) > ttl {
+            return Err(VaultError::PermissionDenied(
+                "the registration ticket has expired; start the registration again",
+            ));
+        }
+        if let Some(row) = self.ledger.read(account_id).await? {
+            if row.registration_id == registration_id {
+                if row.state == account::STATE_ACTIVE {
+                    // This very registration is in place: the phone sent its
+                    // finish again (its answer was lost). Nothing to change.
+                    return Ok(response::Kind::RegisterFinish(
+                        msg::RegisterFinishResponse {
+                            max_attempts: self.policy.max_attempts,
+                        },
+                    ));
+                }
+                return Err(VaultError::PermissionDenied(
+                    "this registration was already used; start the registration again",
+                ));
+            }
+        }
         let password_file = ServerRegistration::<Suite>::finish(r.upload)
             .serialize()
             .to_vec();

@@ -3,7 +3,6 @@
 //! faults a real cluster shows: a commit that fails, and one that commits
 //! but whose answer is lost (a timed-out write that a majority applied).
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
@@ -16,8 +15,6 @@ use protocol_spec::opaque_profile::{self as op, Suite};
 use rand::rngs::OsRng;
 
 use super::*;
-use crate::account::Write;
-use crate::raft::apply;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Fault {
@@ -27,10 +24,11 @@ enum Fault {
     AnswerLost,
 }
 
-/// Shared between the vaults of a test (two "leaders" over one ledger).
+/// Shared between the vaults of a test (two "leaders" over one ledger):
+/// the in-memory ledger with the faults of a real cluster.
 #[derive(Default, Clone)]
 struct MemoryLedger {
-    rows: Arc<Mutex<HashMap<String, StoredAccount>>>,
+    inner: crate::memory_ledger::MemoryLedger,
     next_fault: Arc<Mutex<Option<Fault>>>,
 }
 
@@ -40,7 +38,7 @@ impl MemoryLedger {
     }
 
     fn row(&self, id: &str) -> Option<StoredAccount> {
-        self.rows.lock().unwrap().get(id).cloned()
+        self.inner.row(id)
     }
 }
 
@@ -50,22 +48,10 @@ impl AccountLedger for MemoryLedger {
         if fault == Some(Fault::NotCommitted) {
             return Err(VaultError::Unavailable("no majority".into()));
         }
-        let id = cmd.account_id().unwrap_or_default().to_owned();
-        let mut rows = self.rows.lock().unwrap();
-        let applied = apply::to_row(rows.get(&id).cloned(), &cmd)
-            .map_err(VaultError::internal_from("reading the account row"))?;
-        match applied.write {
-            Write::Keep => {}
-            Write::Put(row) => {
-                rows.insert(id, row);
-            }
-            Write::Delete => {
-                rows.remove(&id);
-            }
-        }
+        let result = self.inner.apply(&cmd)?;
         match fault {
             Some(Fault::AnswerLost) => Err(VaultError::Unavailable("commit timed out".into())),
-            _ => Ok(applied.result),
+            _ => Ok(result),
         }
     }
 
@@ -74,15 +60,11 @@ impl AccountLedger for MemoryLedger {
     }
 
     fn command_version(&self) -> u32 {
-        crate::raft::codec::MAX_VERSION
+        self.inner.command_version()
     }
 
     async fn held_logins(&self) -> Result<Vec<(String, account::LastGuessHold)>, VaultError> {
-        let rows = self.rows.lock().unwrap();
-        Ok(rows
-            .iter()
-            .filter_map(|(k, r)| r.hold.clone().map(|h| (k.clone(), h)))
-            .collect())
+        self.inner.held_logins().await
     }
 }
 
@@ -531,6 +513,19 @@ async fn registration(
     key: &[u8; 32],
     replace: bool,
 ) -> Resp {
+    let finish = registration_finish(v, account, device, pw, key, replace).await;
+    call_from(v, account, device, finish).await
+}
+
+/// A registration's start, sent; its finish, built and not sent.
+async fn registration_finish(
+    v: &Vault<MemoryLedger>,
+    account: &str,
+    device: &[u8],
+    pw: &[u8],
+    key: &[u8; 32],
+    replace: bool,
+) -> Req {
     let ksf = op::cheap_ksf_for_load_tests();
     let start = ClientRegistration::<Suite>::start(&mut OsRng, pw).unwrap();
     let Resp::RegisterStart(rs) = call_from(
@@ -557,20 +552,75 @@ async fn registration(
         )
         .unwrap();
     let wrapped = op::wrap_backup_key(&finish.export_key, account, fleet, key).unwrap();
-    call_from(
-        v,
-        account,
-        device,
-        Req::RegisterFinish(msg::RegisterFinishRequest {
-            registration_ticket: rs.registration_ticket,
-            registration_upload: finish.message.serialize().to_vec(),
-            wrapped_key: wrapped,
-            authorization: Some(
-                msg::register_finish_request::Authorization::ReplaceExisting(replace),
-            ),
-        }),
-    )
-    .await
+    Req::RegisterFinish(msg::RegisterFinishRequest {
+        registration_ticket: rs.registration_ticket,
+        registration_upload: finish.message.serialize().to_vec(),
+        wrapped_key: wrapped,
+        authorization: Some(msg::register_finish_request::Authorization::ReplaceExisting(replace)),
+    })
+}
+
+/// Uses up every guess of `account` with wrong passwords, each finished.
+async fn lock_out(v: &Vault<MemoryLedger>, account: &str) {
+    for _ in 0..LIMIT {
+        let (r, st) = start(v, account, b"wrong").await;
+        if let Resp::LoginStart(ls) = r {
+            let _ = finish(v, account, b"wrong", &ls, st).await;
+        }
+    }
+    assert_eq!(
+        attempts_left(v, account).await.0,
+        AccountState::LockedOut as i32
+    );
+}
+
+/// A compromised gateway keeps the phone's registration finish, uses up
+/// the guesses, and sends the finish again: the deposit must stay erased
+/// (before this check it came back with every guess restored, and the
+/// gateway could go on guessing the same password without end).
+#[tokio::test]
+async fn a_replayed_registration_finish_cannot_bring_back_an_erased_deposit() {
+    let clock = TestClock::new();
+    let v = vault_with(unpaced(), MemoryLedger::default(), &clock);
+    let kept = registration_finish(&v, "alice", &OWNER_DEVICE, b"pw", &[9; 32], false).await;
+    let first = call(&v, "alice", kept.clone()).await;
+    assert!(matches!(first, Resp::RegisterFinish(_)), "{first:?}");
+    lock_out(&v, "alice").await;
+    let erased = v.ledger().row("alice").unwrap();
+    for wait in [0, ms(REGISTRATION_TICKET_TTL) + 1] {
+        clock.advance(wait);
+        let again = call(&v, "alice", kept.clone()).await;
+        assert_eq!(code(&again), Some(ErrorCode::PermissionDenied), "{again:?}");
+        assert_eq!(v.ledger().row("alice").unwrap(), erased);
+        assert_eq!(recover(&v, "alice", b"pw").await, Err(ErrorCode::LockedOut));
+    }
+}
+
+#[tokio::test]
+async fn a_registration_ticket_expires_and_a_finish_sent_twice_changes_nothing() {
+    let clock = TestClock::new();
+    let v = vault_with(unpaced(), MemoryLedger::default(), &clock);
+    // Late: refused, nothing deposited.
+    let late = registration_finish(&v, "alice", &OWNER_DEVICE, b"pw", &[9; 32], false).await;
+    clock.advance(ms(REGISTRATION_TICKET_TTL) + 1);
+    let r = call(&v, "alice", late).await;
+    assert_eq!(code(&r), Some(ErrorCode::PermissionDenied), "{r:?}");
+    assert!(v.ledger().row("alice").is_none());
+    // In time, twice: both answered as done, one deposit, guesses untouched.
+    let twice = registration_finish(&v, "alice", &OWNER_DEVICE, b"pw", &[9; 32], false).await;
+    assert!(matches!(
+        call(&v, "alice", twice.clone()).await,
+        Resp::RegisterFinish(_)
+    ));
+    let _ = start(&v, "alice", b"wrong").await;
+    let row = v.ledger().row("alice").unwrap();
+    assert!(matches!(
+        call(&v, "alice", twice).await,
+        Resp::RegisterFinish(_)
+    ));
+    assert_eq!(v.ledger().row("alice").unwrap(), row);
+    assert_eq!(attempts_left(&v, "alice").await.1, LIMIT - 1);
+    assert_eq!(recover(&v, "alice", b"pw").await, Ok([9; 32]));
 }
 
 /// A registration asking to replace whatever is deposited.
