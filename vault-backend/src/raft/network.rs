@@ -140,6 +140,27 @@ pub fn fuzz_decode(body: &[u8]) -> bool {
     rpc || reply
 }
 
+/// Well-formed peer request bodies (a vote, an empty append, a version
+/// query, a promotion): the fuzz target's seed corpus.
+pub fn fuzz_seeds() -> Vec<Vec<u8>> {
+    use openraft::{CommittedLeaderId, LogId, Vote};
+    let log_id = LogId::new(CommittedLeaderId::new(3, 1), 41);
+    let rpcs = [
+        Rpc::Vote(VoteRequest::new(Vote::new(4, 2), Some(log_id))),
+        Rpc::Append(AppendEntriesRequest {
+            vote: Vote::new_committed(3, 1),
+            prev_log_id: Some(log_id),
+            entries: Vec::new(),
+            leader_commit: Some(log_id),
+        }),
+        Rpc::Versions,
+        Rpc::Admin(AdminRequest::Promote { id: 6 }),
+    ];
+    rpcs.iter()
+        .filter_map(|r| postcard::to_allocvec(r).ok())
+        .collect()
+}
+
 async fn write_frame(send: &mut quinn::SendStream, body: &[u8]) -> Result<(), LinkError> {
     stream_io::write_body_limited(send, body, MAX_RPC_LEN)
         .await

@@ -50,7 +50,26 @@ fn keys() -> &'static Keys {
     })
 }
 
-fuzz_target!(|data: &[u8]| {
+/// A valid credential in each mode.
+fn seeds() -> Vec<Vec<u8>> {
+    let k = keys();
+    let auth = ClientAuthPayload {
+        credential: k.credential.clone(),
+        client_version: "fuzz".into(),
+    }
+    .encode_to_vec();
+    vec![
+        [&[0u8][..], &auth].concat(),
+        [&[1u8][..], k.credential.as_bytes()].concat(),
+        vec![2, b'x'],
+    ]
+}
+
+fuzz_target!(
+    init: {
+        bkv_fuzz::write_seeds("handshake_keyed", seeds);
+    },
+    |data: &[u8]| {
     let k = keys();
     let Some((mode, rest)) = data.split_first() else {
         return;
