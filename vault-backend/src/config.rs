@@ -109,6 +109,11 @@ pub struct RaftSettings {
     /// Snapshot (and purge the log before it) every this many entries.
     /// Default 5000.
     pub snapshot_every: u64,
+    /// How long one snapshot chunk (1 MiB) may take to reach a follower
+    /// and, for the last one, to be installed there before the leader sends
+    /// it again. Default 10000 ms; raise it for clusters whose snapshot
+    /// takes longer than that to install.
+    pub snapshot_timeout_ms: u64,
     /// How long a request waits for its change to commit before answering
     /// "unavailable" (no majority reachable). Default 3000 ms; at most
     /// `limits::MAX_COMMIT_TIMEOUT` (7 s), so that two commits fit inside
@@ -137,6 +142,7 @@ impl Default for RaftSettings {
             heartbeat_ms: t.heartbeat.as_millis() as u64,
             election_timeout_ms: t.election_timeout.as_millis() as u64,
             snapshot_every: t.snapshot_every,
+            snapshot_timeout_ms: t.snapshot_timeout.as_millis() as u64,
             commit_timeout_ms: 3000,
             erasure_delay_ms: t.erasure_delay.as_millis() as u64,
             max_command_version: t.max_command_version,
@@ -151,6 +157,7 @@ impl RaftSettings {
             heartbeat: Duration::from_millis(self.heartbeat_ms),
             election_timeout: Duration::from_millis(self.election_timeout_ms),
             snapshot_every: self.snapshot_every,
+            snapshot_timeout: Duration::from_millis(self.snapshot_timeout_ms),
             async_flush: false,
             erasure_delay: Duration::from_millis(self.erasure_delay_ms),
             max_command_version: self.max_command_version,
@@ -172,6 +179,12 @@ impl RaftSettings {
             self.commit_timeout_ms,
             max.as_millis(),
             protocol_spec::limits::VAULT_REQUEST_TIMEOUT.as_secs()
+        );
+        anyhow::ensure!(
+            self.snapshot_timeout_ms >= 1000,
+            "raft.snapshot_timeout_ms = {} is below 1000: followers could never finish \
+             installing a snapshot; raise it",
+            self.snapshot_timeout_ms
         );
         Ok(())
     }

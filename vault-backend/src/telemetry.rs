@@ -66,6 +66,10 @@ pub fn describe() {
         "Scrubs that compacted erased rows out of the database and log."
     );
     describe_counter!(
+        "vault_erasure_scrubs_partial_total",
+        "Scrub passes that stopped before every free page was overwritten (a reader pinned some); retried later."
+    );
+    describe_counter!(
         "vault_reads_coalesced_total",
         "Linearizable reads that shared another read's leadership check."
     );

@@ -33,6 +33,12 @@ pub struct RaftTuning {
     pub election_timeout: Duration,
     /// Build a snapshot (and purge the log before it) every this many entries.
     pub snapshot_every: u64,
+    /// How long one snapshot chunk may take to reach a follower and, for
+    /// the last one, to be installed there (openraft's default, 200 ms,
+    /// is shorter than installing a few thousand accounts takes on a busy
+    /// machine: the soak saw a leader resend the same snapshot 66,000
+    /// times to followers that installed it each time).
+    pub snapshot_timeout: Duration,
     /// Acknowledge appends from a separate flusher thread's fsync instead of
     /// fsyncing each batched append in place (see `storage`); off by default.
     pub async_flush: bool,
@@ -50,6 +56,7 @@ impl Default for RaftTuning {
             heartbeat: Duration::from_millis(100),
             election_timeout: Duration::from_millis(400),
             snapshot_every: 5000,
+            snapshot_timeout: Duration::from_secs(10),
             async_flush: false,
             erasure_delay: Duration::from_secs(30),
             max_command_version: codec::MAX_VERSION,
@@ -154,6 +161,7 @@ impl RaftNode {
             snapshot_policy: SnapshotPolicy::LogsSinceLast(tuning.snapshot_every),
             max_in_snapshot_log_to_keep: 0,
             snapshot_max_chunk_size: 1024 * 1024,
+            install_snapshot_timeout: tuning.snapshot_timeout.as_millis() as u64,
             ..Default::default()
         }
         .validate()?;
