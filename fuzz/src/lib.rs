@@ -272,11 +272,12 @@ pub fn frames<M: Message>(msgs: &[M]) -> Vec<u8> {
         .collect()
 }
 
-/// The requests of a real phone's sessions on the deposit: status, a
-/// recover with the right password, one with a wrong password, a
-/// registration attempt and a change of password, as the honest relay
-/// saw them (so the fuzzer starts from well-formed OPAQUE messages).
-pub fn recorded_requests() -> Vec<msg::Request> {
+/// A real phone's sessions on the deposit, as the honest relay saw them:
+/// each request with the frame body it answered. A status, a recover with
+/// the right password, one with a wrong password, a registration attempt
+/// and a change of password (so the fuzzer starts from well-formed OPAQUE
+/// messages and answers).
+pub fn recorded_session() -> Vec<(msg::Request, Option<Vec<u8>>)> {
     let d = deposit();
     let vault = vault(d);
     let relay = Relay::honest(&vault);
@@ -290,21 +291,18 @@ pub fn recorded_requests() -> Vec<msg::Request> {
             .await;
         let _ = c.change_password(PASSWORD, b"new password").await;
     });
-    let log = relay.log.lock().map(|l| l.clone()).unwrap_or_default();
-    log.into_iter().map(|(r, _)| r).collect()
+    relay.log.lock().map(|l| l.clone()).unwrap_or_default()
 }
 
-/// The answers the honest relay gave in [`recorded_requests`]'s sessions.
+/// The requests of [`recorded_session`].
+pub fn recorded_requests() -> Vec<msg::Request> {
+    recorded_session().into_iter().map(|(r, _)| r).collect()
+}
+
+/// The answers of [`recorded_session`].
 pub fn recorded_answers() -> Vec<Vec<u8>> {
-    let d = deposit();
-    let vault = vault(d);
-    let relay = Relay::honest(&vault);
-    runtime().block_on(async {
-        let c = phone(&relay, &d.profile);
-        let _ = c.status().await;
-        let _ = c.recover(PASSWORD).await;
-        let _ = c.recover(b"wrong").await;
-    });
-    let log = relay.log.lock().map(|l| l.clone()).unwrap_or_default();
-    log.into_iter().filter_map(|(_, b)| b).collect()
+    recorded_session()
+        .into_iter()
+        .filter_map(|(_, b)| b)
+        .collect()
 }
