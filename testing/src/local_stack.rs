@@ -754,6 +754,53 @@ impl LocalStack {
 
 impl LocalCluster {
     /// Starts replica `i` (a no-op if it runs).
+    /// Starts replica `i` as a process of `bin` and waits until it serves
+    /// its admin port or exits.
+    async fn spawn_process(&mut self, i: usize, bin: &std::path::Path) -> anyhow::Result<()> {
+        let cfg = self.configs[i].clone();
+        // Appended to, so a restart keeps the log of the run before it.
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(cfg.state_dir.join("replica.log"))?;
+        let child = tokio::process::Command::new(bin)
+            .arg("run")
+            .arg("--config")
+            .arg(cfg.state_dir.join(vfiles::CONFIG))
+            .arg("--max-attempts")
+            .arg(cfg.max_attempts.to_string())
+            .env("RUST_LOG", "info,openraft=warn")
+            .envs(
+                self.replica_env
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.replace("{id}", &cfg.node_id.to_string()))),
+            )
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| anyhow::anyhow!("cannot start {}: {e}", bin.display()))?;
+        self.replicas[i] = ReplicaHandle::Process(child);
+        // One replica process starts at a time: until it serves its
+        // admin port (or exits), the next waits. Startup opens keys
+        // (a PKCS#11 token scan, for one) that need not bear company.
+        if let Some(admin) = cfg.admin_listen {
+            let until = Instant::now() + Duration::from_secs(15);
+            while Instant::now() < until {
+                if let ReplicaHandle::Process(c) = &mut self.replicas[i] {
+                    if c.try_wait().ok().flatten().is_some() {
+                        break;
+                    }
+                }
+                if tokio::net::TcpStream::connect(admin).await.is_ok() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        Ok(())
+    }
+
     async fn start(&mut self, i: usize) -> anyhow::Result<()> {
         // A process that exited on its own is stopped.
         if let ReplicaHandle::Process(c) = &mut self.replicas[i] {
@@ -764,50 +811,37 @@ impl LocalCluster {
         if self.replicas[i].is_running() {
             return Ok(());
         }
-        let cfg = self.configs[i].clone();
-        if let Some(bin) = &self.replica_binary {
-            // Appended to, so a restart keeps the log of the run before it.
-            let log = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(cfg.state_dir.join("replica.log"))?;
-            let child = tokio::process::Command::new(bin)
-                .arg("run")
-                .arg("--config")
-                .arg(cfg.state_dir.join(vfiles::CONFIG))
-                .arg("--max-attempts")
-                .arg(cfg.max_attempts.to_string())
-                .env("RUST_LOG", "info,openraft=warn")
-                .envs(
-                    self.replica_env
-                        .iter()
-                        .map(|(k, v)| (k.clone(), v.replace("{id}", &cfg.node_id.to_string()))),
-                )
-                .stdout(log.try_clone()?)
-                .stderr(log)
-                .kill_on_drop(true)
-                .spawn()
-                .map_err(|e| anyhow::anyhow!("cannot start {}: {e}", bin.display()))?;
-            self.replicas[i] = ReplicaHandle::Process(child);
-            // One replica process starts at a time: until it serves its
-            // admin port (or exits), the next waits. Startup opens keys
-            // (a PKCS#11 token scan, for one) that need not bear company.
-            if let Some(admin) = cfg.admin_listen {
-                let until = Instant::now() + Duration::from_secs(15);
-                while Instant::now() < until {
-                    if let ReplicaHandle::Process(c) = &mut self.replicas[i] {
-                        if c.try_wait().ok().flatten().is_some() {
-                            break;
-                        }
-                    }
-                    if tokio::net::TcpStream::connect(admin).await.is_ok() {
-                        break;
-                    }
-                    tokio::time::sleep(Duration::from_millis(20)).await;
+        if let Some(bin) = self.replica_binary.clone() {
+            // The admin port was found free by binding port 0 and letting
+            // it go; another test's outgoing connection can take it before
+            // the replica binds it (seen in CI: "cannot bind the admin
+            // port … Address already in use"). The admin port is only this
+            // replica's (no member knows it), so it gets a new one.
+            for _ in 0..3 {
+                let cfg = self.configs[i].clone();
+                let log_path = cfg.state_dir.join("replica.log");
+                let logged = std::fs::metadata(&log_path).map(|m| m.len()).unwrap_or(0);
+                self.spawn_process(i, &bin).await?;
+                let exited = match &mut self.replicas[i] {
+                    ReplicaHandle::Process(c) => c.try_wait().ok().flatten().is_some(),
+                    _ => false,
+                };
+                let said = std::fs::read(&log_path)
+                    .map(|b| {
+                        String::from_utf8_lossy(&b[(logged as usize).min(b.len())..]).into_owned()
+                    })
+                    .unwrap_or_default();
+                if !(exited && said.contains("cannot bind the admin port")) {
+                    return Ok(());
                 }
+                self.replicas[i] = ReplicaHandle::Stopped;
+                self.configs[i].admin_listen =
+                    Some(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?);
+                self.configs[i].save()?;
             }
             return Ok(());
         }
+        let cfg = self.configs[i].clone();
         let mut last = None;
         for _ in 0..50 {
             let sockets = BoundSockets {
