@@ -753,7 +753,6 @@ impl LocalStack {
 }
 
 impl LocalCluster {
-    /// Starts replica `i` (a no-op if it runs).
     /// Starts replica `i` as a process of `bin` and waits until it serves
     /// its admin port or exits.
     async fn spawn_process(&mut self, i: usize, bin: &std::path::Path) -> anyhow::Result<()> {
@@ -801,6 +800,7 @@ impl LocalCluster {
         Ok(())
     }
 
+    /// Starts replica `i` (a no-op if it runs).
     async fn start(&mut self, i: usize) -> anyhow::Result<()> {
         // A process that exited on its own is stopped.
         if let ReplicaHandle::Process(c) = &mut self.replicas[i] {

@@ -338,4 +338,20 @@ mod tests {
         };
         assert!(edge.validate().is_ok());
     }
+
+    #[test]
+    fn the_snapshot_timeout_survives_the_config_file_and_a_short_one_is_refused() {
+        let s = RaftSettings {
+            snapshot_timeout_ms: 45_000,
+            ..Default::default()
+        };
+        let back: RaftSettings = toml::from_str(&toml::to_string(&s).unwrap()).unwrap();
+        assert_eq!(back.tuning().snapshot_timeout.as_millis(), 45_000);
+        let short = RaftSettings {
+            snapshot_timeout_ms: 999,
+            ..Default::default()
+        };
+        let err = short.validate().unwrap_err().to_string();
+        assert!(err.contains("raft.snapshot_timeout_ms"), "{err}");
+    }
 }

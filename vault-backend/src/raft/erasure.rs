@@ -15,7 +15,7 @@
 //! until it ends: a pass stops at the first page redb takes from the file's
 //! end instead of filling on (the soak saw followers go from 80 MB to 8 GB
 //! that way), reports itself incomplete, and is retried after another
-//! `delay`; see [`FreeSpaceScrubber`]. Per-registration crypto-shredding
+//! `delay`; see [`scrub_free_space`]. Per-registration crypto-shredding
 //! would remove the need for passes.
 //!
 //! Must never: run while holding up consensus for long (each step is one
@@ -53,8 +53,9 @@ pub struct Scrub {
     pub complete: bool,
 }
 
-/// Overwrites the free pages of a redb file with zeros, pass by pass,
-/// without letting the file climb from one pass to the next. Blocking.
+/// One pass: overwrites the free pages of `db` (whose file is `path`) with
+/// zeros, without letting the file climb from one pass to the next.
+/// Blocking.
 ///
 /// Pages freed by a commit become reusable only after later durable
 /// commits (and only once no reader older than the free remains), so a
@@ -69,68 +70,63 @@ pub struct Scrub {
 /// [`SKIP_ABOVE_LIVE`] times its allocated pages plus [`SKIP_SLACK`] (pinned
 /// space that filling again would only add to), so a reader that never
 /// ends grows the file to at most twice that.
-#[derive(Debug, Default)]
-pub struct FreeSpaceScrubber;
-
-/// See [`FreeSpaceScrubber`].
-pub const SKIP_ABOVE_LIVE: u64 = 4;
-/// See [`FreeSpaceScrubber`].
-pub const SKIP_SLACK: u64 = 64 << 20;
-
-impl FreeSpaceScrubber {
-    /// One pass over `db`, whose file is `path`.
-    pub fn pass(&mut self, db: &Database, path: &Path) -> Result<Scrub, redb::Error> {
-        let file_len = || std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
-        release(db)?;
-        let mut written = 0;
-        let mut txn = db.begin_write()?;
-        txn.set_durability(Durability::Immediate)?;
-        let len = file_len();
-        let st = txn.stats()?;
-        let allocated = st.allocated_pages() * st.page_size() as u64;
-        if len > SKIP_ABOVE_LIVE * allocated + SKIP_SLACK {
-            txn.abort()?;
-            return Ok(Scrub {
-                written: 0,
-                complete: false,
-            });
-        }
-        let free = len.saturating_sub(allocated);
-        {
-            let zeros = [0u8; FILL_CHUNK];
-            let mut t = txn.open_table(SCRATCH)?;
-            let mut i = 0u64;
-            let mut near_end = false;
-            loop {
-                // Far from the end, one look per 64 values (80 KiB with the
-                // tree's pages); near it, one per value.
-                if near_end || i.is_multiple_of(64) {
-                    if file_len() > len {
-                        break;
-                    }
-                    let st = txn.stats()?;
-                    near_end = st.allocated_pages() * st.page_size() as u64 + NEAR_END >= len;
-                }
-                t.insert(i, zeros.as_slice())?;
-                written += FILL_CHUNK as u64;
-                i += 1;
-            }
-        }
-        txn.commit()?;
-        let mut txn = db.begin_write()?;
-        txn.set_durability(Durability::Immediate)?;
-        txn.delete_table(SCRATCH)?;
-        txn.commit()?;
-        release(db)?;
-        // 1 KiB values fill about three-quarters of their pages: a fill that
-        // reached the end having written much less could not reuse most of
-        // the free space.
-        Ok(Scrub {
-            written,
-            complete: written >= free / 2,
-        })
+pub fn scrub_free_space(db: &Database, path: &Path) -> Result<Scrub, redb::Error> {
+    let file_len = || std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    release(db)?;
+    let mut written = 0;
+    let mut txn = db.begin_write()?;
+    txn.set_durability(Durability::Immediate)?;
+    let len = file_len();
+    let st = txn.stats()?;
+    let allocated = st.allocated_pages() * st.page_size() as u64;
+    if len > SKIP_ABOVE_LIVE * allocated + SKIP_SLACK {
+        txn.abort()?;
+        return Ok(Scrub {
+            written: 0,
+            complete: false,
+        });
     }
+    let free = len.saturating_sub(allocated);
+    {
+        let zeros = [0u8; FILL_CHUNK];
+        let mut t = txn.open_table(SCRATCH)?;
+        let mut i = 0u64;
+        let mut near_end = false;
+        loop {
+            // Far from the end, one look per 64 values (80 KiB with the
+            // tree's pages); near it, one per value.
+            if near_end || i.is_multiple_of(64) {
+                if file_len() > len {
+                    break;
+                }
+                let st = txn.stats()?;
+                near_end = st.allocated_pages() * st.page_size() as u64 + NEAR_END >= len;
+            }
+            t.insert(i, zeros.as_slice())?;
+            written += FILL_CHUNK as u64;
+            i += 1;
+        }
+    }
+    txn.commit()?;
+    let mut txn = db.begin_write()?;
+    txn.set_durability(Durability::Immediate)?;
+    txn.delete_table(SCRATCH)?;
+    txn.commit()?;
+    release(db)?;
+    // 1 KiB values fill about three-quarters of their pages: a fill that
+    // reached the end having written much less could not reuse most of
+    // the free space.
+    Ok(Scrub {
+        written,
+        complete: written >= free / 2,
+    })
 }
+
+/// Scrub passes are skipped while the file is more than this many times
+/// its allocated pages plus [`SKIP_SLACK`] (see [`scrub_free_space`]).
+pub const SKIP_ABOVE_LIVE: u64 = 4;
+/// See [`SKIP_ABOVE_LIVE`].
+pub const SKIP_SLACK: u64 = 64 << 20;
 
 /// Empty durable commits, after which redb reuses the pages freed before
 /// them (when no older reader holds them) and gives back a free end.
@@ -156,7 +152,6 @@ pub fn spawn_scrubber(
         let mut pending: Option<u64> = None;
         // Passes in a row that could not reach every free page.
         let mut partial = 0;
-        let mut scrubber = FreeSpaceScrubber;
         loop {
             let mut index = match pending.take() {
                 Some(i) => i,
@@ -177,17 +172,7 @@ pub fn spawn_scrubber(
                 continue;
             }
             let (db2, path2) = (db.clone(), path.clone());
-            let mut s = std::mem::take(&mut scrubber);
-            let done = tokio::task::spawn_blocking(move || {
-                let r = s.pass(&db2, &path2);
-                (s, r)
-            })
-            .await;
-            let done = done.map(|(s, r)| {
-                scrubber = s;
-                r
-            });
-            match done {
+            match tokio::task::spawn_blocking(move || scrub_free_space(&db2, &path2)).await {
                 Ok(Ok(pass)) => {
                     metrics::counter!("vault_erasure_scrubs_total").increment(1);
                     metrics::histogram!("vault_erasure_scrub_seconds")
@@ -294,14 +279,13 @@ mod tests {
     #[test]
     fn repeated_passes_overwrite_the_freed_pages_without_growing_the_file() {
         let (_dir, path, db, _) = freed(4000, false);
-        let mut sc = FreeSpaceScrubber;
         let before = len(&path);
         assert!(sevens_left(&path) > 0);
         // redb gives back part of the end after each fill, so the file
         // swings between about 1.5 and 2.5 times its size; it must not climb.
         let mut largest = 0;
         for _ in 0..10 {
-            let pass = sc.pass(&db, &path).unwrap();
+            let pass = scrub_free_space(&db, &path).unwrap();
             assert!(pass.complete && pass.written > 0, "{pass:?}");
             largest = largest.max(len(&path));
         }
@@ -318,10 +302,9 @@ mod tests {
     #[test]
     fn passes_while_a_reader_pins_freed_pages_stop_and_a_later_one_finishes() {
         let (_dir, path, db, reader) = freed(4000, true);
-        let mut sc = FreeSpaceScrubber;
         let before = len(&path);
         for _ in 0..4 {
-            sc.pass(&db, &path).unwrap();
+            scrub_free_space(&db, &path).unwrap();
         }
         let after = len(&path);
         assert!(
@@ -336,7 +319,7 @@ mod tests {
         );
         drop(tab);
         drop(reader);
-        let pass = sc.pass(&db, &path).unwrap();
+        let pass = scrub_free_space(&db, &path).unwrap();
         assert!(pass.complete && pass.written > 0, "{pass:?}");
         assert!(len(&path) <= after + after / 10);
         assert_eq!(sevens_left(&path), 0);
