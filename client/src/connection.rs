@@ -247,7 +247,7 @@ impl GatewayConnection {
         let mut conn = self.current();
         let mut moved = 0;
         loop {
-            if self.again.is_some() && going_away(&conn) {
+            if self.again.is_some() && gateway_left(&conn) {
                 conn = self.reconnect(&conn).await?;
             }
             match send_one(&conn, req).await {
@@ -262,10 +262,11 @@ impl GatewayConnection {
                 Err(Sent::Not) => {
                     return Err(lost(
                         &conn,
+                        false,
                         "the gateway is going away; connect again".into(),
                     ))
                 }
-                Err(Sent::Maybe(detail)) => return Err(lost(&conn, detail)),
+                Err(Sent::Maybe(detail)) => return Err(lost(&conn, true, detail)),
             }
         }
     }
@@ -275,7 +276,7 @@ impl GatewayConnection {
     /// full jitter between attempts.
     async fn reconnect(&self, old: &quinn::Connection) -> Result<quinn::Connection, ClientError> {
         let Some(again) = &self.again else {
-            return Err(lost(old, "connection closed".into()));
+            return Err(lost(old, false, "connection closed".into()));
         };
         let _one = self.reconnecting.lock().await;
         // Another request may have reconnected meanwhile.
@@ -331,7 +332,7 @@ impl GatewayConnection {
                 Err(e) => last = Some(e),
             }
         }
-        Err(last.unwrap_or_else(|| lost(old, "connection closed".into())))
+        Err(last.unwrap_or_else(|| lost(old, false, "connection closed".into())))
     }
 
     /// The underlying QUIC connection now (tests use it to misbehave).
@@ -383,17 +384,35 @@ async fn send_one(conn: &quinn::Connection, req: &msg::Request) -> Result<msg::R
     let _ = send.finish();
     match read_message::<msg::Response, _>(&mut recv).await {
         Ok(r) => Ok(r),
-        Err(e) if turned_away(&e) => Err(Sent::Not),
+        // A gateway closes with `GOING_AWAY` only once every request it
+        // took was answered and the answer acknowledged (SPEC §6.1), so a
+        // request left without an answer then was not relayed: the stream
+        // reached the gateway after it stopped taking them. The
+        // SIGTERM-under-load test found this race: a login start sent as
+        // the gateway closed, failed instead of going to the next gateway.
+        Err(e) if turned_away(&e) || going_away(conn) => Err(Sent::Not),
         Err(e) => Err(Sent::Maybe(e.to_string())),
     }
 }
 
+/// Whether the gateway closed `conn` because it is leaving (`GOING_AWAY`,
+/// draining; or `SHUT_DOWN`, stopped with requests in flight): either way
+/// the phone connects again, to another gateway first.
+fn gateway_left(conn: &quinn::Connection) -> bool {
+    going_away(conn) || closed_with(conn, CloseCode::ShutDown)
+}
+
 /// Whether `conn` was closed by the gateway with `GOING_AWAY`.
 fn going_away(conn: &quinn::Connection) -> bool {
+    closed_with(conn, CloseCode::GoingAway)
+}
+
+/// Whether `conn` was closed by the gateway with `code`.
+fn closed_with(conn: &quinn::Connection, code: CloseCode) -> bool {
     matches!(
         conn.close_reason(),
         Some(quinn::ConnectionError::ApplicationClosed(c))
-            if u64::from(c.error_code) == CloseCode::GoingAway as u64
+            if u64::from(c.error_code) == code as u64
     )
 }
 
@@ -407,7 +426,7 @@ fn going_away(conn: &quinn::Connection) -> bool {
 fn handshake_ended(conn: &quinn::Connection) -> ClientError {
     use quinn::ConnectionError as E;
     match conn.close_reason() {
-        _ if going_away(conn) => {
+        _ if gateway_left(conn) => {
             ClientError::Unavailable("the gateway is going away; connect again".into())
         }
         Some(r @ (E::ApplicationClosed(_) | E::ConnectionClosed(_))) => {
@@ -418,8 +437,20 @@ fn handshake_ended(conn: &quinn::Connection) -> ClientError {
     }
 }
 
-fn lost(conn: &quinn::Connection, detail: String) -> ClientError {
+/// The error for a request that got no answer on `conn`, which may have
+/// been relayed if `maybe_relayed`.
+fn lost(conn: &quinn::Connection, maybe_relayed: bool, detail: String) -> ClientError {
     match conn.close_reason() {
+        _ if going_away(conn) => {
+            ClientError::Unavailable("the gateway is going away; connect again".into())
+        }
+        _ if closed_with(conn, CloseCode::ShutDown) => ClientError::Unavailable(if maybe_relayed {
+            "the gateway shut down while this request was in flight, so it may or may not have \
+             been carried out; connect again"
+                .into()
+        } else {
+            "the gateway shut down; connect again".into()
+        }),
         Some(r) => ClientError::Unavailable(format!("connection closed: {r}")),
         None => ClientError::Unavailable(detail),
     }

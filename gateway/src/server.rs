@@ -7,7 +7,7 @@
 //! pass a request the decoder or validator rejected, or log account ids.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -171,6 +171,7 @@ fn close_label(code: CloseCode) -> &'static str {
         CloseCode::HandshakeTimeout => "handshake_timeout",
         CloseCode::GoingAway => "going_away",
         CloseCode::Internal => "internal",
+        CloseCode::ShutDown => "shut_down",
     }
 }
 
@@ -302,7 +303,7 @@ impl Gateway {
     /// finish and be answered, then is closed with `GOING_AWAY` (the phone
     /// reconnects, to another gateway if it has one; a login it started
     /// finishes there, the session being the vault's). After `deadline`,
-    /// whatever is still open is closed. Then shuts down.
+    /// whatever is still open is closed with `SHUT_DOWN`. Then shuts down.
     pub async fn drain(self, deadline: Duration) -> Drained {
         let started = Instant::now();
         self.endpoint.set_server_config(None);
@@ -318,15 +319,17 @@ impl Gateway {
         }
     }
 
-    /// Tells clients to go away at once, then waits for the endpoint to
-    /// close (requests in flight are cut; [`Gateway::drain`] lets them end).
+    /// Closes every connection at once with `SHUT_DOWN` (requests in flight
+    /// are cut, so the phone cannot know whether they were relayed;
+    /// [`Gateway::drain`] lets them end first), then waits for the endpoint
+    /// to close.
     pub async fn shutdown(self) {
         self.task.abort();
         self.shared.vault.close();
         service_kit::quic::close_endpoint(
             &self.endpoint,
-            CloseCode::GoingAway as u32,
-            CloseCode::GoingAway.reason(),
+            CloseCode::ShutDown as u32,
+            CloseCode::ShutDown.reason(),
         )
         .await;
     }
@@ -369,6 +372,11 @@ async fn serve_connection(shared: Arc<Shared>, conn: quinn::Connection, permit: 
     let (busy, _) = tokio::sync::watch::channel(0usize);
     let busy = Arc::new(busy);
     let logins = Arc::new(AtomicUsize::new(0));
+    // Set once a request was relayed and its answer may not have reached
+    // the phone (the relay or the answer's delivery timed out): then this
+    // connection may not end with `GOING_AWAY`, which promises the phone
+    // that a request without an answer was not relayed (SPEC §6.1).
+    let unsure = Arc::new(AtomicBool::new(false));
     let mut drain_started: Option<Instant> = None;
     loop {
         if *draining.borrow_and_update() {
@@ -395,7 +403,7 @@ async fn serve_connection(shared: Arc<Shared>, conn: quinn::Connection, permit: 
         let conn2 = conn.clone();
         let account = account.clone();
         busy.send_modify(|n| *n += 1);
-        let (busy2, logins2) = (busy.clone(), logins.clone());
+        let (busy2, logins2, unsure2) = (busy.clone(), logins.clone(), unsure.clone());
         tokio::spawn(async move {
             let stream = Stream {
                 send,
@@ -406,9 +414,9 @@ async fn serve_connection(shared: Arc<Shared>, conn: quinn::Connection, permit: 
             match tokio::time::timeout(RELAY_TIMEOUT, relay(&shared, &account, &device_key, stream))
                 .await
             {
-                Ok(Ok(())) => {}
+                Ok(Ok(Delivery::Confirmed)) => {}
+                Ok(Ok(Delivery::Unsure)) | Err(_) => unsure2.store(true, Ordering::Release),
                 Ok(Err(code)) => close(&conn2, code),
-                Err(_) => {}
             }
             busy2.send_modify(|n| *n -= 1);
         });
@@ -416,8 +424,24 @@ async fn serve_connection(shared: Arc<Shared>, conn: quinn::Connection, permit: 
     // Draining: the requests in flight finish and are answered, then the
     // phone is told to go elsewhere. Bounded by the relay's own timeout.
     let mut idle = busy.subscribe();
-    let _ = tokio::time::timeout(RELAY_TIMEOUT, idle.wait_for(|n| *n == 0)).await;
-    close(&conn, CloseCode::GoingAway);
+    let idle = tokio::time::timeout(RELAY_TIMEOUT, idle.wait_for(|n| *n == 0))
+        .await
+        .is_ok_and(|r| r.is_ok());
+    if idle && !unsure.load(Ordering::Acquire) {
+        close(&conn, CloseCode::GoingAway);
+    } else {
+        close(&conn, CloseCode::ShutDown);
+    }
+}
+
+/// Whether a request's answer is known to have reached the phone.
+enum Delivery {
+    /// Acknowledged by the phone's QUIC stack, or the phone stopped the
+    /// stream, or the request was never relayed (turned away, shed,
+    /// unreadable): nothing the phone could want again is lost.
+    Confirmed,
+    /// Relayed, and the answer's delivery was not confirmed in time.
+    Unsure,
 }
 
 /// An authenticated connection's place under the per-device and
@@ -564,7 +588,7 @@ async fn relay(
     account_id: &str,
     device_key: &[u8; 32],
     stream: Stream<'_>,
-) -> Result<(), CloseCode> {
+) -> Result<Delivery, CloseCode> {
     let Stream {
         mut send,
         mut recv,
@@ -577,7 +601,7 @@ async fn relay(
             .map_err(|e| e.to_string()),
         Ok(None) => Err("empty request stream".to_string()),
         Err(StreamError::Frame(e)) => Err(e.to_string()),
-        Err(StreamError::Io(_)) => return Ok(()),
+        Err(StreamError::Io(_)) => return Ok(Delivery::Confirmed),
     };
     let request = match request {
         Ok(r) => r,
@@ -616,7 +640,7 @@ async fn relay(
                 .unwrap_or(u32::MAX)
                 .max(1);
             answer_error(&mut send, e).await;
-            return Ok(());
+            return Ok(Delivery::Confirmed);
         }
     }
     let is_finish = matches!(request.kind, Some(msg::request::Kind::LoginFinish(_)));
@@ -626,7 +650,7 @@ async fn relay(
         // which tells the phone to send it again elsewhere (SPEC §6.1).
         count(Some(&request), "draining");
         let _ = send.reset((CloseCode::GoingAway as u32).into());
-        return Ok(());
+        return Ok(Delivery::Confirmed);
     }
     let is_start = matches!(request.kind, Some(msg::request::Kind::LoginStart(_)));
     let label = request.kind_label();
@@ -647,6 +671,12 @@ async fn relay(
     // Until the phone has the answer (bounded): a drain closes the
     // connection only after this, and closing drops unacknowledged data,
     // which for a login start would be a guess counted and never answered.
-    let _ = tokio::time::timeout(ANSWER_DELIVERY, send.stopped()).await;
-    Ok(())
+    Ok(
+        match tokio::time::timeout(ANSWER_DELIVERY, send.stopped()).await {
+            // Acknowledged, or the phone gave up on the answer itself, or
+            // the connection is gone (no close code will reach the phone).
+            Ok(_) => Delivery::Confirmed,
+            Err(_) => Delivery::Unsure,
+        },
+    )
 }

@@ -112,10 +112,17 @@ pub enum CloseCode {
     Unauthenticated = 2,
     /// The handshake did not finish in time.
     HandshakeTimeout = 3,
-    /// The server is shutting down; reconnect (possibly elsewhere).
+    /// The server is draining and every request it took on this connection
+    /// was answered and the answer delivered: a request without an answer
+    /// was not relayed, so it can be sent again on a new connection
+    /// (possibly elsewhere).
     GoingAway = 4,
     /// The server failed internally.
     Internal = 5,
+    /// The server stopped with requests possibly in flight (its drain
+    /// deadline passed, or it was stopped at once): reconnect (possibly
+    /// elsewhere), but a request without an answer may have been relayed.
+    ShutDown = 6,
 }
 
 impl CloseCode {
@@ -128,6 +135,7 @@ impl CloseCode {
             3 => Self::HandshakeTimeout,
             4 => Self::GoingAway,
             5 => Self::Internal,
+            6 => Self::ShutDown,
             _ => return None,
         })
     }
@@ -141,6 +149,31 @@ impl CloseCode {
             Self::HandshakeTimeout => b"handshake timeout",
             Self::GoingAway => b"going away",
             Self::Internal => b"internal error",
+            Self::ShutDown => b"shut down",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::CloseCode;
+
+    #[test]
+    fn every_close_code_maps_back_and_unknown_ones_do_not() {
+        use CloseCode::*;
+        for c in [
+            Normal,
+            ProtocolError,
+            Unauthenticated,
+            HandshakeTimeout,
+            GoingAway,
+            Internal,
+            ShutDown,
+        ] {
+            assert_eq!(CloseCode::from_u64(c as u64), Some(c));
+            assert!(!c.reason().is_empty());
+        }
+        assert_eq!(CloseCode::from_u64(7), None);
+        assert_eq!(CloseCode::from_u64(u64::MAX), None);
     }
 }

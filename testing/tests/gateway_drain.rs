@@ -10,9 +10,18 @@ use std::time::Duration;
 
 use client::{BackupKey, GatewayConnection};
 use protocol_spec::msg::{self, request::Kind as Req, response::Kind as Resp, ErrorCode};
+use protocol_spec::CloseCode;
 use testing::helpers::{login_start, register};
 use testing::local_stack::{LocalStack, StackOptions};
 use vault_backend::account::Pacing;
+
+/// The application code `conn` was closed with by the gateway.
+fn close_code(conn: &GatewayConnection) -> Option<u64> {
+    match conn.quic().close_reason() {
+        Some(quinn::ConnectionError::ApplicationClosed(c)) => Some(c.error_code.into()),
+        _ => None,
+    }
+}
 
 async fn connect_once(stack: &LocalStack, account: &str) -> GatewayConnection {
     let dev = stack.enroll_device(account).unwrap();
@@ -104,6 +113,8 @@ async fn a_drain_answers_every_request_in_flight_then_says_going_away() {
     };
     let e = idle.request(&status).await.unwrap_err();
     assert!(e.to_string().contains("going away"), "{e}");
+    // With `GOING_AWAY` (4): nothing it took was left unanswered.
+    assert_eq!(close_code(&idle), Some(CloseCode::GoingAway as u64));
     // And nothing new is taken.
     let dev = stack.enroll_device("late").unwrap();
     let late = tokio::time::timeout(
@@ -115,5 +126,33 @@ async fn a_drain_answers_every_request_in_flight_then_says_going_away() {
         !matches!(late, Ok(Ok(_))),
         "a drained gateway at {addr} took a new connection"
     );
+    stack.shutdown().await;
+}
+
+/// A drain whose deadline passes with a connection still open (here: a
+/// login started and never finished, which a drain waits up to 10 s for)
+/// closes it with `SHUT_DOWN` (6), not `GOING_AWAY`: the gateway can no
+/// longer promise that a request left without an answer was not relayed,
+/// so the phone must not send it again unasked (SPEC §6.1).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_cut_at_its_deadline_says_shut_down_not_going_away() {
+    let mut stack = LocalStack::start(StackOptions::default()).await.unwrap();
+    assert!(register(&stack, "owner", b"right", &BackupKey::generate()).await);
+    let phone = connect_once(&stack, "owner").await;
+    match phone.request(&login_start(b"a guess")).await.unwrap().kind {
+        Some(Resp::LoginStart(_)) => {}
+        other => panic!("{other:?}"),
+    }
+    let drained = stack
+        .drain_gateway(Duration::from_millis(300))
+        .await
+        .unwrap();
+    assert_eq!(drained.cut, 1, "{drained:?}");
+    let status = msg::Request {
+        kind: Some(Req::Status(msg::StatusRequest {})),
+    };
+    let e = phone.request(&status).await.unwrap_err();
+    assert!(e.to_string().contains("shut down"), "{e}");
+    assert_eq!(close_code(&phone), Some(CloseCode::ShutDown as u64));
     stack.shutdown().await;
 }
