@@ -67,7 +67,7 @@ pub fn describe() {
     );
     describe_counter!(
         "vault_erasure_scrubs_partial_total",
-        "Scrub passes that stopped before every free page was overwritten (a reader pinned some); retried later."
+        "Scrub passes that stopped before every free page was overwritten (a reader pinned some, or the file was mostly such space): erased records may stay in those pages until a later pass."
     );
     describe_counter!(
         "vault_reads_coalesced_total",

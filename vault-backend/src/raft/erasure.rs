@@ -187,10 +187,13 @@ pub fn spawn_scrubber(
                     // erasure's pass takes them.
                     if pass.complete {
                         partial = 0;
-                    } else if partial < MAX_PARTIAL_PASSES {
-                        partial += 1;
+                    } else {
+                        // Every one counted (an alert watches the rate).
                         metrics::counter!("vault_erasure_scrubs_partial_total").increment(1);
-                        pending = Some(index);
+                        if partial < MAX_PARTIAL_PASSES {
+                            partial += 1;
+                            pending = Some(index);
+                        }
                     }
                 }
                 Ok(Err(e)) => tracing::error!(error = %e, "erasure: scrubbing free pages failed"),
