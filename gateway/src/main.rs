@@ -136,7 +136,6 @@ async fn main() -> anyhow::Result<()> {
                 connections: cfg.connections,
             };
             let gw = Gateway::start_with(cfg.listen, &keys, &cfg.vault_clusters, &door)?;
-            tracing::info!(addr = %gw.local_addr()?, "gateway serving");
             let _admin = match cfg.admin_listen {
                 Some(addr) => {
                     let listener = tokio::net::TcpListener::bind(addr)
@@ -150,6 +149,8 @@ async fn main() -> anyhow::Result<()> {
                 }
                 None => None,
             };
+            // Once every port is bound (test harnesses wait for this line).
+            tracing::info!(addr = %gw.local_addr()?, "gateway serving");
             let mut term =
                 tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
             tokio::select! {

@@ -58,11 +58,34 @@ impl GatewayProcess {
     }
 
     /// Starts the process again (a no-op while it runs) and waits
-    /// (bounded: 20 s) until its admin port answers.
+    /// (bounded: 20 s) until it says it serves. Its admin port was found
+    /// free by binding port 0 and letting it go, so another test can take
+    /// it first (seen in CI for replicas): then it gets a new one and the
+    /// process starts again (up to 3 times).
     pub async fn spawn(&mut self) -> anyhow::Result<()> {
-        if self.running() {
-            return Ok(());
+        for _ in 0..3 {
+            match self.spawn_once().await? {
+                Started::Serving => return Ok(()),
+                Started::AdminPortTaken => {
+                    self.admin = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+                    let text = std::fs::read_to_string(&self.config)?;
+                    let mut cfg: GatewayConfig = toml::from_str(&text)?;
+                    cfg.admin_listen = Some(self.admin);
+                    service_kit::files::write_public(
+                        &self.config,
+                        toml::to_string(&cfg)?.as_bytes(),
+                    )?;
+                }
+            }
         }
+        anyhow::bail!("the gateway process found its admin port taken 3 times")
+    }
+
+    async fn spawn_once(&mut self) -> anyhow::Result<Started> {
+        if self.running() {
+            return Ok(Started::Serving);
+        }
+        let logged = std::fs::metadata(&self.log).map(|m| m.len()).unwrap_or(0);
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -79,14 +102,22 @@ impl GatewayProcess {
         self.child = Some(child);
         let until = Instant::now() + Duration::from_secs(20);
         loop {
-            if tokio::net::TcpStream::connect(self.admin).await.is_ok() {
-                return Ok(());
+            // Its own word, not a connection to its admin port, which
+            // whoever took that port would answer.
+            let said = crate::local_stack::log_since(&self.log, logged);
+            if said.contains("gateway serving") {
+                return Ok(Started::Serving);
             }
             if let Some(exit) = self
                 .child
                 .as_mut()
                 .and_then(|c| c.try_wait().ok().flatten())
             {
+                let said = crate::local_stack::log_since(&self.log, logged);
+                if said.contains("cannot bind the admin port") {
+                    self.child = None;
+                    return Ok(Started::AdminPortTaken);
+                }
                 anyhow::bail!(
                     "the gateway process exited at start ({exit}):\n{}",
                     self.log()
@@ -135,4 +166,10 @@ impl GatewayProcess {
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+}
+
+/// How a start of the process went.
+enum Started {
+    Serving,
+    AdminPortTaken,
 }

@@ -754,14 +754,16 @@ impl LocalStack {
 
 impl LocalCluster {
     /// Starts replica `i` as a process of `bin` and waits until it serves
-    /// its admin port or exits.
+    /// (says so in its log, every port bound) or exits.
     async fn spawn_process(&mut self, i: usize, bin: &std::path::Path) -> anyhow::Result<()> {
         let cfg = self.configs[i].clone();
+        let log_path = cfg.state_dir.join("replica.log");
+        let logged = std::fs::metadata(&log_path).map(|m| m.len()).unwrap_or(0);
         // Appended to, so a restart keeps the log of the run before it.
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(cfg.state_dir.join("replica.log"))?;
+            .open(&log_path)?;
         let child = tokio::process::Command::new(bin)
             .arg("run")
             .arg("--config")
@@ -780,22 +782,24 @@ impl LocalCluster {
             .spawn()
             .map_err(|e| anyhow::anyhow!("cannot start {}: {e}", bin.display()))?;
         self.replicas[i] = ReplicaHandle::Process(child);
-        // One replica process starts at a time: until it serves its
-        // admin port (or exits), the next waits. Startup opens keys
-        // (a PKCS#11 token scan, for one) that need not bear company.
-        if let Some(admin) = cfg.admin_listen {
-            let until = Instant::now() + Duration::from_secs(15);
-            while Instant::now() < until {
-                if let ReplicaHandle::Process(c) = &mut self.replicas[i] {
-                    if c.try_wait().ok().flatten().is_some() {
-                        break;
-                    }
-                }
-                if tokio::net::TcpStream::connect(admin).await.is_ok() {
+        // One replica process starts at a time: until it serves (or
+        // exits), the next waits. Startup opens keys (a PKCS#11 token scan,
+        // for one) that need not bear company. "Serves" is its own word
+        // (logged once every port is bound), not a connection to its admin
+        // port, which whoever took that port first would answer: seen in
+        // CI, the cluster's start went on while the replica was exiting
+        // with "cannot bind the admin port", so it was never renumbered.
+        let until = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < until {
+            if let ReplicaHandle::Process(c) = &mut self.replicas[i] {
+                if c.try_wait().ok().flatten().is_some() {
                     break;
                 }
-                tokio::time::sleep(Duration::from_millis(20)).await;
             }
+            if log_since(&log_path, logged).contains("vault replica serving") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
         Ok(())
     }
@@ -826,11 +830,7 @@ impl LocalCluster {
                     ReplicaHandle::Process(c) => c.try_wait().ok().flatten().is_some(),
                     _ => false,
                 };
-                let said = std::fs::read(&log_path)
-                    .map(|b| {
-                        String::from_utf8_lossy(&b[(logged as usize).min(b.len())..]).into_owned()
-                    })
-                    .unwrap_or_default();
+                let said = log_since(&log_path, logged);
                 if !(exited && said.contains("cannot bind the admin port")) {
                     return Ok(());
                 }
@@ -902,4 +902,12 @@ fn cluster_configs(clusters: &[LocalCluster]) -> Vec<ClusterConfig> {
             server_name: service_kit::pki::REPLICA_ROLE_NAME.into(),
         })
         .collect()
+}
+
+/// What a process wrote to its log file `path` after its first `offset`
+/// bytes (empty if it cannot be read).
+pub(crate) fn log_since(path: &std::path::Path, offset: u64) -> String {
+    std::fs::read(path)
+        .map(|b| String::from_utf8_lossy(&b[(offset as usize).min(b.len())..]).into_owned())
+        .unwrap_or_default()
 }

@@ -1005,3 +1005,25 @@ async fn a_reset_lost_with_the_leader_leaves_the_count_one_higher_never_lower() 
     conn.close().await;
     stack.shutdown().await;
 }
+
+/// The harness itself: a replica process whose admin port another program
+/// holds when it starts (a port found free by binding port 0 can be taken
+/// before the replica binds it; two CI failures came from that) is started
+/// again on a new admin port, and its start waits for the replica's own
+/// word that it serves, not for whoever answers on that port.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_whose_admin_port_was_taken_starts_on_another() {
+    let mut stack = stack(10, RaftSettings::default()).await;
+    let i = 2;
+    stack.stop_replica(CLUSTER, i).await;
+    let taken = stack.clusters[CLUSTER].configs[i].admin_listen.unwrap();
+    // Held, and answering connections, as a stranger's server would.
+    let squatter = std::net::TcpListener::bind(taken).unwrap();
+    stack.start_replica(CLUSTER, i).await.unwrap();
+    let now = stack.clusters[CLUSTER].configs[i].admin_listen.unwrap();
+    assert_ne!(now, taken, "the replica kept the taken admin port");
+    let status = vault_backend::admin::fetch_status(now).await.unwrap();
+    assert_eq!(status.id, stack.clusters[CLUSTER].configs[i].node_id);
+    drop(squatter);
+    stack.shutdown().await;
+}
