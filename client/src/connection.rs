@@ -58,9 +58,11 @@ pub struct HandshakeTiming {
 }
 
 /// An authenticated connection. When the gateway says `GOING_AWAY` (it is
-/// draining: SPEC §6.1), the next request reconnects, to another of the
-/// profile's gateways if it has one, with backoff and jitter, and a request
-/// the gateway turned away unprocessed is sent again there.
+/// draining: SPEC §6.1) or `SHUT_DOWN` (it stopped), the next request
+/// reconnects, to another of the profile's gateways if it has one, with
+/// backoff and jitter; a request the gateway did not take (its stream
+/// reset, or left unanswered on a connection closed with `GOING_AWAY`) is
+/// sent again there, once.
 pub struct GatewayConnection {
     conn: std::sync::Mutex<quinn::Connection>,
     endpoint: quinn::Endpoint,
