@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use redb::{Database, ReadableDatabase, TableDefinition};
+use redb::{ReadableDatabase, TableDefinition};
 
 use crate::account::{LastGuessHold, StoredAccount};
 use crate::VaultError;
@@ -16,7 +16,7 @@ pub(crate) const ACCOUNTS: TableDefinition<&str, &[u8]> = TableDefinition::new("
 /// Handle to the database (cheap to clone).
 #[derive(Clone)]
 pub struct Store {
-    db: Arc<Database>,
+    db: Arc<crate::raft::storage::Db>,
 }
 
 impl std::fmt::Debug for Store {
@@ -28,7 +28,7 @@ impl std::fmt::Debug for Store {
 impl Store {
     /// A store over an already opened database (the replica's Raft
     /// database, whose `accounts` table the state machine maintains).
-    pub fn from_db(db: Arc<Database>) -> Self {
+    pub fn from_db(db: Arc<crate::raft::storage::Db>) -> Self {
         Self { db }
     }
 

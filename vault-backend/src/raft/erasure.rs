@@ -30,6 +30,7 @@ use std::time::{Duration, Instant};
 use redb::{Database, Durability, TableDefinition};
 use tokio::sync::mpsc;
 
+use super::storage::Db;
 use super::Raft;
 
 const SCRATCH: TableDefinition<u64, &[u8]> = TableDefinition::new("erasure_scratch");
@@ -87,7 +88,10 @@ pub struct Scrub {
 /// The pass checks its progress geometrically (a check after half the
 /// remaining free pages' worth of values, each taking at most one page), so
 /// it reads the allocator's count about twenty times, not once a value.
-pub fn scrub_free_space(db: &Database, path: &Path) -> Result<Scrub, redb::Error> {
+pub fn scrub_free_space(db: &Db, path: &Path) -> Result<Scrub, redb::Error> {
+    // No other writer until the pass ends (see `storage::gated`).
+    let gate = db.scrub();
+    let db = gate.db();
     let mut pass = Scrub {
         written: 0,
         reserve: 0,
@@ -112,6 +116,8 @@ pub fn scrub_free_space(db: &Database, path: &Path) -> Result<Scrub, redb::Error
 /// Rounds of filling and dropping in a pass (see [`scrub_free_space`]).
 const ROUNDS: usize = 2;
 
+// The pass writes with the gate closed (`scrub_free_space`).
+#[allow(clippy::disallowed_methods)]
 fn fill_once(db: &Database, path: &Path) -> Result<Scrub, redb::Error> {
     let file_len = || std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
     release(db)?;
@@ -183,6 +189,7 @@ fn fill_once(db: &Database, path: &Path) -> Result<Scrub, redb::Error> {
 
 /// Empty durable commits, after which redb reuses the pages freed before
 /// them (when no older reader holds them) and gives back a free end.
+#[allow(clippy::disallowed_methods)] // with the gate closed
 fn release(db: &Database) -> Result<(), redb::Error> {
     for _ in 0..RELEASE_COMMITS {
         let mut t = db.begin_write()?;
@@ -196,7 +203,7 @@ fn release(db: &Database) -> Result<(), redb::Error> {
 /// index of the entry that erased) until the channel closes.
 pub fn spawn_scrubber(
     raft: Raft,
-    db: Arc<Database>,
+    db: Arc<Db>,
     path: PathBuf,
     mut erased: mpsc::UnboundedReceiver<u64>,
     delay: Duration,
@@ -299,12 +306,12 @@ mod tests {
     ) -> (
         tempfile::TempDir,
         PathBuf,
-        Database,
+        Db,
         Option<redb::ReadTransaction>,
     ) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("v.redb");
-        let db = Database::create(&path).unwrap();
+        let db = Db::new(Database::create(&path).unwrap());
         let t = db.begin_write().unwrap();
         {
             let mut tab = t.open_table(DATA).unwrap();
@@ -360,29 +367,45 @@ mod tests {
     /// purged, and a snapshot value growing by 256 KiB before each pass
     /// (that alone makes redb double the file now and then, passes or not:
     /// a large value needs an aligned run of free pages). With the
-    /// previous pass the file reached 60–115 MB here.
+    /// previous pass the file reached 60–115 MB here. The log is written
+    /// by a thread of its own, as Raft writes beside the scrubber: the
+    /// soak's fifth run found passes that left their reserve to such
+    /// writers growing the file just the same (to 885 MB).
     #[test]
     fn passes_beside_a_growing_table_add_nothing_to_the_file() {
         fn run(scrub: bool) -> (u64, u64) {
+            use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
             const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
             const SNAP: TableDefinition<u64, &[u8]> = TableDefinition::new("snap");
             let dir = tempfile::tempdir().unwrap();
             let path = dir.path().join("v.redb");
-            let db = Database::create(&path).unwrap();
-            let mut i = 0u64;
+            let db = Arc::new(Db::new(Database::create(&path).unwrap()));
+            let appended = Arc::new(AtomicU64::new(0));
+            let stop = Arc::new(AtomicBool::new(false));
+            let writer = {
+                let (db, appended, stop) = (db.clone(), appended.clone(), stop.clone());
+                std::thread::spawn(move || {
+                    let mut i = 0u64;
+                    while !stop.load(Ordering::SeqCst) {
+                        let t = db.begin_write().unwrap();
+                        {
+                            let mut tab = t.open_table(LOG).unwrap();
+                            tab.insert(i, [7u8; 600].as_slice()).unwrap();
+                            if i >= 200 {
+                                tab.remove(i - 200).unwrap();
+                            }
+                        }
+                        t.commit().unwrap();
+                        i += 1;
+                        appended.store(i, Ordering::SeqCst);
+                    }
+                })
+            };
             let mut largest = 0;
             for k in 0..16u64 {
-                for _ in 0..300 {
-                    let t = db.begin_write().unwrap();
-                    {
-                        let mut tab = t.open_table(LOG).unwrap();
-                        tab.insert(i, [7u8; 600].as_slice()).unwrap();
-                        if i >= 200 {
-                            tab.remove(i - 200).unwrap();
-                        }
-                    }
-                    t.commit().unwrap();
-                    i += 1;
+                let until = appended.load(Ordering::SeqCst) + 300;
+                while appended.load(Ordering::SeqCst) < until {
+                    std::thread::sleep(Duration::from_millis(1));
                 }
                 let snap = vec![5u8; (256 * 1024 * (k + 1)) as usize];
                 let t = db.begin_write().unwrap();
@@ -397,6 +420,8 @@ mod tests {
                 }
                 largest = largest.max(len(&path));
             }
+            stop.store(true, Ordering::SeqCst);
+            writer.join().unwrap();
             (largest, len(&path))
         }
         let (bare_largest, bare_end) = run(false);

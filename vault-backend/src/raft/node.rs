@@ -11,8 +11,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::raft::storage::Db;
 use openraft::{Config, SnapshotPolicy};
-use redb::Database;
 
 use super::erasure;
 use super::freshness::Anchor;
@@ -85,7 +85,7 @@ pub struct RaftNode {
     /// The openraft handle.
     pub raft: Raft,
     /// The replica database (log, state machine, accounts).
-    pub db: Arc<Database>,
+    pub db: Arc<Db>,
     /// The cluster's command version, as applied here.
     pub version: ActiveVersion,
     endpoint: quinn::Endpoint,

@@ -15,6 +15,8 @@ use openraft::{
     AnyError, LogId, SnapshotMeta, StorageError, StorageIOError, StoredMembership, Vote,
 };
 use redb::{Database, Durability, ReadableDatabase, TableDefinition};
+
+use super::gated::{Db, Write};
 use serde::{Deserialize, Serialize};
 
 use crate::raft::member::ReplicaNode;
@@ -112,8 +114,8 @@ pub(super) fn r(e: impl std::fmt::Display) -> SErr {
 
 /// Opens (or creates) the replica database with every table present, and
 /// refuses a file written in a newer storage format.
-pub fn open_database(path: &Path) -> Result<Arc<Database>, SErr> {
-    let db = Database::create(path).map_err(r)?;
+pub fn open_database(path: &Path) -> Result<Arc<Db>, SErr> {
+    let db = Db::new(Database::create(path).map_err(r)?);
     let txn = db.begin_write().map_err(w)?;
     txn.open_table(LOG).map_err(w)?;
     txn.open_table(META).map_err(w)?;
@@ -141,7 +143,7 @@ pub fn open_database(path: &Path) -> Result<Arc<Database>, SErr> {
 }
 
 /// Commits a transaction with an fsync.
-pub(super) fn commit_durable(txn: redb::WriteTransaction) -> Result<(), SErr> {
+pub(super) fn commit_durable(txn: Write<'_>) -> Result<(), SErr> {
     let mut txn = txn;
     txn.set_durability(Durability::Immediate).map_err(w)?;
     txn.commit().map_err(w)
@@ -165,10 +167,10 @@ pub(super) async fn off_worker<T: Send + 'static>(
 
 /// Writes one Raft metadata value, committed by `commit`.
 pub(super) async fn put_meta<T: Serialize + for<'a> Deserialize<'a> + Send + 'static>(
-    db: &Arc<Database>,
+    db: &Arc<Db>,
     slot: &'static Slot<T>,
     value: T,
-    commit: fn(redb::WriteTransaction) -> Result<(), SErr>,
+    commit: for<'a> fn(Write<'a>) -> Result<(), SErr>,
 ) -> Result<(), SErr> {
     let db = db.clone();
     off_worker(move || {
@@ -180,7 +182,7 @@ pub(super) async fn put_meta<T: Serialize + for<'a> Deserialize<'a> + Send + 'st
 }
 
 /// Commits without an fsync (made durable by the next durable commit).
-pub(super) fn commit_lazy(txn: redb::WriteTransaction) -> Result<(), SErr> {
+pub(super) fn commit_lazy(txn: Write<'_>) -> Result<(), SErr> {
     let mut txn = txn;
     txn.set_durability(Durability::None).map_err(w)?;
     txn.commit().map_err(w)

@@ -13,7 +13,9 @@ use std::sync::Arc;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{Entry, LogId, OptionalSend, RaftLogReader, Vote};
-use redb::{Database, Durability, ReadableDatabase, ReadableTable};
+use redb::{Durability, ReadableDatabase, ReadableTable};
+
+use super::gated::Db;
 
 use crate::raft::freshness::{Anchor, Freshness};
 use crate::raft::{NodeId, TypeConfig};
@@ -23,7 +25,7 @@ use super::db::*;
 /// Log storage (openraft `RaftLogStorage`) over redb.
 #[derive(Clone)]
 pub struct LogStore {
-    db: Arc<Database>,
+    db: Arc<Db>,
     /// `Some`: appends are acknowledged by the flusher thread's fsync.
     flusher: Option<mpsc::Sender<Flush>>,
     /// The freshness anchor, raised before anything is acknowledged.
@@ -49,14 +51,14 @@ impl LogStore {
     /// Log storage over `db`. By default each (batched) append is fsync'd in
     /// place; with `async_flush`, a flusher thread makes appends durable with
     /// shared fsyncs and acknowledges them afterwards.
-    pub fn new(db: Arc<Database>, async_flush: bool) -> std::io::Result<Self> {
+    pub fn new(db: Arc<Db>, async_flush: bool) -> std::io::Result<Self> {
         Self::with_anchor(db, async_flush, None)
     }
 
     /// As [`LogStore::new`], raising `anchor` (see `freshness`) after each
     /// durable vote and append, before acknowledging it.
     pub fn with_anchor(
-        db: Arc<Database>,
+        db: Arc<Db>,
         async_flush: bool,
         anchor: Option<Arc<Anchor>>,
     ) -> std::io::Result<Self> {
@@ -89,7 +91,7 @@ impl LogStore {
 
 /// Waits for appends, then makes everything appended so far durable with one
 /// fsync and acknowledges all of them.
-pub(super) fn flusher(db: Arc<Database>, anchor: Option<Arc<Anchor>>, rx: mpsc::Receiver<Flush>) {
+pub(super) fn flusher(db: Arc<Db>, anchor: Option<Arc<Anchor>>, rx: mpsc::Receiver<Flush>) {
     while let Ok((first, last)) = rx.recv() {
         let mut batch = vec![first];
         let mut last = last;

@@ -23,11 +23,13 @@
 #![allow(clippy::result_large_err)]
 
 mod db;
+mod gated;
 mod log_store;
 mod state_machine;
 #[cfg(test)]
 mod tests;
 
 pub use db::open_database;
+pub use gated::{Db, Scrubbing, Write};
 pub use log_store::LogStore;
 pub use state_machine::{ActiveVersion, StateMachine};

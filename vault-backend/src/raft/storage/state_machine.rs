@@ -17,7 +17,9 @@ use openraft::{
     StoredMembership,
 };
 use prost::Message;
-use redb::{Database, ReadableDatabase, ReadableTable};
+use redb::{ReadableDatabase, ReadableTable};
+
+use super::gated::Db;
 use serde::{Deserialize, Serialize};
 
 use crate::account::{StoredAccount, Write};
@@ -63,7 +65,7 @@ impl ActiveVersion {
 /// The account state machine (openraft `RaftStateMachine`) over redb.
 #[derive(Clone)]
 pub struct StateMachine {
-    db: Arc<Database>,
+    db: Arc<Db>,
     erasures: Option<tokio::sync::mpsc::UnboundedSender<u64>>,
     version: ActiveVersion,
 }
@@ -76,7 +78,7 @@ impl std::fmt::Debug for StateMachine {
 
 impl StateMachine {
     /// State machine over `db`.
-    pub fn new(db: Arc<Database>) -> Result<Self, SErr> {
+    pub fn new(db: Arc<Db>) -> Result<Self, SErr> {
         let version = ActiveVersion::default();
         version.set(COMMAND_VERSION.read(&db)?.unwrap_or(codec::LEGACY_VERSION));
         Ok(Self {
@@ -188,7 +190,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
 }
 
 pub(super) fn store_snapshot(
-    db: &Database,
+    db: &Db,
     meta: &SnapshotMeta<NodeId, ReplicaNode>,
     data: &[u8],
 ) -> Result<(), SErr> {

@@ -16,7 +16,9 @@ use openraft::{
     Entry, EntryPayload, LogId, RaftLogReader, RaftSnapshotBuilder, SnapshotMeta, StoredMembership,
     Vote,
 };
-use redb::{Database, ReadableDatabase, ReadableTable};
+use redb::{ReadableDatabase, ReadableTable};
+
+use super::gated::Db;
 
 use super::db::*;
 use super::log_store::*;
@@ -84,7 +86,7 @@ struct Seen {
     accounts: Vec<(String, Vec<u8>)>,
 }
 
-async fn seen(db: &Arc<Database>) -> Seen {
+async fn seen(db: &Arc<Db>) -> Seen {
     let mut log = LogStore::new(db.clone(), false).unwrap();
     let mut sm = StateMachine::new(db.clone()).unwrap();
     let st = log.get_log_state().await.unwrap();
@@ -124,7 +126,7 @@ async fn seen(db: &Arc<Database>) -> Seen {
 
 /// Closes the database for real: every handle is dropped, and redb lets
 /// the file be opened again only once the last one is gone.
-fn reopen(db: Arc<Database>, path: &Path) -> Arc<Database> {
+fn reopen(db: Arc<Db>, path: &Path) -> Arc<Db> {
     assert_eq!(Arc::strong_count(&db), 1, "a handle still holds the file");
     drop(db);
     open_database(path).unwrap()
