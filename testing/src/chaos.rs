@@ -1207,7 +1207,9 @@ pub async fn run(opts: ChaosOptions) -> anyhow::Result<ChaosReport> {
     for &i in &f.members {
         let path = stack.clusters[CLUSTER].configs[i].database_path();
         let db = redb::Database::open(&path)?;
-        let store = vault_backend::store::Store::from_db(Arc::new(db));
+        let store = vault_backend::store::Store::from_db(Arc::new(
+            vault_backend::raft::storage::Db::new(db),
+        ));
         let rows: Vec<_> = accounts
             .iter()
             .map(|a| store.get(a).ok().flatten())
