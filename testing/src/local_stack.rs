@@ -139,6 +139,11 @@ pub struct LocalCluster {
     replica_env: Vec<(String, String)>,
     /// The proxies in front of the replicas' peer ports, if any.
     pub proxies: Option<PeerProxies>,
+    /// Sockets bound to learn a new cluster's free ports, kept until each
+    /// in-process replica's first start takes them: released and bound
+    /// again, a port can be taken in between by any socket on the machine
+    /// (seen in CI beside the soak: "cannot bind 127.0.0.1:33215").
+    held: Vec<Option<BoundSockets>>,
 }
 
 impl std::fmt::Debug for LocalCluster {
@@ -291,6 +296,7 @@ impl LocalStack {
     ) -> anyhow::Result<LocalCluster> {
         let processes = opts.replica_binary.is_some();
         let mut proxies = None;
+        let mut held = Vec::new();
         let configs = if cdir.join(vfiles::FLEET_PUBLIC).exists() {
             anyhow::ensure!(
                 !opts.peer_proxies,
@@ -315,10 +321,17 @@ impl LocalStack {
                     };
                     Ok(SocketAddr::from(([127, 0, 0, 1], port)))
                 };
-                // Free ports are found by binding port 0; the replicas bind
-                // them again when they start.
-                let serve = UdpSocket::bind(at(0)?)?.local_addr()?;
-                let mut peer = UdpSocket::bind(at(100)?)?.local_addr()?;
+                // Free ports are found by binding port 0; in-process
+                // replicas start on these sockets, processes bind the
+                // ports again.
+                let serve_socket = UdpSocket::bind(at(0)?)?;
+                let peer_socket = UdpSocket::bind(at(100)?)?;
+                let serve = serve_socket.local_addr()?;
+                let mut peer = peer_socket.local_addr()?;
+                held.push((!processes).then_some(BoundSockets {
+                    serve: serve_socket,
+                    peer: peer_socket,
+                }));
                 if opts.peer_proxies {
                     // The membership names the proxy; the replica binds
                     // the real port (set below).
@@ -374,6 +387,7 @@ impl LocalStack {
             replica_binary: opts.replica_binary.clone(),
             replica_env: opts.replica_env.clone(),
             proxies,
+            held,
         };
         for i in 0..cluster.configs.len() {
             cluster.replicas.push(ReplicaHandle::Stopped);
@@ -654,18 +668,24 @@ impl LocalStack {
             .map(|(cfg, _)| cfg.clone())
             .ok_or_else(|| anyhow::anyhow!("no running replica to copy"))?;
         let id = c.configs.iter().map(|cfg| cfg.node_id).max().unwrap_or(0) + 1;
-        let free =
-            || -> anyhow::Result<SocketAddr> { Ok(UdpSocket::bind("127.0.0.1:0")?.local_addr()?) };
+        let (serve, peer) = (
+            UdpSocket::bind("127.0.0.1:0")?,
+            UdpSocket::bind("127.0.0.1:0")?,
+        );
         let admin = match c.replica_binary {
             Some(_) => Some(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?),
             None => None,
         };
         let member = Member {
             id,
-            serve: free()?,
-            peer: free()?,
+            serve: serve.local_addr()?,
+            peer: peer.local_addr()?,
             admin,
         };
+        let sockets = c
+            .replica_binary
+            .is_none()
+            .then_some(BoundSockets { serve, peer });
         let mut cfg = provision::new_replica(
             &c.dir,
             &like,
@@ -679,6 +699,8 @@ impl LocalStack {
         c.configs.push(cfg);
         c.replicas.push(ReplicaHandle::Stopped);
         let i = c.configs.len() - 1;
+        c.held.resize_with(i, || None);
+        c.held.push(sockets);
         c.start(i).await?;
         Ok(i)
     }
@@ -844,9 +866,12 @@ impl LocalCluster {
         let cfg = self.configs[i].clone();
         let mut last = None;
         for _ in 0..50 {
-            let sockets = BoundSockets {
-                serve: bind_udp(cfg.listen).await?,
-                peer: bind_udp(cfg.peer_listen).await?,
+            let sockets = match self.held.get_mut(i).and_then(Option::take) {
+                Some(s) => s,
+                None => BoundSockets {
+                    serve: bind_udp(cfg.listen).await?,
+                    peer: bind_udp(cfg.peer_listen).await?,
+                },
             };
             match Replica::start_on(&cfg, sockets).await {
                 Ok(r) => {

@@ -19,9 +19,14 @@
 //! [`scrub_free_space`]. Per-registration crypto-shredding would remove
 //! the need for passes.
 //!
-//! Must never: run while holding up consensus for long (each step is one
-//! short redb write transaction), or skip step 3 (the purge alone only
-//! frees the pages).
+//! A pass closes the database's writer gate ([`crate::raft::storage::Db`])
+//! for its duration: Raft's appends wait for it, as they waited for the
+//! fill's one write transaction before, now also for its few closing
+//! commits, so that none of them takes the reserve and grows the file.
+//!
+//! Must never: let a pass's length grow with anything but the free space
+//! it overwrites (it is what holds Raft's writes up), or skip step 3 (the
+//! purge alone only frees the pages).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
