@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use protocol_spec::handshake::{Initiator, InitiatorStep};
+use protocol_spec::handshake::{HandshakeError, Initiator, InitiatorStep};
 use protocol_spec::limits::CLIENT_REQUEST_TIMEOUT;
 use protocol_spec::msg;
 use protocol_spec::noise::{self, EXPORTER_LEN};
@@ -74,6 +74,8 @@ pub struct GatewayConnection {
     again: Option<Box<Reconnect>>,
     /// Reconnections are made one at a time.
     reconnecting: tokio::sync::Mutex<()>,
+    /// The gateway key learned in a handshake, pinned from then on.
+    learned: std::sync::Mutex<Option<[u8; 32]>>,
 }
 
 impl std::fmt::Debug for GatewayConnection {
@@ -120,8 +122,7 @@ pub fn rustls_config(profile: &ClientProfile) -> Result<rustls::ClientConfig, Cl
             .add(c)
             .map_err(|e| ClientError::Config(format!("gateway_ca_pem: {e}")))?;
     }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+    let mut tls = rustls::ClientConfig::builder_with_provider(service_kit::tls::crypto_provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| ClientError::Config(e.to_string()))?
         .with_root_certificates(roots)
@@ -180,11 +181,17 @@ impl GatewayConnection {
                 (ep, true)
             }
         };
-        let (conn, account_id, timing) = handshake(
+        let Handshaken {
+            conn,
+            account_id,
+            timing,
+            learned,
+        } = handshake(
             &endpoint,
             addr,
             profile,
             device,
+            profile.gateway_key()?,
             opts.force_xx,
             CONNECT_TIMEOUT,
         )
@@ -207,7 +214,19 @@ impl GatewayConnection {
             observer: opts.observer.clone(),
             again,
             reconnecting: tokio::sync::Mutex::new(()),
+            learned: std::sync::Mutex::new(learned),
         })
+    }
+
+    /// The gateway's new Noise key, when this connection (or a reconnection)
+    /// learned that the pinned one is being retired (SPEC §4.6): the app
+    /// saves it as the profile's `gateway_noise_key`. Reconnections of this
+    /// connection already pin it.
+    pub fn gateway_key_update(&self) -> Option<[u8; 32]> {
+        *self
+            .learned
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// How long connecting took.
@@ -305,17 +324,33 @@ impl GatewayConnection {
                 tokio::time::sleep(pause).await;
             }
             let left = until.saturating_duration_since(Instant::now());
+            let pin = match self.gateway_key_update() {
+                Some(k) => Some(k),
+                None => again.profile.gateway_key()?,
+            };
             let made = handshake(
                 &self.endpoint,
                 addr,
                 &again.profile,
                 &again.device,
+                pin,
                 again.force_xx,
                 left.min(CONNECT_TIMEOUT),
             )
             .await;
             match made {
-                Ok((conn, account_id, _)) if account_id == self.account_id => {
+                Ok(Handshaken {
+                    conn,
+                    account_id,
+                    learned,
+                    ..
+                }) if account_id == self.account_id => {
+                    if learned.is_some() {
+                        *self
+                            .learned
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner) = learned;
+                    }
                     again.current.store(i, Ordering::Release);
                     if let Ok(mut c) = self.conn.lock() {
                         *c = conn.clone();
@@ -328,9 +363,11 @@ impl GatewayConnection {
                         "another gateway authenticated this device as a different account".into(),
                     ))
                 }
-                // A credential the gateway refuses will not do better on
-                // the next try.
-                Err(e @ ClientError::Authentication(_)) => return Err(e),
+                // A credential the gateway refuses, or a gateway key the
+                // profile does not know, will not do better on the next try.
+                Err(e @ (ClientError::Authentication(_) | ClientError::GatewayKeyOutdated(_))) => {
+                    return Err(e)
+                }
                 Err(e) => last = Some(e),
             }
         }
@@ -340,6 +377,26 @@ impl GatewayConnection {
     /// The underlying QUIC connection now (tests use it to misbehave).
     pub fn quic(&self) -> quinn::Connection {
         self.current()
+    }
+
+    /// Moves this phone's connection to a new local UDP socket, as when the
+    /// phone changes network (Wi-Fi to cellular): the authenticated
+    /// connection carries on from the new address with no new handshake
+    /// (QUIC connection migration, RFC 9000 §9; the gateway validates the
+    /// new path). Everything else on this connection's endpoint moves too,
+    /// so a caller sharing one endpoint between connections
+    /// ([`ConnectOptions`]) moves them all.
+    pub fn rebind(&self, socket: std::net::UdpSocket) -> Result<(), ClientError> {
+        self.endpoint
+            .rebind(socket)
+            .map_err(|e| ClientError::Config(format!("cannot move to the new network: {e}")))
+    }
+
+    /// The local address the connection sends from now.
+    pub fn local_addr(&self) -> Result<SocketAddr, ClientError> {
+        self.endpoint
+            .local_addr()
+            .map_err(|e| ClientError::Config(format!("no local address: {e}")))
     }
 
     /// Closes the connection politely.
@@ -431,6 +488,9 @@ fn handshake_ended(conn: &quinn::Connection) -> ClientError {
         _ if gateway_left(conn) => {
             ClientError::Unavailable("the gateway is going away; connect again".into())
         }
+        _ if closed_with(conn, CloseCode::HandshakeUnreadable) => ClientError::GatewayKeyOutdated(
+            "the gateway could not read this app's handshake: the gateway key it pins is no longer the gateway's".into(),
+        ),
         Some(r @ (E::ApplicationClosed(_) | E::ConnectionClosed(_))) => {
             ClientError::Authentication(r.to_string())
         }
@@ -465,22 +525,39 @@ async fn handshake(
     addr: SocketAddr,
     profile: &ClientProfile,
     device: &DeviceIdentity,
+    pin: Option<[u8; 32]>,
     force_xx: bool,
     within: Duration,
-) -> Result<(quinn::Connection, String, HandshakeTiming), ClientError> {
+) -> Result<Handshaken, ClientError> {
     let cerr = |reason: String| ClientError::Connect {
         addr: addr.to_string(),
         reason,
     };
-    match tokio::time::timeout(
-        within,
-        handshake_unbounded(endpoint, addr, profile, device, force_xx),
-    )
-    .await
-    {
+    let attempts = async {
+        match handshake_unbounded(endpoint, addr, profile, device, pin, force_xx).await {
+            // IK to a key the gateway no longer holds (rotated past this
+            // profile): XX once, which accepts only the pinned key or the
+            // profile's next one (SPEC §4.6), so an impostor learns nothing
+            // more than with IK.
+            Err(ClientError::GatewayKeyOutdated(_)) if pin.is_some() && !force_xx => {
+                handshake_unbounded(endpoint, addr, profile, device, pin, true).await
+            }
+            other => other,
+        }
+    };
+    match tokio::time::timeout(within, attempts).await {
         Ok(out) => out,
         Err(_) => Err(cerr(format!("no answer within {within:?}"))),
     }
+}
+
+/// A connection authenticated by the handshake.
+struct Handshaken {
+    conn: quinn::Connection,
+    account_id: String,
+    timing: HandshakeTiming,
+    /// The gateway key to pin from now on, if it changed (SPEC §4.6).
+    learned: Option<[u8; 32]>,
 }
 
 async fn handshake_unbounded(
@@ -488,8 +565,9 @@ async fn handshake_unbounded(
     addr: SocketAddr,
     profile: &ClientProfile,
     device: &DeviceIdentity,
+    pin: Option<[u8; 32]>,
     force_xx: bool,
-) -> Result<(quinn::Connection, String, HandshakeTiming), ClientError> {
+) -> Result<Handshaken, ClientError> {
     let credential = device.credential.as_deref().ok_or_else(|| {
         ClientError::Config(
             "this device has no credential yet; ask the account service to mint one".into(),
@@ -515,12 +593,13 @@ async fn handshake_unbounded(
     .map_err(|_| cerr("TLS exporter unavailable".into()))?;
     let mut initiator = Initiator::new(
         *device.static_private,
-        profile.gateway_key()?,
+        pin,
         force_xx,
         exporter,
         credential,
         concat!("bkv-rust-client/", env!("CARGO_PKG_VERSION")),
-    );
+    )
+    .with_next_key(profile.gateway_next_key()?);
     let (mut send, mut recv) = conn.open_bi().await.map_err(|e| cerr(e.to_string()))?;
     let auth_err = |e: String| ClientError::Authentication(e);
     let first = initiator.start().map_err(|e| auth_err(e.to_string()))?;
@@ -532,21 +611,76 @@ async fn handshake_unbounded(
             Ok(Some(f)) => f,
             Ok(None) | Err(_) => return Err(handshake_ended(&conn)),
         };
-        match initiator
-            .on_frame(&frame)
-            .map_err(|e| auth_err(e.to_string()))?
-        {
+        let step = initiator.on_frame(&frame).map_err(|e| match e {
+            HandshakeError::GatewayKeyMismatch { got, .. } => {
+                ClientError::GatewayKeyOutdated(format!(
+                    "the gateway presented Noise key {got}, which is neither the key this app pins nor the next one its profile names"
+                ))
+            }
+            e => auth_err(e.to_string()),
+        })?;
+        match step {
             InitiatorStep::Send(f) => write_frame(&mut send, &f)
                 .await
                 .map_err(|e| auth_err(e.to_string()))?,
             InitiatorStep::Wait => {}
-            InitiatorStep::Done { account_id } => break account_id,
+            InitiatorStep::Done {
+                account_id,
+                gateway_key,
+            } => break (account_id, gateway_key),
         }
     };
+    let (account_id, learned) = account_id;
     let _ = send.finish();
     let timing = HandshakeTiming {
         quic,
         auth: started.elapsed().saturating_sub(quic),
     };
-    Ok((conn, account_id, timing))
+    if let Some(k) = learned {
+        tracing::info!(
+            gateway_key = %hex::encode(k),
+            "the gateway's Noise key changed; pinning the new one (save it in the profile)"
+        );
+    }
+    Ok(Handshaken {
+        conn,
+        account_id,
+        timing,
+        learned,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn the_phone_offers_the_post_quantum_hybrid_first_and_x25519_only_besides() {
+        let profile = ClientProfile {
+            gateway_addr: "127.0.0.1:1".parse().unwrap(),
+            other_gateways: Vec::new(),
+            gateway_server_name: "localhost".into(),
+            // No CA: the configuration is only inspected, never used.
+            gateway_ca_pem: String::new(),
+            gateway_noise_key: None,
+            gateway_noise_next_key: None,
+            fleet_id: "f".into(),
+            fleet_public_key: String::new(),
+        };
+        let tls = rustls_config(&profile).unwrap();
+        let groups: Vec<rustls::NamedGroup> = tls
+            .crypto_provider()
+            .kx_groups
+            .iter()
+            .map(|g| g.name())
+            .collect();
+        assert_eq!(
+            groups,
+            [
+                rustls::NamedGroup::X25519MLKEM768,
+                rustls::NamedGroup::X25519
+            ]
+        );
+    }
 }

@@ -19,6 +19,10 @@ pub enum ClientError {
         /// What the QUIC or TLS layer said.
         reason: String,
     },
+    /// The gateway's Noise key is not one this app knows: it was rotated
+    /// past the app's profile (or this is not the real gateway).
+    #[error("{0}. The gateway's key was changed and this app's copy is out of date: update the app, or its client profile's gateway_noise_key, from your operator")]
+    GatewayKeyOutdated(String),
     /// Device authentication failed.
     #[error("the gateway did not accept this device: {0}")]
     Authentication(String),

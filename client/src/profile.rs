@@ -26,6 +26,10 @@ pub struct ClientProfile {
     /// Gateway static Noise key (hex). With it the client uses IK; without, XX.
     #[serde(default)]
     pub gateway_noise_key: Option<String>,
+    /// The gateway's next static Noise key (hex), published ahead of a key
+    /// rotation: accepted besides the pinned one when XX reveals it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway_noise_next_key: Option<String>,
     /// Vault fleet id.
     pub fleet_id: String,
     /// Vault fleet OPAQUE public key (hex) — the pin.
@@ -78,15 +82,26 @@ impl ClientProfile {
 
     /// Decoded gateway Noise key, if pinned.
     pub fn gateway_key(&self) -> Result<Option<[u8; 32]>, ClientError> {
-        self.gateway_noise_key
-            .as_deref()
-            .map(|h| {
-                let v = hex::decode(h.trim()).map_err(|e| {
-                    ClientError::Config(format!("gateway_noise_key is not hex: {e}"))
-                })?;
-                v.try_into()
-                    .map_err(|_| ClientError::Config("gateway_noise_key must be 32 bytes".into()))
-            })
-            .transpose()
+        key32("gateway_noise_key", self.gateway_noise_key.as_deref())
     }
+
+    /// Decoded next gateway Noise key, if the profile carries one.
+    pub fn gateway_next_key(&self) -> Result<Option<[u8; 32]>, ClientError> {
+        key32(
+            "gateway_noise_next_key",
+            self.gateway_noise_next_key.as_deref(),
+        )
+    }
+}
+
+fn key32(field: &str, hex_key: Option<&str>) -> Result<Option<[u8; 32]>, ClientError> {
+    hex_key
+        .map(|h| {
+            let v = hex::decode(h.trim())
+                .map_err(|e| ClientError::Config(format!("{field} is not hex: {e}")))?;
+            v.try_into().map_err(|_| {
+                ClientError::Config(format!("{field} must be 32 bytes (64 hex digits)"))
+            })
+        })
+        .transpose()
 }

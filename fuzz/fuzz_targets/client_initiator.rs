@@ -57,16 +57,25 @@ fn seeds() -> Vec<Vec<u8>> {
     let ok = framing::encode(&msg::AuthResult {
         account_id: "fuzz-account".into(),
         error: None,
+        gateway_key: Vec::new(),
     })
     .expect("encodes");
     let refused = framing::encode(&msg::AuthResult {
         account_id: String::new(),
         error: Some(msg::Error::new(msg::ErrorCode::Unauthenticated, "expired")),
+        gateway_key: Vec::new(),
     })
     .expect("encodes");
     let mut out = Vec::new();
+    // A rotation's answer: the gateway names its new key.
+    let rotated = framing::encode(&msg::AuthResult {
+        account_id: "fuzz-account".into(),
+        error: None,
+        gateway_key: vec![9u8; 32],
+    })
+    .expect("encodes");
     for mode in [1u8, 2] {
-        for r in [&ok, &refused] {
+        for r in [&ok, &refused, &rotated] {
             let mut s = vec![mode];
             s.extend_from_slice(body(r));
             out.push(s);

@@ -8,7 +8,10 @@
 //! The first byte picks what the bytes become: 0, the raw payload; 1, a
 //! well-formed `ClientAuthPayload` whose credential is the bytes; other
 //! values, a valid credential for this device with the bytes written over
-//! it (so the token parser sees near-valid input).
+//! it (so the token parser sees near-valid input). With the first byte's
+//! high bit set, the gateway has rotated: the initiator addresses the key
+//! now held as the previous one (SPEC §4.6), so the responder's second
+//! attempt and its `gateway_key` answer are reached too.
 #![no_main]
 use std::sync::OnceLock;
 
@@ -20,6 +23,9 @@ use protocol_spec::msg::{ClientAuthPayload, HandshakeMessage, NoisePattern};
 use protocol_spec::noise;
 
 struct Keys {
+    /// The key a rotation made current (the initiator never uses it).
+    rotated_private: [u8; 32],
+    rotated_public: [u8; 32],
     gateway_private: [u8; 32],
     gateway_public: [u8; 32],
     device_private: [u8; 32],
@@ -31,6 +37,7 @@ fn keys() -> &'static Keys {
     static KEYS: OnceLock<Keys> = OnceLock::new();
     KEYS.get_or_init(|| {
         let (gateway_private, gateway_public) = noise::generate_static_keypair().expect("keys");
+        let (rotated_private, rotated_public) = noise::generate_static_keypair().expect("keys");
         let (device_private, device_public) = noise::generate_static_keypair().expect("keys");
         let (secret, public) = generate_signing_key().expect("signing key");
         let credential = mint(
@@ -41,6 +48,8 @@ fn keys() -> &'static Keys {
         )
         .expect("credential");
         Keys {
+            rotated_private,
+            rotated_public,
             gateway_private,
             gateway_public,
             device_private,
@@ -62,6 +71,7 @@ fn seeds() -> Vec<Vec<u8>> {
         [&[0u8][..], &auth].concat(),
         [&[1u8][..], k.credential.as_bytes()].concat(),
         vec![2, b'x'],
+        [&[0x80u8][..], &auth].concat(),
     ]
 }
 
@@ -71,9 +81,11 @@ fuzz_target!(
     },
     |data: &[u8]| {
     let k = keys();
-    let Some((mode, rest)) = data.split_first() else {
+    let Some((&first, rest)) = data.split_first() else {
         return;
     };
+    let rotated = first & 0x80 != 0;
+    let mode = &(first & 0x7f);
     let auth = |credential: String| {
         ClientAuthPayload {
             credential,
@@ -116,6 +128,11 @@ fuzz_target!(
     }
     .encode_to_vec();
     let verifier = CredentialVerifier::new(&k.account_service_public).expect("verifier");
-    let mut responder = Responder::new(k.gateway_private, exporter, &verifier);
+    let mut responder = if rotated {
+        Responder::new(k.rotated_private, exporter, &verifier)
+            .with_previous_key(k.gateway_private, k.rotated_public)
+    } else {
+        Responder::new(k.gateway_private, exporter, &verifier)
+    };
     let _ = responder.on_frame(&frame);
 });

@@ -86,6 +86,7 @@ pub fn deposit() -> &'static Deposit {
             gateway_server_name: "localhost".into(),
             gateway_ca_pem: String::new(),
             gateway_noise_key: None,
+            gateway_noise_next_key: None,
             fleet_id: secrets.fleet_id.clone(),
             fleet_public_key: hex::encode(secrets.public_key()),
         };

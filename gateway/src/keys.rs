@@ -1,6 +1,10 @@
 //! The gateway's key material on disk: TLS identity (from a gateway CA), the
-//! static Noise key, the account service's credential-verification key, and
-//! the client certificate for the vault link. `init` creates what is missing.
+//! static Noise key (with, during a rotation, the previous one until its
+//! retirement time, and a next one prepared ahead), the account service's
+//! credential-verification key(s), and the client certificate for the vault
+//! link. `init` creates what is missing; [`rotate_noise_key`] and
+//! [`prepare_noise_key`] rotate the Noise key; a running gateway reloads
+//! all of it on SIGHUP.
 //!
 //! The account service's *signing* key is generated here too for the local
 //! stack (standing in for phone-number verification); a production gateway
@@ -21,7 +25,14 @@ pub mod files {
     pub const GATEWAY_TLS: &str = "gateway-tls";
     /// Static Noise key.
     pub const NOISE_KEY: &str = "noise-key.toml";
-    /// Account service public key (hex).
+    /// The Noise key being retired, with its retirement time (a rotation's
+    /// overlap).
+    pub const NOISE_KEY_PREVIOUS: &str = "noise-key.previous.toml";
+    /// The Noise key the next rotation will make current, prepared ahead so
+    /// that client profiles can carry it.
+    pub const NOISE_KEY_NEXT: &str = "noise-key.next.toml";
+    /// Account service public key(s) (hex, one per line, the current one
+    /// first: more than one while the account service rotates its key).
     pub const ACCOUNT_SERVICE_PUBLIC: &str = "account-service.pub";
     /// Account service signing key (hex, 0600), local stack only.
     pub const ACCOUNT_SERVICE_SECRET: &str = "account-service.key";
@@ -35,6 +46,62 @@ pub mod files {
 struct NoiseKeyFile {
     private_hex: String,
     public_hex: String,
+    /// Previous key only: when it stops being accepted (unix seconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    retire_at_unix: Option<u64>,
+}
+
+impl NoiseKeyFile {
+    fn generate() -> anyhow::Result<Self> {
+        let (private, public) = protocol_spec::noise::generate_static_keypair()
+            .map_err(|e| anyhow::anyhow!("noise key generation: {e}"))?;
+        Ok(Self {
+            private_hex: hex::encode(private),
+            public_hex: hex::encode(public),
+            retire_at_unix: None,
+        })
+    }
+
+    fn read(path: &Path) -> anyhow::Result<Self> {
+        let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|e| {
+            anyhow::anyhow!(
+                "cannot read {}: {e}; run `gateway init` first",
+                path.display()
+            )
+        })?);
+        toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+    }
+
+    fn write(&self, path: &Path, existing: Existing) -> anyhow::Result<()> {
+        write_private(
+            path,
+            Zeroizing::new(toml::to_string(self)?).as_bytes(),
+            existing,
+        )?;
+        Ok(())
+    }
+
+    fn keys(&self) -> anyhow::Result<(Zeroizing<[u8; 32]>, [u8; 32])> {
+        let dec32 = |h: &str| -> anyhow::Result<[u8; 32]> {
+            hex::decode(h)?
+                .try_into()
+                .map_err(|_| anyhow::anyhow!("noise key must be 32 bytes"))
+        };
+        Ok((
+            Zeroizing::new(dec32(&self.private_hex)?),
+            dec32(&self.public_hex)?,
+        ))
+    }
+}
+
+/// The Noise key being retired during a rotation's overlap.
+pub struct PreviousNoiseKey {
+    /// Its private half.
+    pub private: Zeroizing<[u8; 32]>,
+    /// Its public half (what old client profiles pin).
+    pub public: [u8; 32],
+    /// From when it is no longer accepted.
+    pub retire_at: std::time::SystemTime,
 }
 
 /// Loaded gateway keys.
@@ -47,8 +114,10 @@ pub struct GatewayKeys {
     pub noise_private: Zeroizing<[u8; 32]>,
     /// Noise static public key.
     pub noise_public: [u8; 32],
-    /// Account service public key (Ed25519).
-    pub account_service_public: Vec<u8>,
+    /// The previous Noise key, while a rotation's overlap lasts.
+    pub noise_previous: Option<PreviousNoiseKey>,
+    /// Account service public keys (Ed25519), the current one first.
+    pub account_service_public: Vec<Vec<u8>>,
     /// Client certificate for the vault link.
     pub vault_client: CertAndKey,
     /// Vault cluster CA PEM.
@@ -75,17 +144,7 @@ pub fn init(dir: &Path, names: &[&str]) -> anyhow::Result<()> {
         pki::write(dir, files::GATEWAY_TLS, &tls)?;
     }
     if !dir.join(files::NOISE_KEY).exists() {
-        let (private, public) = protocol_spec::noise::generate_static_keypair()
-            .map_err(|e| anyhow::anyhow!("noise key generation: {e}"))?;
-        let f = NoiseKeyFile {
-            private_hex: hex::encode(private),
-            public_hex: hex::encode(public),
-        };
-        write_private(
-            &dir.join(files::NOISE_KEY),
-            toml::to_string(&f)?.as_bytes(),
-            Existing::Refuse,
-        )?;
+        NoiseKeyFile::generate()?.write(&dir.join(files::NOISE_KEY), Existing::Refuse)?;
     }
     if !dir.join(files::ACCOUNT_SERVICE_PUBLIC).exists() {
         let (secret, public) = protocol_spec::credential::generate_signing_key()?;
@@ -108,21 +167,85 @@ fn read(dir: &Path, name: &str) -> anyhow::Result<String> {
         .map_err(|e| anyhow::anyhow!("cannot read {}: {e}; run `gateway init` first", p.display()))
 }
 
+/// Prepares the Noise key the next rotation makes current (if none is
+/// prepared yet) and returns its public half (hex), for client profiles to
+/// carry ahead of the rotation (`gateway_noise_next_key`).
+pub fn prepare_noise_key(dir: &Path) -> anyhow::Result<String> {
+    let path = dir.join(files::NOISE_KEY_NEXT);
+    if !path.exists() {
+        NoiseKeyFile::generate()?.write(&path, Existing::Refuse)?;
+    }
+    Ok(NoiseKeyFile::read(&path)?.public_hex)
+}
+
+/// Rotates the Noise key: the prepared next key (or a new one) becomes
+/// current, and the current one becomes the previous key, accepted until
+/// `overlap` from now so that phones pinned to it get in and learn the new
+/// one. A previous key still in its overlap is dropped. A running gateway
+/// takes the change on SIGHUP. Returns the new public key (hex).
+pub fn rotate_noise_key(dir: &Path, overlap: std::time::Duration) -> anyhow::Result<String> {
+    let current_path = dir.join(files::NOISE_KEY);
+    let mut current = NoiseKeyFile::read(&current_path)?;
+    let next_path = dir.join(files::NOISE_KEY_NEXT);
+    let next = match next_path.exists() {
+        true => Some(NoiseKeyFile::read(&next_path)?),
+        false => None,
+    };
+    // A prepared key that is already current (a rotation that crashed
+    // before removing it) is not rotated to again.
+    let next = match next.filter(|n| n.public_hex != current.public_hex) {
+        Some(n) => n,
+        None => NoiseKeyFile::generate()?,
+    };
+    next.keys()?;
+    let retire_at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .saturating_add(overlap);
+    current.retire_at_unix = Some(retire_at.as_secs());
+    // The previous key first: a crash between the two writes leaves the
+    // old key current and also "previous", which serves every phone.
+    current.write(&dir.join(files::NOISE_KEY_PREVIOUS), Existing::Replace)?;
+    next.write(&current_path, Existing::Replace)?;
+    if next_path.exists() {
+        std::fs::remove_file(&next_path)?;
+    }
+    Ok(next.public_hex)
+}
+
 impl GatewayKeys {
     /// Loads everything from `dir`.
     pub fn load(dir: &Path) -> anyhow::Result<Self> {
-        let noise: NoiseKeyFile = toml::from_str(&Zeroizing::new(read(dir, files::NOISE_KEY)?))?;
-        let dec32 = |h: &str| -> anyhow::Result<[u8; 32]> {
-            hex::decode(h)?
-                .try_into()
-                .map_err(|_| anyhow::anyhow!("noise key must be 32 bytes"))
+        let (noise_private, noise_public) =
+            NoiseKeyFile::read(&dir.join(files::NOISE_KEY))?.keys()?;
+        let previous_path = dir.join(files::NOISE_KEY_PREVIOUS);
+        let noise_previous = if previous_path.exists() {
+            let f = NoiseKeyFile::read(&previous_path)?;
+            let (private, public) = f.keys()?;
+            let at = f.retire_at_unix.ok_or_else(|| {
+                anyhow::anyhow!("{} has no retire_at_unix", previous_path.display())
+            })?;
+            Some(PreviousNoiseKey {
+                private,
+                public,
+                retire_at: std::time::UNIX_EPOCH + std::time::Duration::from_secs(at),
+            })
+            .filter(|p| p.public != noise_public)
+        } else {
+            None
         };
+        let account_service_public = read(dir, files::ACCOUNT_SERVICE_PUBLIC)?
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(hex::decode)
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Self {
             tls: pki::read(dir, files::GATEWAY_TLS)?,
             ca_pem: read(dir, &format!("{}.pem", files::GATEWAY_CA))?,
-            noise_private: Zeroizing::new(dec32(&noise.private_hex)?),
-            noise_public: dec32(&noise.public_hex)?,
-            account_service_public: hex::decode(read(dir, files::ACCOUNT_SERVICE_PUBLIC)?.trim())?,
+            noise_private,
+            noise_public,
+            noise_previous,
+            account_service_public,
             vault_client: pki::read(dir, files::VAULT_CLIENT).map_err(|e| {
                 anyhow::anyhow!(
                     "{e}; issue one with `vault-backend issue-gateway-cert --fleet-dir <cluster>/fleet --out-dir {}`",

@@ -44,7 +44,28 @@ enum Cmd {
         #[arg(long, default_value_t = 24 * 30)]
         ttl_hours: u64,
     },
-    /// Run the gateway.
+    /// Prepare the Noise key the next rotation makes current, and print
+    /// its public key: ship it in client profiles (`gateway_noise_next_key`)
+    /// ahead of the rotation.
+    PrepareNoiseKey {
+        #[arg(long, default_value = "gateway-state")]
+        state_dir: PathBuf,
+    },
+    /// Rotate the Noise key: the prepared next key (or a new one) becomes
+    /// current; the old one is still accepted for `--overlap-days`, and
+    /// phones that use it are told the new key. Then send the running
+    /// gateway SIGHUP.
+    RotateNoiseKey {
+        #[arg(long, default_value = "gateway-state")]
+        state_dir: PathBuf,
+        /// How long phones pinned to the old key still get in (and learn
+        /// the new one).
+        #[arg(long, default_value_t = 30.0)]
+        overlap_days: f64,
+    },
+    /// Run the gateway. SIGHUP reloads its keys (TLS certificate, Noise
+    /// keys, account-service keys, vault-link certificate) from the state
+    /// folder without dropping connections; SIGTERM or SIGINT drains.
     Run {
         /// TOML config (see `GatewayConfig`); flags override it.
         #[arg(long)]
@@ -99,6 +120,32 @@ async fn main() -> anyhow::Result<()> {
             )?;
             println!("{token}");
         }
+        Cmd::PrepareNoiseKey { state_dir } => {
+            let public = keys::prepare_noise_key(&state_dir)?;
+            println!("{public}");
+            eprintln!(
+                "next Noise key prepared in {}; put it in client profiles as gateway_noise_next_key, then run `gateway rotate-noise-key`",
+                state_dir.display()
+            );
+        }
+        Cmd::RotateNoiseKey {
+            state_dir,
+            overlap_days,
+        } => {
+            anyhow::ensure!(
+                overlap_days.is_finite() && (0.0..=3650.0).contains(&overlap_days),
+                "--overlap-days must be between 0 and 3650"
+            );
+            let public = keys::rotate_noise_key(
+                &state_dir,
+                Duration::from_secs_f64(overlap_days * 86_400.0),
+            )?;
+            println!("{public}");
+            eprintln!(
+                "the Noise key is rotated in {}; the old one is accepted for {overlap_days} more day(s). Send the running gateway SIGHUP to take it",
+                state_dir.display()
+            );
+        }
         Cmd::Run {
             config,
             state_dir,
@@ -151,11 +198,30 @@ async fn main() -> anyhow::Result<()> {
             };
             // Once every port is bound (test harnesses wait for this line).
             tracing::info!(addr = %gw.local_addr()?, "gateway serving");
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-            tokio::select! {
-                r = tokio::signal::ctrl_c() => r?,
-                _ = term.recv() => {}
+            use tokio::signal::unix::{signal, SignalKind};
+            let mut term = signal(SignalKind::terminate())?;
+            let mut hup = signal(SignalKind::hangup())?;
+            loop {
+                tokio::select! {
+                    r = tokio::signal::ctrl_c() => break r?,
+                    _ = term.recv() => break,
+                    _ = hup.recv() => {
+                        // Nothing is replaced unless every file reads and
+                        // builds: a half-written rotation keeps the old keys.
+                        match GatewayKeys::load(&cfg.state_dir).and_then(|k| gw.reload(&k)) {
+                            Ok(()) => {
+                                metrics::counter!("gateway_reloads_total", "result" => "ok").increment(1);
+                                metrics::gauge!("gateway_reload_failed").set(0.0);
+                                tracing::info!("keys reloaded");
+                            }
+                            Err(e) => {
+                                metrics::counter!("gateway_reloads_total", "result" => "failed").increment(1);
+                                metrics::gauge!("gateway_reload_failed").set(1.0);
+                                tracing::error!(error = %e, "keys not reloaded; the gateway keeps the ones it had");
+                            }
+                        }
+                    }
+                }
             }
             let deadline = std::time::Duration::from_millis(cfg.drain_deadline_ms);
             tracing::info!(

@@ -28,10 +28,53 @@ use crate::connections::{Caps, ConnectionCaps, Ticket};
 use crate::keys::GatewayKeys;
 use crate::vault_client::{ClusterConfig, VaultClusters};
 
+/// What a handshake needs and a reload (SIGHUP) replaces: the Noise keys
+/// and the account service's verification keys.
+struct HandshakeKeys {
+    noise_private: zeroize::Zeroizing<[u8; 32]>,
+    noise_public: [u8; 32],
+    /// The key being retired and when it stops being accepted.
+    previous: Option<(zeroize::Zeroizing<[u8; 32]>, std::time::SystemTime)>,
+    verifier: CredentialVerifier,
+}
+
+impl HandshakeKeys {
+    fn new(keys: &GatewayKeys) -> anyhow::Result<Self> {
+        let account_keys: Vec<&[u8]> = keys
+            .account_service_public
+            .iter()
+            .map(Vec::as_slice)
+            .collect();
+        Ok(Self {
+            noise_private: keys.noise_private.clone(),
+            noise_public: keys.noise_public,
+            previous: keys
+                .noise_previous
+                .as_ref()
+                .map(|p| (p.private.clone(), p.retire_at)),
+            verifier: CredentialVerifier::with_keys(&account_keys)?,
+        })
+    }
+
+    /// The responder for one connection: the current key, and the previous
+    /// one while its overlap lasts (checked at each handshake, so it ends
+    /// on time without a reload).
+    fn responder(&self, exporter: [u8; EXPORTER_LEN]) -> Responder<'_> {
+        let r = Responder::new(*self.noise_private, exporter, &self.verifier);
+        match &self.previous {
+            Some((private, until)) if std::time::SystemTime::now() < *until => {
+                r.with_previous_key(**private, self.noise_public)
+            }
+            _ => r,
+        }
+    }
+}
+
 /// Shared state of a running gateway.
 struct Shared {
-    noise_private: [u8; 32],
-    verifier: CredentialVerifier,
+    /// Replaced whole by a reload; each handshake takes the keys current
+    /// when it starts.
+    keys: std::sync::RwLock<Arc<HandshakeKeys>>,
     vault: VaultClusters,
     budgets: Budgets,
     admission: Admission,
@@ -172,6 +215,7 @@ fn close_label(code: CloseCode) -> &'static str {
         CloseCode::GoingAway => "going_away",
         CloseCode::Internal => "internal",
         CloseCode::ShutDown => "shut_down",
+        CloseCode::HandshakeUnreadable => "handshake_unreadable",
     }
 }
 
@@ -194,8 +238,7 @@ impl Gateway {
         door: &FrontDoor,
     ) -> anyhow::Result<Self> {
         let shared = Arc::new(Shared {
-            noise_private: *keys.noise_private,
-            verifier: CredentialVerifier::new(&keys.account_service_public)?,
+            keys: std::sync::RwLock::new(Arc::new(HandshakeKeys::new(keys)?)),
             vault: VaultClusters::new(
                 vault_clusters,
                 &keys.vault_client,
@@ -274,6 +317,29 @@ impl Gateway {
             shared,
             task,
         })
+    }
+
+    /// Takes new keys (what SIGHUP does after reading the state folder
+    /// again): the TLS certificate for connections made from now on, the
+    /// vault-link client certificate for links made from now on, the
+    /// Noise keys (current, and previous during a rotation's overlap) and
+    /// the account service's keys for handshakes started from now on.
+    /// Connections already open are not touched. (A drain consumes the
+    /// gateway, so a reload never reopens a draining endpoint.) Nothing is
+    /// replaced unless all of it is valid.
+    pub fn reload(&self, keys: &GatewayKeys) -> anyhow::Result<()> {
+        let handshake = Arc::new(HandshakeKeys::new(keys)?);
+        let server = server_config(keys)?;
+        self.shared
+            .vault
+            .set_identity(&keys.vault_client, &keys.vault_ca_pem)?;
+        self.endpoint.set_server_config(Some(server));
+        *self
+            .shared
+            .keys
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = handshake;
+        Ok(())
     }
 
     /// A handle that answers readiness (for the admin port).
@@ -378,6 +444,11 @@ async fn serve_connection(shared: Arc<Shared>, conn: quinn::Connection, permit: 
     // that a request without an answer was not relayed (SPEC §6.1).
     let unsure = Arc::new(AtomicBool::new(false));
     let mut drain_started: Option<Instant> = None;
+    // The phone's address as last seen: a request arriving from another is
+    // counted as a migration (quinn validates the new path itself and has
+    // no event for it, so a phone that moves and stays idle is counted at
+    // its next request).
+    let mut path = conn.remote_address();
     loop {
         if *draining.borrow_and_update() {
             let since = *drain_started.get_or_insert_with(Instant::now);
@@ -399,6 +470,11 @@ async fn serve_connection(shared: Arc<Shared>, conn: quinn::Connection, permit: 
             _ = draining.changed(), if !draining_now => continue,
             _ = tokio::time::sleep(Duration::from_millis(20)), if draining_now => continue,
         };
+        let now_at = conn.remote_address();
+        if now_at != path {
+            path = now_at;
+            metrics::counter!("gateway_connection_migrations_total").increment(1);
+        }
         let shared = shared.clone();
         let conn2 = conn.clone();
         let account = account.clone();
@@ -510,7 +586,12 @@ async fn authenticate(shared: &Shared, conn: &quinn::Connection) -> HandshakeOut
             Ok(s) => s,
             Err(_) => return HandshakeOutcome::Closed(CloseCode::Normal),
         };
-        let mut responder = Responder::new(shared.noise_private, exporter, &shared.verifier);
+        let keys = shared
+            .keys
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let mut responder = keys.responder(exporter);
         let handshake = async {
             loop {
                 let frame = match read_frame(&mut recv).await {
@@ -544,6 +625,10 @@ async fn authenticate(shared: &Shared, conn: &quinn::Connection) -> HandshakeOut
                                 HandshakeOutcome::Closed(CloseCode::Unauthenticated)
                             }
                         };
+                    }
+                    Err(e) if e.is_unreadable() => {
+                        tracing::info!(error = %e, "handshake unreadable (stale gateway key pinned, or wrong channel binding)");
+                        return HandshakeOutcome::Closed(CloseCode::HandshakeUnreadable);
                     }
                     Err(e) => {
                         tracing::info!(error = %e, "handshake failed");

@@ -20,6 +20,7 @@ pub fn describe() {
         "gateway_vault_membership_changes_total",
         "gateway_vault_redirects_ignored_total",
         "gateway_vault_probes_total",
+        "gateway_connection_migrations_total",
     ] {
         metrics::counter!(name).absolute(0);
     }
@@ -27,6 +28,19 @@ pub fn describe() {
     describe_counter!(
         "gateway_authenticated_total",
         "Devices authenticated, by Noise pattern (ik: vault key pinned, xx: first contact)."
+    );
+    metrics::gauge!("gateway_reload_failed").set(0.0);
+    describe_gauge!(
+        "gateway_reload_failed",
+        "1 while the last key reload (SIGHUP) failed and the gateway serves with the keys it had before; 0 otherwise."
+    );
+    describe_counter!(
+        "gateway_reloads_total",
+        "Key reloads on SIGHUP, by result (ok, failed: the previous keys stay in use)."
+    );
+    describe_counter!(
+        "gateway_connection_migrations_total",
+        "Authenticated connections whose phone moved to a new address (QUIC migration, e.g. Wi-Fi to cellular), counted at the first request from the new address."
     );
     describe_counter!(
         "gateway_connections_replaced_total",

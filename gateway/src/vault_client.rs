@@ -82,7 +82,14 @@ pub const READINESS_ACCOUNT: &str = "gateway.readiness-probe";
 pub struct VaultClusters {
     endpoint: quinn::Endpoint,
     clusters: Vec<ClusterLink>,
+    /// The mutual-TLS client config new links use; a reload replaces it.
+    tls: LinkTls,
 }
+
+/// The vault links' client config, shared by every cluster's links and
+/// replaced whole by a reload (quinn keeps an endpoint's default config per
+/// handle, so a shared default could not be swapped).
+type LinkTls = Arc<std::sync::RwLock<quinn::ClientConfig>>;
 
 impl std::fmt::Debug for VaultClusters {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -121,15 +128,30 @@ impl VaultClusters {
             .flat_map(|c| &c.replicas)
             .any(|a| a.is_ipv6());
         let bind: SocketAddr = if v6 { "[::]:0" } else { "0.0.0.0:0" }.parse()?;
-        let mut endpoint = quinn::Endpoint::client(bind)?;
-        endpoint.set_default_client_config(client_config(identity, vault_ca_pem)?);
+        let endpoint = quinn::Endpoint::client(bind)?;
+        let tls: LinkTls = Arc::new(std::sync::RwLock::new(client_config(
+            identity,
+            vault_ca_pem,
+        )?));
         Ok(Self {
             clusters: clusters
                 .iter()
-                .map(|c| ClusterLink::new(c.clone(), endpoint.clone(), relay))
+                .map(|c| ClusterLink::new(c.clone(), endpoint.clone(), tls.clone(), relay))
                 .collect(),
             endpoint,
+            tls,
         })
+    }
+
+    /// Takes a new client certificate (and vault CA) for the links made
+    /// from now on; links already open keep theirs until they close.
+    pub fn set_identity(&self, identity: &CertAndKey, vault_ca_pem: &str) -> anyhow::Result<()> {
+        let cfg = client_config(identity, vault_ca_pem)?;
+        *self
+            .tls
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = cfg;
+        Ok(())
     }
 
     /// The cluster that holds `account_id`'s deposit.
@@ -224,6 +246,7 @@ impl std::fmt::Debug for ClusterLink {
 pub struct Link {
     config: ClusterConfig,
     endpoint: quinn::Endpoint,
+    tls: LinkTls,
     /// Gateway-facing addresses of the voters of the newest membership
     /// learned, or the configured replicas until one is.
     replicas: std::sync::RwLock<Vec<SocketAddr>>,
@@ -247,12 +270,18 @@ enum Exchanged {
 }
 
 impl ClusterLink {
-    fn new(config: ClusterConfig, endpoint: quinn::Endpoint, relay: RelayConfig) -> Self {
+    fn new(
+        config: ClusterConfig,
+        endpoint: quinn::Endpoint,
+        tls: LinkTls,
+        relay: RelayConfig,
+    ) -> Self {
         let link = Arc::new(Link {
             replicas: std::sync::RwLock::new(config.replicas.clone()),
             membership_id: AtomicU64::new(0),
             config,
             endpoint,
+            tls,
             leader: std::sync::Mutex::new(None),
             health: std::sync::Mutex::new(Health::default()),
             probing: AtomicBool::new(false),
@@ -519,9 +548,14 @@ impl Link {
             }
         }
         let not_sent = |why: String| AttemptError::NotSent { target: addr, why };
+        let tls = self
+            .tls
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
         let connecting = self
             .endpoint
-            .connect(addr, &self.config.server_name)
+            .connect_with(tls, addr, &self.config.server_name)
             .map_err(|e| not_sent(e.to_string()))?;
         let c = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
             .await

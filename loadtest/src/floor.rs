@@ -3,8 +3,9 @@
 //! system uses, each side timed separately and in one thread (in memory, no
 //! I/O, so wall time is CPU time).
 //!
-//! Per recover session the server side does: a TLS 1.3 full handshake (ring,
-//! ECDSA P-256 certificate), the Noise IK responder (snow) with the device
+//! Per recover session the server side does: a TLS 1.3 full handshake
+//! (aws-lc-rs, ECDSA P-256 certificate, X25519MLKEM768 key exchange; also
+//! timed with X25519 alone, to give the hybrid's cost), the Noise IK responder (snow) with the device
 //! credential's Ed25519 signature check, and the OPAQUE server login (start
 //! and finish). The simulated client does the other halves, with the cheap
 //! load-test KSF. Noise is measured with both X25519 backends (aws-lc-rs,
@@ -108,8 +109,13 @@ fn timed<T>(acc: &mut Duration, f: impl FnOnce() -> T) -> T {
     out
 }
 
-/// TLS 1.3 full handshake, in memory, as quinn configures it (ring, P-256).
-fn tls_handshake() -> anyhow::Result<OpCost> {
+/// TLS 1.3 full handshake, in memory, as quinn configures it (aws-lc-rs,
+/// P-256 certificate), both sides on `provider`; fails unless the key
+/// exchange agreed is `group`, so the figure is the group's.
+fn tls_handshake(
+    provider: Arc<rustls::crypto::CryptoProvider>,
+    group: rustls::NamedGroup,
+) -> anyhow::Result<OpCost> {
     let ca = service_kit::pki::new_ca("floor CA")?;
     let leaf = service_kit::pki::issue(
         &ca,
@@ -117,7 +123,6 @@ fn tls_handshake() -> anyhow::Result<OpCost> {
         &["localhost"],
         service_kit::pki::Usage::Server,
     )?;
-    let provider = service_kit::pki::crypto_provider();
     let server = Arc::new(
         rustls::ServerConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13])?
@@ -148,6 +153,11 @@ fn tls_handshake() -> anyhow::Result<OpCost> {
                 flight(&mut c, &mut ct, &mut s, &mut st, &mut buf)?;
                 flight(&mut s, &mut st, &mut c, &mut ct, &mut buf)?;
             }
+            let agreed = c.negotiated_key_exchange_group().map(|g| g.name());
+            anyhow::ensure!(
+                agreed == Some(group),
+                "the TLS handshake agreed on {agreed:?}, not {group:?}"
+            );
             Ok((st, ct))
         };
         match run() {
@@ -346,7 +356,14 @@ fn opaque() -> anyhow::Result<(OpCost, OpCost)> {
 
 /// Measures every operation and sums a recover session.
 pub fn measure_floor() -> anyhow::Result<Floor> {
-    let tls = tls_handshake()?;
+    let tls = tls_handshake(
+        service_kit::tls::crypto_provider(),
+        rustls::NamedGroup::X25519MLKEM768,
+    )?;
+    let tls_x25519 = tls_handshake(
+        service_kit::tls::classical_provider(),
+        rustls::NamedGroup::X25519,
+    )?;
     let ik = noise(false, DhBackend::AwsLc)?;
     let xx = noise(true, DhBackend::AwsLc)?;
     let ik_snow = noise(false, DhBackend::SnowDefault)?;
@@ -360,6 +377,7 @@ pub fn measure_floor() -> anyhow::Result<Floor> {
     };
     let mut operations = std::collections::BTreeMap::new();
     operations.insert("tls13_handshake".into(), tls);
+    operations.insert("tls13_handshake_x25519_only".into(), tls_x25519);
     operations.insert("noise_ik".into(), ik);
     operations.insert("noise_xx".into(), xx);
     operations.insert("noise_ik_snow_default_dh".into(), ik_snow);

@@ -7,6 +7,7 @@ fn floor_measures_every_operation_on_both_sides() {
     let f = loadtest::floor::measure_floor().unwrap();
     for op in [
         "tls13_handshake",
+        "tls13_handshake_x25519_only",
         "noise_ik",
         "noise_xx",
         "opaque_register",

@@ -118,9 +118,17 @@ pub struct VerifiedCredential {
     pub account_id: String,
 }
 
-/// Offline verifier holding the account service's public key.
+/// How many account-service keys a gateway accepts at once (the current
+/// one and those being retired).
+pub const MAX_VERIFICATION_KEYS: usize = 4;
+
+/// Checks device credentials offline with the account service's public
+/// key(s).
 pub struct CredentialVerifier {
-    key: AsymmetricPublicKey<V4>,
+    /// The account service's keys, the current one first; more than one
+    /// while the account service rotates its signing key (credentials of
+    /// the old key are accepted until they expire or the key is removed).
+    keys: Vec<AsymmetricPublicKey<V4>>,
 }
 
 impl std::fmt::Debug for CredentialVerifier {
@@ -132,10 +140,26 @@ impl std::fmt::Debug for CredentialVerifier {
 impl CredentialVerifier {
     /// From the 32-byte Ed25519 public key.
     pub fn new(public_key: &[u8]) -> Result<Self, CredentialError> {
-        Ok(Self {
-            key: AsymmetricPublicKey::<V4>::from(public_key)
-                .map_err(|e| CredentialError::Key(e.to_string()))?,
-        })
+        Self::with_keys(&[public_key])
+    }
+
+    /// From several 32-byte Ed25519 public keys (an account-service key
+    /// rotation: a credential signed by any of them is accepted). At least
+    /// one, at most [`MAX_VERIFICATION_KEYS`].
+    pub fn with_keys(public_keys: &[&[u8]]) -> Result<Self, CredentialError> {
+        if public_keys.is_empty() || public_keys.len() > MAX_VERIFICATION_KEYS {
+            return Err(CredentialError::Key(format!(
+                "between 1 and {MAX_VERIFICATION_KEYS} account-service keys, not {}",
+                public_keys.len()
+            )));
+        }
+        let keys = public_keys
+            .iter()
+            .map(|k| {
+                AsymmetricPublicKey::<V4>::from(k).map_err(|e| CredentialError::Key(e.to_string()))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Self { keys })
     }
 
     /// Verifies signature, expiry, audience, and that `dev` equals `device_key`.
@@ -151,14 +175,16 @@ impl CredentialVerifier {
         let untrusted = UntrustedToken::<Public, V4>::try_from(token).map_err(inv)?;
         let mut rules = ClaimsValidationRules::new();
         rules.validate_audience_with(AUDIENCE);
-        let trusted = public::verify(
-            &self.key,
-            &untrusted,
-            &rules,
-            None,
-            Some(IMPLICIT_ASSERTION),
-        )
-        .map_err(inv)?;
+        // Each key in turn: a token signed by none fails with the last
+        // key's error (at most MAX_VERIFICATION_KEYS signature checks).
+        let mut outcome = Err(pasetors::errors::Error::TokenValidation);
+        for key in &self.keys {
+            outcome = public::verify(key, &untrusted, &rules, None, Some(IMPLICIT_ASSERTION));
+            if outcome.is_ok() {
+                break;
+            }
+        }
+        let trusted = outcome.map_err(inv)?;
         let claims = trusted
             .payload_claims()
             .ok_or_else(|| CredentialError::Invalid("no claims".into()))?;

@@ -47,6 +47,16 @@ pub enum HandshakeError {
     },
 }
 
+impl HandshakeError {
+    /// Whether the peer's Noise message could not be decrypted: with IK, the
+    /// client's pinned gateway key is none the gateway holds (out of date
+    /// after a rotation), or the channel binding differs; with XX, the
+    /// binding differs. The gateway closes with `HANDSHAKE_UNREADABLE`.
+    pub fn is_unreadable(&self) -> bool {
+        matches!(self, Self::Noise(snow::Error::Decrypt))
+    }
+}
+
 fn noise_frame(pattern: NoisePattern, noise: Vec<u8>) -> Result<Vec<u8>, FrameError> {
     framing::encode(&msg::HandshakeMessage {
         pattern: pattern as i32,
@@ -95,6 +105,12 @@ pub enum InitiatorStep {
     Done {
         /// Account id confirmed by the gateway.
         account_id: String,
+        /// The gateway's static key to pin from now on, when it is not the
+        /// pinned one: the gateway said so in its `AuthResult` (this
+        /// handshake reached it through its previous key, during a
+        /// rotation's overlap), or XX revealed the next key the profile
+        /// carried ahead of time.
+        gateway_key: Option<[u8; KEY_LEN]>,
     },
 }
 
@@ -111,6 +127,11 @@ pub struct Initiator {
     state: IState,
     static_private: [u8; KEY_LEN],
     gateway_pin: Option<[u8; KEY_LEN]>,
+    /// The gateway's next key, known ahead of a rotation: XX accepts it
+    /// besides the pin.
+    next_pin: Option<[u8; KEY_LEN]>,
+    /// A key to pin from now on, learned in this handshake.
+    learned: Option<[u8; KEY_LEN]>,
     exporter: [u8; EXPORTER_LEN],
     payload: Vec<u8>,
     backend: DhBackend,
@@ -153,10 +174,19 @@ impl Initiator {
             state: IState::Start,
             static_private: device_private,
             gateway_pin: gateway_key,
+            next_pin: None,
+            learned: None,
             exporter,
             payload,
             backend: DhBackend::default(),
         }
+    }
+
+    /// Also accepts `next` as the gateway's key in XX (the key a profile
+    /// carries ahead of a rotation, SPEC §4.6).
+    pub fn with_next_key(mut self, next: Option<[u8; KEY_LEN]>) -> Self {
+        self.next_pin = next;
+        self
     }
 
     /// Uses `backend` for X25519 (default: aws-lc-rs).
@@ -206,14 +236,24 @@ impl Initiator {
                 hs.read_message(&m.noise, &mut scratch)?;
                 let mut out = None;
                 if self.pattern == NoisePattern::Xx {
-                    // Message 2 revealed the gateway key; check the pin if any.
+                    // Message 2 revealed the gateway key; check the pin if
+                    // any (or the next key the profile carries), before the
+                    // credential goes out.
                     if let Some(pin) = self.gateway_pin {
-                        let got = hs.get_remote_static().unwrap_or_default();
+                        let got: [u8; KEY_LEN] = hs
+                            .get_remote_static()
+                            .and_then(|k| k.try_into().ok())
+                            .unwrap_or_default();
                         if got != pin {
-                            return Err(HandshakeError::GatewayKeyMismatch {
-                                got: hex::encode(got),
-                                want: hex::encode(pin),
-                            });
+                            if self.next_pin != Some(got) {
+                                return Err(HandshakeError::GatewayKeyMismatch {
+                                    got: hex::encode(got),
+                                    want: hex::encode(pin),
+                                });
+                            }
+                            self.gateway_pin = Some(got);
+                            self.next_pin = None;
+                            self.learned = Some(got);
                         }
                     }
                     let n = hs.write_message(&self.payload, &mut scratch)?;
@@ -242,8 +282,17 @@ impl Initiator {
                         message: e.message,
                     });
                 }
+                if !r.gateway_key.is_empty() {
+                    let k: [u8; KEY_LEN] = r.gateway_key.as_slice().try_into().map_err(|_| {
+                        HandshakeError::Protocol("AuthResult.gateway_key is not 32 bytes".into())
+                    })?;
+                    if Some(k) != self.gateway_pin {
+                        self.learned = Some(k);
+                    }
+                }
                 Ok(InitiatorStep::Done {
                     account_id: r.account_id,
+                    gateway_key: self.learned,
                 })
             }
             IState::Start | IState::Finished => Err(HandshakeError::Protocol(
@@ -284,6 +333,9 @@ enum RState {
 /// Gateway side of the device authentication.
 pub struct Responder<'v> {
     static_private: [u8; KEY_LEN],
+    /// During a rotation's overlap: the key being retired, and the current
+    /// public key that a client using it is told.
+    previous: Option<([u8; KEY_LEN], [u8; KEY_LEN])>,
     exporter: [u8; EXPORTER_LEN],
     verifier: &'v CredentialVerifier,
     state: RState,
@@ -305,6 +357,7 @@ impl<'v> Responder<'v> {
     ) -> Self {
         Self {
             static_private: gateway_private,
+            previous: None,
             exporter,
             verifier,
             state: RState::Start,
@@ -315,6 +368,19 @@ impl<'v> Responder<'v> {
     /// Uses `backend` for X25519 (default: aws-lc-rs).
     pub fn with_dh_backend(mut self, backend: DhBackend) -> Self {
         self.backend = backend;
+        self
+    }
+
+    /// Also accepts IK handshakes addressed to `previous_private`, the static
+    /// key being retired during a rotation's overlap (SPEC §4.6); a client
+    /// that used it is told `current_public` in its `AuthResult`. An IK
+    /// message that neither key can read costs two attempts.
+    pub fn with_previous_key(
+        mut self,
+        previous_private: [u8; KEY_LEN],
+        current_public: [u8; KEY_LEN],
+    ) -> Self {
+        self.previous = Some((previous_private, current_public));
         self
     }
 
@@ -336,14 +402,34 @@ impl<'v> Responder<'v> {
                     false,
                     self.backend,
                 )?;
-                let n = hs.read_message(&m.noise, &mut scratch)?;
+                let (mut hs, n, tell) = match hs.read_message(&m.noise, &mut scratch) {
+                    Ok(n) => (hs, n, None),
+                    // IK to a key being retired: the client is told the
+                    // current one. (XX's first message is not encrypted.)
+                    Err(snow::Error::Decrypt) if pattern == NoisePattern::Ik => {
+                        let Some((previous, current_public)) = self.previous else {
+                            return Err(snow::Error::Decrypt.into());
+                        };
+                        let mut hs = build(
+                            pattern,
+                            &previous,
+                            None,
+                            &self.exporter,
+                            false,
+                            self.backend,
+                        )?;
+                        let n = hs.read_message(&m.noise, &mut scratch)?;
+                        (hs, n, Some(current_public))
+                    }
+                    Err(e) => return Err(e.into()),
+                };
                 match pattern {
                     NoisePattern::Ik => {
                         let payload = scratch[..n].to_vec();
                         let reply_n = hs.write_message(&[], &mut scratch)?;
                         let reply =
                             noise_frame(NoisePattern::Unspecified, scratch[..reply_n].to_vec())?;
-                        self.finish(*Box::new(hs), &payload, pattern, reply)
+                        self.finish(hs, &payload, pattern, reply, tell)
                     }
                     _ => {
                         if n != 0 {
@@ -362,7 +448,7 @@ impl<'v> Responder<'v> {
             RState::XxAwaitThird(mut hs) => {
                 let n = hs.read_message(&m.noise, &mut scratch)?;
                 let payload = scratch[..n].to_vec();
-                self.finish(*hs, &payload, NoisePattern::Xx, Vec::new())
+                self.finish(*hs, &payload, NoisePattern::Xx, Vec::new(), None)
             }
             RState::Done => Err(HandshakeError::Protocol(
                 "frame after the handshake finished".into(),
@@ -376,6 +462,7 @@ impl<'v> Responder<'v> {
         payload: &[u8],
         pattern: NoisePattern,
         first_reply: Vec<u8>,
+        tell: Option<[u8; KEY_LEN]>,
     ) -> Result<ResponderStep, HandshakeError> {
         if !hs.is_handshake_finished() {
             return Err(HandshakeError::Protocol("handshake not finished".into()));
@@ -400,10 +487,12 @@ impl<'v> Responder<'v> {
             Ok(d) => msg::AuthResult {
                 error: None,
                 account_id: d.account_id.clone(),
+                gateway_key: tell.map(|k| k.to_vec()).unwrap_or_default(),
             },
             Err(e) => msg::AuthResult {
                 error: Some(msg::Error::new(ErrorCode::Unauthenticated, e.to_string())),
                 account_id: String::new(),
+                gateway_key: Vec::new(),
             },
         };
         let mut t = hs.into_transport_mode()?;

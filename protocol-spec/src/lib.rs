@@ -123,6 +123,11 @@ pub enum CloseCode {
     /// deadline passed, or it was stopped at once): reconnect (possibly
     /// elsewhere), but a request without an answer may have been relayed.
     ShutDown = 6,
+    /// The gateway could not decrypt the client's Noise message: with IK,
+    /// the pinned gateway key is none the gateway holds (rotated past the
+    /// client's profile), or the channel binding differs. A pinned client
+    /// tries XX once, accepting only its pinned or next key (SPEC §4.6).
+    HandshakeUnreadable = 7,
 }
 
 impl CloseCode {
@@ -136,6 +141,7 @@ impl CloseCode {
             4 => Self::GoingAway,
             5 => Self::Internal,
             6 => Self::ShutDown,
+            7 => Self::HandshakeUnreadable,
             _ => return None,
         })
     }
@@ -150,6 +156,7 @@ impl CloseCode {
             Self::GoingAway => b"going away",
             Self::Internal => b"internal error",
             Self::ShutDown => b"shut down",
+            Self::HandshakeUnreadable => b"handshake unreadable",
         }
     }
 }
@@ -169,11 +176,12 @@ mod tests {
             GoingAway,
             Internal,
             ShutDown,
+            HandshakeUnreadable,
         ] {
             assert_eq!(CloseCode::from_u64(c as u64), Some(c));
             assert!(!c.reason().is_empty());
         }
-        assert_eq!(CloseCode::from_u64(7), None);
+        assert_eq!(CloseCode::from_u64(8), None);
         assert_eq!(CloseCode::from_u64(u64::MAX), None);
     }
 }

@@ -204,7 +204,7 @@ fn run_handshake(force_xx: bool, client_exporter: [u8; 32], token_for: Option<[u
             match i.on_frame(&f[4..]) {
                 Ok(InitiatorStep::Send(x)) => to_server.push(x),
                 Ok(InitiatorStep::Wait) => {}
-                Ok(InitiatorStep::Done { account_id }) => {
+                Ok(InitiatorStep::Done { account_id, .. }) => {
                     return Run {
                         client: Ok(account_id),
                         server: server_outcome,

@@ -6,8 +6,8 @@
 //!
 //! Must never: hold protocol logic or message formats (those live in
 //! `protocol-spec`), or depend on a server crate. The phone's client takes
-//! only [`files`] (`default-features = false`), so nothing here that a phone
-//! does not need may move into that module.
+//! only [`files`] and [`tls`] (`default-features = false`), so nothing here
+//! that a phone does not need may move into those modules.
 
 pub mod files;
 #[cfg(feature = "observability")]
@@ -17,3 +17,5 @@ pub mod pki;
 #[cfg(feature = "quic")]
 pub mod quic;
 pub mod report;
+#[cfg(feature = "tls")]
+pub mod tls;

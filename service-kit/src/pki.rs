@@ -217,8 +217,107 @@ pub fn key(pem: &str) -> Result<PrivateKeyDer<'static>, PkiError> {
     })
 }
 
-/// The process-wide rustls crypto provider: ring, chosen once for the
-/// workspace (quinn's `rustls-ring`), passed explicitly to every builder.
-pub fn crypto_provider() -> std::sync::Arc<rustls::crypto::CryptoProvider> {
-    std::sync::Arc::new(rustls::crypto::ring::default_provider())
+pub use crate::tls::crypto_provider;
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use rustls::crypto::{aws_lc_rs, CryptoProvider};
+    use rustls::NamedGroup;
+    use std::sync::Arc;
+
+    /// Runs a TLS handshake in memory; returns the group both sides agreed
+    /// on, or the first error either side raised.
+    fn handshake(
+        client: rustls::ClientConfig,
+        server: rustls::ServerConfig,
+    ) -> Result<NamedGroup, rustls::Error> {
+        let name: rustls_pki_types::ServerName<'static> = "localhost".try_into().unwrap();
+        let mut c = rustls::ClientConnection::new(Arc::new(client), name)?;
+        let mut s = rustls::ServerConnection::new(Arc::new(server))?;
+        let mut buf = Vec::new();
+        for _ in 0..10 {
+            if !c.is_handshaking() && !s.is_handshaking() {
+                break;
+            }
+            buf.clear();
+            c.write_tls(&mut buf).unwrap();
+            s.read_tls(&mut buf.as_slice()).unwrap();
+            s.process_new_packets()?;
+            buf.clear();
+            s.write_tls(&mut buf).unwrap();
+            c.read_tls(&mut buf.as_slice()).unwrap();
+            c.process_new_packets()?;
+        }
+        let (cg, sg) = (
+            c.negotiated_key_exchange_group().map(|g| g.name()),
+            s.negotiated_key_exchange_group().map(|g| g.name()),
+        );
+        assert_eq!(cg, sg);
+        Ok(cg.unwrap())
+    }
+
+    struct Pair {
+        ca: CertAndKey,
+        server: CertAndKey,
+        client: CertAndKey,
+    }
+
+    fn pair() -> Pair {
+        let ca = new_ca("test CA").unwrap();
+        let server = issue(&ca, "server", &["localhost"], Usage::Peer).unwrap();
+        let client = issue(&ca, "client", &["gateway.test"], Usage::Client).unwrap();
+        Pair { ca, server, client }
+    }
+
+    fn client_on(p: &Pair, provider: Arc<CryptoProvider>) -> rustls::ClientConfig {
+        rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_root_certificates(root_store(&p.ca.cert_pem).unwrap())
+            .with_client_auth_cert(
+                certs(&p.client.cert_pem).unwrap(),
+                key(&p.client.key_pem).unwrap(),
+            )
+            .unwrap()
+    }
+
+    #[test]
+    fn mutual_tls_agrees_on_the_post_quantum_hybrid() {
+        let p = pair();
+        let client = mtls_client_config(&p.client, &p.ca.cert_pem, b"t").unwrap();
+        let server = mtls_server_config(&p.server, &p.ca.cert_pem, b"t").unwrap();
+        assert_eq!(
+            handshake(client, server).unwrap(),
+            NamedGroup::X25519MLKEM768
+        );
+    }
+
+    #[test]
+    fn a_peer_without_the_hybrid_falls_back_to_x25519() {
+        let p = pair();
+        let client = client_on(&p, crate::tls::classical_provider());
+        let server = mtls_server_config(&p.server, &p.ca.cert_pem, b"t").unwrap();
+        assert_eq!(handshake(client, server).unwrap(), NamedGroup::X25519);
+    }
+
+    #[test]
+    fn a_peer_offering_only_nist_curves_is_refused() {
+        let p = pair();
+        let p256_only = Arc::new(CryptoProvider {
+            kx_groups: vec![aws_lc_rs::kx_group::SECP256R1],
+            ..aws_lc_rs::default_provider()
+        });
+        let client = client_on(&p, p256_only);
+        let server = mtls_server_config(&p.server, &p.ca.cert_pem, b"t").unwrap();
+        let err = handshake(client, server).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                rustls::Error::PeerIncompatible(_) | rustls::Error::AlertReceived(_)
+            ),
+            "{err:?}"
+        );
+    }
 }

@@ -155,6 +155,39 @@ impl GatewayProcess {
         crate::local_stack::terminate(&mut child, within, "the gateway").await
     }
 
+    /// SIGHUP, then waits (bounded: 10 s) for the process to say whether
+    /// it reloaded its keys: `Ok(true)` if it did, `Ok(false)` if it kept
+    /// the old ones.
+    pub async fn reload(&self) -> anyhow::Result<bool> {
+        let count = |log: &str| {
+            (
+                log.matches("keys reloaded").count(),
+                log.matches("keys not reloaded").count(),
+            )
+        };
+        let before = count(&self.log());
+        let pid = self
+            .pid()
+            .ok_or_else(|| anyhow::anyhow!("the gateway is not running"))?;
+        let sent = tokio::process::Command::new("kill")
+            .args(["-HUP", &pid.to_string()])
+            .status()
+            .await?;
+        anyhow::ensure!(sent.success(), "kill -HUP {pid} failed");
+        let until = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < until {
+            let now = count(&self.log());
+            if now.0 > before.0 {
+                return Ok(true);
+            }
+            if now.1 > before.1 {
+                return Ok(false);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        anyhow::bail!("the gateway said nothing about its keys within 10 s of SIGHUP")
+    }
+
     /// SIGKILL: no drain, connections die with the process.
     pub async fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {

@@ -252,6 +252,7 @@ impl LocalStack {
             gateway_server_name: "localhost".into(),
             gateway_ca_pem: gw_keys.ca_pem.clone(),
             gateway_noise_key: Some(hex::encode(gw_keys.noise_public)),
+            gateway_noise_next_key: None,
             fleet_id: fleet.fleet_id,
             fleet_public_key: fleet.fleet_public_key,
         };

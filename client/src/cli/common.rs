@@ -6,9 +6,23 @@ use indicatif::{ProgressBar, ProgressStyle};
 use crate::Cli;
 
 pub(crate) async fn connect(cli: &Cli) -> anyhow::Result<(ClientProfile, GatewayConnection)> {
-    let profile = ClientProfile::load(&cli.profile)?;
+    let mut profile = ClientProfile::load(&cli.profile)?;
     let device = DeviceIdentity::load(&cli.device)?;
     let conn = GatewayConnection::connect(&profile, &device).await?;
+    // The gateway rotated its Noise key and told this phone the new one
+    // (authenticated by the old pin): keep it, so the next start pins it.
+    if let Some(k) = conn.gateway_key_update() {
+        let k = hex::encode(k);
+        if profile.gateway_noise_next_key.as_deref() == Some(k.as_str()) {
+            profile.gateway_noise_next_key = None;
+        }
+        profile.gateway_noise_key = Some(k);
+        profile.save(&cli.profile)?;
+        eprintln!(
+            "the gateway's key changed; the new one is saved in {}",
+            cli.profile.display()
+        );
+    }
     Ok((profile, conn))
 }
 
