@@ -181,17 +181,23 @@ impl std::fmt::Display for ChaosReport {
     }
 }
 
-/// RSS (KiB) and open files of each process, sampled over the run.
+/// RSS (KiB) and open files of each process, and the size of a replica's
+/// database file (KiB; 0 for other processes), sampled over the run.
 #[derive(Debug, Default, Clone)]
 pub struct Samples {
-    /// Per process name: (seconds since start, RSS KiB, open files).
-    pub series: BTreeMap<String, Vec<(u64, u64, u64)>>,
+    /// Per process name: (seconds since start, RSS KiB, open files,
+    /// database file KiB).
+    pub series: BTreeMap<String, Vec<(u64, u64, u64, u64)>>,
 }
 
+/// What is sampled of one process: its pid, and its database file if it
+/// has one.
+type Sampled = (u32, Option<std::path::PathBuf>);
+
 impl Samples {
-    /// Reads `/proc/<pid>` of each process.
-    fn take(&mut self, at: u64, pids: &BTreeMap<String, u32>) {
-        for (name, pid) in pids {
+    /// Reads `/proc/<pid>` of each process, and the size of its database.
+    fn take(&mut self, at: u64, pids: &BTreeMap<String, Sampled>) {
+        for (name, (pid, database)) in pids {
             let Some(rss) = std::fs::read_to_string(format!("/proc/{pid}/status"))
                 .ok()
                 .and_then(|s| {
@@ -206,10 +212,14 @@ impl Samples {
             let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
                 .map(|d| d.count() as u64)
                 .unwrap_or(0);
+            let db = database
+                .as_ref()
+                .and_then(|p| std::fs::metadata(p).ok())
+                .map_or(0, |m| m.len() / 1024);
             self.series
                 .entry(name.clone())
                 .or_default()
-                .push((at, rss, fds));
+                .push((at, rss, fds, db));
         }
     }
 
@@ -237,18 +247,22 @@ impl Samples {
                         median(early.iter().map(|x| x.2).collect()),
                         median(late.iter().map(|x| x.2).collect()),
                     ),
+                    database_kib: (
+                        median(early.iter().map(|x| x.3).collect()),
+                        median(late.iter().map(|x| x.3).collect()),
+                    ),
                 };
                 (name.clone(), g)
             })
             .collect()
     }
 
-    /// The samples as CSV (`process,seconds,rss_kib,open_files`).
+    /// The samples as CSV (`process,seconds,rss_kib,open_files,database_kib`).
     pub fn csv(&self) -> String {
-        let mut out = String::from("process,seconds,rss_kib,open_files\n");
+        let mut out = String::from("process,seconds,rss_kib,open_files,database_kib\n");
         for (name, s) in &self.series {
-            for (t, rss, fds) in s {
-                let _ = writeln!(out, "{name},{t},{rss},{fds}");
+            for (t, rss, fds, db) in s {
+                let _ = writeln!(out, "{name},{t},{rss},{fds},{db}");
             }
         }
         out
@@ -270,14 +284,24 @@ impl std::fmt::Display for Samples {
             Growth {
                 rss_kib: (r0, r1),
                 open_files: (f0, f1),
+                database_kib: (d0, d1),
             },
         ) in &g
         {
             let s = &self.series[name];
             let max = s.iter().map(|x| x.1).max().unwrap_or(0);
+            let db = if *d1 > 0 {
+                format!(
+                    "; database {:.1} -> {:.1} MiB",
+                    *d0 as f64 / 1024.0,
+                    *d1 as f64 / 1024.0
+                )
+            } else {
+                String::new()
+            };
             writeln!(
                 f,
-                "  {name:<12} RSS {:>6.1} -> {:>6.1} MiB (max {:>6.1}); open files {f0} -> {f1}; {} samples",
+                "  {name:<12} RSS {:>6.1} -> {:>6.1} MiB (max {:>6.1}); open files {f0} -> {f1}{db}; {} samples",
                 *r0 as f64 / 1024.0,
                 *r1 as f64 / 1024.0,
                 max as f64 / 1024.0,
@@ -296,6 +320,9 @@ pub struct Growth {
     pub rss_kib: (u64, u64),
     /// Open files: after the warm-up, at the end.
     pub open_files: (u64, u64),
+    /// The process's database file in KiB (replicas; 0 otherwise): after
+    /// the warm-up, at the end.
+    pub database_kib: (u64, u64),
 }
 
 /// The recorded history, shared by every phone.
@@ -672,7 +699,7 @@ struct Faults {
     /// Member indexes (a replaced replica leaves).
     members: Vec<usize>,
     h: Arc<History>,
-    pids: Arc<Mutex<BTreeMap<String, u32>>>,
+    pids: Arc<Mutex<BTreeMap<String, Sampled>>>,
 }
 
 impl Faults {
@@ -685,12 +712,13 @@ impl Faults {
         p.retain(|k, _| k == "driver");
         for &i in &self.members {
             if let Some(pid) = stack.replica_pid(CLUSTER, i) {
-                p.insert(format!("replica-{}", i + 1), pid);
+                let db = stack.clusters[CLUSTER].configs[i].database_path();
+                p.insert(format!("replica-{}", i + 1), (pid, Some(db)));
             }
         }
         for (j, g) in gateways.iter().enumerate() {
             if let Some(pid) = g.pid() {
-                p.insert(format!("gateway-{}", ["a", "b"][j]), pid);
+                p.insert(format!("gateway-{}", ["a", "b"][j]), (pid, None));
             }
         }
     }
@@ -1005,7 +1033,7 @@ pub async fn run(opts: ChaosOptions) -> anyhow::Result<ChaosReport> {
     // The sampler.
     let pids = Arc::new(Mutex::new(BTreeMap::from([(
         "driver".to_string(),
-        std::process::id(),
+        (std::process::id(), None),
     )])));
     let samples = Arc::new(Mutex::new(Samples::default()));
     let started = Instant::now();
@@ -1189,13 +1217,30 @@ pub async fn run(opts: ChaosOptions) -> anyhow::Result<ChaosReport> {
         }
     }
 
-    // The replicas' rows agree, read from their databases once stopped.
-    let _ = stack.wait_caught_up(CLUSTER, Duration::from_secs(30)).await;
-    for &i in &f.members {
+    // The replicas' rows agree, read from their databases once stopped:
+    // once the cluster is quiet (the checks' own logins commit their resets
+    // after answering), followers first and the leader last, so that no
+    // election appends anything while they stop.
+    let quiet = stack
+        .wait_quiet(CLUSTER, Duration::from_secs(1), Duration::from_secs(30))
+        .await;
+    let leader = stack.leader(CLUSTER).await;
+    let mut order: Vec<usize> = f
+        .members
+        .iter()
+        .copied()
+        .filter(|i| Some(*i) != leader)
+        .collect();
+    order.extend(leader.filter(|l| f.members.contains(l)));
+    for &i in &order {
         let _ = stack
             .terminate_replica(CLUSTER, i, Duration::from_secs(15))
             .await;
     }
+    let quiet = match quiet {
+        Ok(index) => format!("all at log index {index} when stopped"),
+        Err(e) => format!("not quiet when stopped: {e}"),
+    };
     let mut accounts: Vec<String> = acked
         .iter()
         .chain(&unanswered)
@@ -1219,7 +1264,24 @@ pub async fn run(opts: ChaosOptions) -> anyhow::Result<ChaosReport> {
             Some((j, want)) => {
                 for (a, (x, y)) in accounts.iter().zip(want.iter().zip(&rows)) {
                     if x != y {
-                        h.violation(format!("replicas {} and {} disagree on {a}", j + 1, i + 1));
+                        let brief = |r: &Option<vault_backend::account::StoredAccount>| {
+                            r.as_ref().map(|r| {
+                                format!(
+                                    "state {}, guesses used {} of {} counted, registration {}",
+                                    r.state,
+                                    r.guesses_used,
+                                    r.guesses_counted,
+                                    hex::encode(&r.registration_id)
+                                )
+                            })
+                        };
+                        h.violation(format!(
+                            "replicas {} and {} disagree on {a} ({quiet}): {:?} / {:?}",
+                            j + 1,
+                            i + 1,
+                            brief(x),
+                            brief(y)
+                        ));
                     }
                 }
             }

@@ -561,6 +561,48 @@ impl LocalStack {
         }
     }
 
+    /// Waits (bounded by `within`) until cluster `k` is quiet: every running
+    /// replica has applied the leader's whole log and the leader appended
+    /// nothing for `quiet`. A reset committed after its login's answer
+    /// (DESIGN.md invariant 2) lands a moment after the phone saw the
+    /// answer; stopping replicas before it is applied everywhere leaves
+    /// their databases one entry apart. Returns the index they all applied.
+    pub async fn wait_quiet(
+        &self,
+        k: usize,
+        quiet: Duration,
+        within: Duration,
+    ) -> anyhow::Result<u64> {
+        let until = Instant::now() + within;
+        let mut since: Option<(u64, Instant)> = None;
+        loop {
+            self.wait_caught_up(k, until.saturating_duration_since(Instant::now()))
+                .await?;
+            let st = self.statuses(k).await;
+            let applied: Vec<u64> = st
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| self.clusters[k].replicas[*i].is_running())
+                .filter_map(|(_, s)| s.as_ref().and_then(|s| s.applied_index))
+                .collect();
+            let all_same = applied.windows(2).all(|w| w[0] == w[1]);
+            match (applied.first(), since) {
+                (Some(&i), Some((j, t))) if all_same && i == j => {
+                    if t.elapsed() >= quiet {
+                        return Ok(i);
+                    }
+                }
+                (Some(&i), _) if all_same => since = Some((i, Instant::now())),
+                _ => since = None,
+            }
+            anyhow::ensure!(
+                Instant::now() < until,
+                "cluster {k} did not go quiet within {within:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Each running in-process replica's row for `account_id`, once all have
     /// applied the leader's whole log.
     pub async fn rows(

@@ -3,8 +3,14 @@
 //! attackers from two devices) for 30 minutes without faults, with the RSS
 //! and open files of every process (5 replicas, 2 gateways, the driver)
 //! sampled every 10 s. Flat memory is the bar: no process ends more than
-//! 10 % (and 8 MiB) above where it stood after the warm-up, and open files
-//! stay where they were.
+//! 10 % (and 8 MiB) above where it stood after the warm-up, beyond what its
+//! data grew by, and open files stay where they were. The load registers
+//! new deposits throughout (about 11,000 in 30 minutes), so a replica's
+//! database file grows, and redb's page cache (up to its cache size, 1 GiB
+//! by default) holds what was read and written of it: a replica's allowance
+//! adds the growth of its database file. A leak grows with operations, not
+//! with the data, and the run does ten to twenty times more operations
+//! than registrations.
 //!
 //! `cargo test --release -p testing --test soak -- --ignored --nocapture`
 //! (`SOAK_SECONDS` to change the 1800 s; the samples are written to
@@ -32,10 +38,11 @@ async fn thirty_minutes_of_mixed_load_keep_memory_and_open_files_flat() {
     assert!(report.violations.is_empty(), "{report}");
     for (name, g) in report.samples.growth() {
         let ((rss0, rss1), (fd0, fd1)) = (g.rss_kib, g.open_files);
-        let allowed = (rss0 / 10).max(8 * 1024);
+        let data = g.database_kib.1.saturating_sub(g.database_kib.0);
+        let allowed = (rss0 / 10).max(8 * 1024) + data;
         assert!(
             rss1 <= rss0 + allowed,
-            "{name}: RSS grew from {rss0} to {rss1} KiB"
+            "{name}: RSS grew from {rss0} to {rss1} KiB, its database by {data} KiB"
         );
         assert!(
             fd1 <= fd0 + 8,
