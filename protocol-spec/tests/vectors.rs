@@ -257,3 +257,122 @@ fn a_credential_for_another_device_is_refused_in_both_patterns() {
         );
     }
 }
+
+/// HKDF-Expand-Label of RFC 8446 §7.1, SHA-256, as SPEC §4.3 writes it.
+fn expand_label(secret: &[u8], label: &[u8], context: &[u8], out: &mut [u8]) {
+    let full = [b"tls13 ".as_slice(), label].concat();
+    let mut info = (out.len() as u16).to_be_bytes().to_vec();
+    info.push(full.len() as u8);
+    info.extend_from_slice(&full);
+    info.push(context.len() as u8);
+    info.extend_from_slice(context);
+    hkdf::Hkdf::<sha2::Sha256>::from_prk(secret)
+        .unwrap()
+        .expand(&info, out)
+        .unwrap();
+}
+
+/// The channel binding from an exporter master secret, by SPEC §4.3's
+/// formula (for stacks without an exporter API).
+fn exporter_by_formula(exporter_master_secret: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    let empty = sha2::Sha256::digest(b"");
+    let mut secret = [0u8; 32];
+    expand_label(
+        exporter_master_secret,
+        noise::EXPORTER_LABEL,
+        &empty,
+        &mut secret,
+    );
+    let mut out = [0u8; 32];
+    expand_label(
+        &secret,
+        b"exporter",
+        &sha2::Sha256::digest(noise::EXPORTER_CONTEXT),
+        &mut out,
+    );
+    out
+}
+
+#[test]
+fn tls_exporter_formula_vector() {
+    let ems: Vec<u8> = (0u8..32).collect();
+    assert_eq!(
+        hex::encode(exporter_by_formula(&ems)),
+        vector("tls-exporter")
+    );
+}
+
+/// The formula agrees with rustls' own exporter on a real TLS 1.3
+/// handshake, whose exporter master secret comes from its key log.
+#[test]
+fn tls_exporter_formula_matches_rustls() {
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Debug, Default)]
+    struct Log(Mutex<Option<Vec<u8>>>);
+    impl rustls::KeyLog for Log {
+        fn log(&self, label: &str, _client_random: &[u8], secret: &[u8]) {
+            if label == "EXPORTER_SECRET" {
+                *self.0.lock().unwrap() = Some(secret.to_vec());
+            }
+        }
+    }
+
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let provider = Arc::new(rustls::crypto::CryptoProvider {
+        cipher_suites: vec![rustls::crypto::aws_lc_rs::cipher_suite::TLS13_AES_128_GCM_SHA256],
+        ..rustls::crypto::aws_lc_rs::default_provider()
+    });
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.der().clone()).unwrap();
+    let log = Arc::new(Log::default());
+    let mut client = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    client.key_log = log.clone();
+    let server = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![cert.der().clone()],
+            rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        )
+        .unwrap();
+    let mut c =
+        rustls::ClientConnection::new(Arc::new(client), "localhost".try_into().unwrap()).unwrap();
+    let mut s = rustls::ServerConnection::new(Arc::new(server)).unwrap();
+    let mut buf = Vec::new();
+    for _ in 0..10 {
+        buf.clear();
+        c.write_tls(&mut buf).unwrap();
+        s.read_tls(&mut buf.as_slice()).unwrap();
+        s.process_new_packets().unwrap();
+        buf.clear();
+        s.write_tls(&mut buf).unwrap();
+        c.read_tls(&mut buf.as_slice()).unwrap();
+        c.process_new_packets().unwrap();
+    }
+    assert!(!c.is_handshaking() && !s.is_handshaking());
+    let ems = log
+        .0
+        .lock()
+        .unwrap()
+        .clone()
+        .expect("the key log saw the exporter secret");
+    let mut by_rustls = [0u8; 32];
+    c.export_keying_material(
+        &mut by_rustls,
+        noise::EXPORTER_LABEL,
+        Some(noise::EXPORTER_CONTEXT),
+    )
+    .unwrap();
+    assert_eq!(exporter_by_formula(&ems), by_rustls);
+}
