@@ -169,11 +169,7 @@ impl GatewayProcess {
         let pid = self
             .pid()
             .ok_or_else(|| anyhow::anyhow!("the gateway is not running"))?;
-        let sent = tokio::process::Command::new("kill")
-            .args(["-HUP", &pid.to_string()])
-            .status()
-            .await?;
-        anyhow::ensure!(sent.success(), "kill -HUP {pid} failed");
+        crate::local_stack::signal(pid, "HUP").await?;
         let until = Instant::now() + Duration::from_secs(10);
         while Instant::now() < until {
             let now = count(&self.log());

@@ -167,3 +167,28 @@ pub fn copy_dir(from: &std::path::Path, to: &std::path::Path) -> std::io::Result
     }
     Ok(())
 }
+
+/// The sum of the series of metric `name` on the `/metrics` page of the
+/// admin port `admin` whose labels include every one of `labels` (as
+/// rendered: `reason="per_source"`); 0 if there is none.
+///
+/// # Panics
+///
+/// If the page cannot be fetched or a value is not a number.
+pub async fn metric_sum(admin: std::net::SocketAddr, name: &str, labels: &[&str]) -> f64 {
+    let text = reqwest::get(format!("http://{admin}/metrics"))
+        .await
+        .expect("fetch /metrics")
+        .text()
+        .await
+        .expect("read /metrics");
+    text.lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix(name)?;
+            let (series, value) = rest.rsplit_once(' ')?;
+            let matches = (series.is_empty() || series.starts_with('{'))
+                && labels.iter().all(|want| series.contains(want));
+            matches.then(|| value.parse::<f64>().expect("a metric value"))
+        })
+        .sum()
+}

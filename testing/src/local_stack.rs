@@ -943,11 +943,7 @@ pub async fn terminate(
     let pid = child
         .id()
         .ok_or_else(|| anyhow::anyhow!("{what}: the process already exited"))?;
-    let sent = tokio::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .await?;
-    anyhow::ensure!(sent.success(), "kill -TERM {pid} failed");
+    signal(pid, "TERM").await?;
     match tokio::time::timeout(within, child.wait()).await {
         Ok(status) => Ok(status?),
         Err(_) => {
@@ -955,6 +951,17 @@ pub async fn terminate(
             anyhow::bail!("{what} did not exit within {within:?} of SIGTERM")
         }
     }
+}
+
+/// Sends the signal `name` (`TERM`, `HUP`) to process `pid` (with `kill`,
+/// which every test machine has).
+pub async fn signal(pid: u32, name: &str) -> anyhow::Result<()> {
+    let sent = tokio::process::Command::new("kill")
+        .args([format!("-{name}"), pid.to_string()])
+        .status()
+        .await?;
+    anyhow::ensure!(sent.success(), "kill -{name} {pid} failed");
+    Ok(())
 }
 
 fn clusters_dir(dir: &Path, k: usize) -> PathBuf {

@@ -45,19 +45,12 @@ async fn vault_register_starts(stack: &LocalStack) -> u64 {
     let mut total = 0.0;
     for cfg in &stack.clusters[0].configs {
         let admin = cfg.admin_listen.unwrap();
-        let text = reqwest::get(format!("http://{admin}/metrics"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        for line in text.lines() {
-            if line.starts_with("vault_requests_total{")
-                && line.contains("request=\"register_start\"")
-            {
-                total += line.rsplit(' ').next().unwrap().parse::<f64>().unwrap();
-            }
-        }
+        total += testing::helpers::metric_sum(
+            admin,
+            "vault_requests_total",
+            &["request=\"register_start\""],
+        )
+        .await;
     }
     total as u64
 }

@@ -52,20 +52,6 @@ fn rss_bytes(pid: u32) -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
-/// The value of the series `name` (with its labels, as rendered) on the
-/// gateway's /metrics; 0 if absent.
-async fn metric(admin: SocketAddr, series: &str) -> f64 {
-    let text = reqwest::get(format!("http://{admin}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
-        .unwrap_or(0.0)
-}
-
 /// One attacking connection, over and over until `stop`: QUIC + TLS, the
 /// Noise stream opened with a 16 KiB length announced and nothing sent,
 /// held until the gateway closes it (or refused at once).
@@ -162,7 +148,7 @@ async fn a_handshake_flood_leaves_phones_connecting_with_bounded_memory() {
         tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
                 peak.fetch_max(rss_bytes(pid), Ordering::Relaxed);
-                let open = metric(admin, "gateway_connections").await;
+                let open = testing::helpers::metric_sum(admin, "gateway_connections", &[]).await;
                 held.fetch_max(open as u64, Ordering::Relaxed);
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
@@ -196,10 +182,12 @@ async fn a_handshake_flood_leaves_phones_connecting_with_bounded_memory() {
     }
     let phones_done = flood_started.elapsed();
     tokio::time::sleep(FLOOD.saturating_sub(flood_started.elapsed())).await;
-    let retried = metric(admin, "gateway_handshakes_retried_total").await;
-    let per_source = metric(
+    let retried =
+        testing::helpers::metric_sum(admin, "gateway_handshakes_retried_total", &[]).await;
+    let per_source = testing::helpers::metric_sum(
         admin,
-        "gateway_handshakes_refused_total{reason=\"per_source\"}",
+        "gateway_handshakes_refused_total",
+        &["reason=\"per_source\""],
     )
     .await;
     stop.store(true, Ordering::Relaxed);

@@ -7,22 +7,8 @@
 use client::{BackupKey, GatewayConnection, VaultClient};
 use protocol_spec::opaque_profile::cheap_ksf_for_load_tests;
 use testing::gateway_process::GatewayProcess;
-use testing::helpers::register;
+use testing::helpers::{metric_sum, register};
 use testing::local_stack::{LocalStack, StackOptions};
-
-/// The sum of a counter's series on a gateway process's `/metrics`.
-async fn counter(admin: std::net::SocketAddr, name: &str) -> f64 {
-    let text = reqwest::get(format!("http://{admin}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
-        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
-        .sum()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_phone_that_changes_network_keeps_its_authenticated_connection() {
@@ -48,10 +34,10 @@ async fn a_phone_that_changes_network_keeps_its_authenticated_connection() {
         .with_ksf(cheap_ksf_for_load_tests());
     assert!(vault.recover(b"right").await.unwrap() == key);
     let quic = conn.quic();
-    let authenticated = counter(gw.admin, "gateway_authenticated_total").await;
+    let authenticated = metric_sum(gw.admin, "gateway_authenticated_total", &[]).await;
     assert_eq!(authenticated, 1.0);
     assert_eq!(
-        counter(gw.admin, "gateway_connection_migrations_total").await,
+        metric_sum(gw.admin, "gateway_connection_migrations_total", &[]).await,
         0.0
     );
 
@@ -71,12 +57,12 @@ async fn a_phone_that_changes_network_keeps_its_authenticated_connection() {
     );
     assert!(quic.close_reason().is_none());
     assert_eq!(
-        counter(gw.admin, "gateway_authenticated_total").await,
+        metric_sum(gw.admin, "gateway_authenticated_total", &[]).await,
         authenticated,
         "no new handshake"
     );
     assert_eq!(
-        counter(gw.admin, "gateway_connection_migrations_total").await,
+        metric_sum(gw.admin, "gateway_connection_migrations_total", &[]).await,
         1.0
     );
     // A wrong guess on the new path is still this device's, counted once.
@@ -86,7 +72,7 @@ async fn a_phone_that_changes_network_keeps_its_authenticated_connection() {
         "{err}"
     );
     assert_eq!(
-        counter(gw.admin, "gateway_connection_migrations_total").await,
+        metric_sum(gw.admin, "gateway_connection_migrations_total", &[]).await,
         1.0
     );
     conn.close().await;
