@@ -105,3 +105,41 @@ fn key32(field: &str, hex_key: Option<&str>) -> Result<Option<[u8; 32]>, ClientE
         })
         .transpose()
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// The example of SPEC §1.1.
+    fn spec_example() -> &'static str {
+        let spec = include_str!("../../protocol-spec/SPEC.md");
+        let at = spec.find("<!-- example:client-profile -->").unwrap();
+        let block = &spec[at..];
+        let body = &block[block.find("```toml\n").unwrap() + 8..];
+        &body[..body.find("```").unwrap()]
+    }
+
+    #[test]
+    fn the_specs_example_profile_reads_and_an_unknown_key_is_refused() {
+        let p: ClientProfile = toml::from_str(spec_example()).unwrap();
+        assert_eq!(p.gateway_addr, "127.0.0.1:7643".parse().unwrap());
+        assert_eq!(p.fleet_id, "fleet-1");
+        assert!(p.gateway_noise_next_key.is_none());
+        // A misspelt pin must not pass as "no pin" (XX, any key).
+        let typo = spec_example().replace("gateway_noise_key", "gateway_noise_kye");
+        assert!(toml::from_str::<ClientProfile>(&typo).is_err());
+    }
+
+    #[test]
+    fn a_saved_profile_reads_back_the_same() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut p: ClientProfile = toml::from_str(spec_example()).unwrap();
+        p.gateway_noise_next_key = Some("ab".repeat(32));
+        p.other_gateways = vec!["[::1]:7644".parse().unwrap()];
+        let path = dir.path().join("profile.toml");
+        p.save(&path).unwrap();
+        assert_eq!(ClientProfile::load(&path).unwrap(), p);
+        assert_eq!(p.gateway_next_key().unwrap(), Some([0xab; 32]));
+    }
+}
