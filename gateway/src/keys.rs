@@ -263,3 +263,96 @@ pub fn account_service_secret(dir: &Path) -> anyhow::Result<Zeroizing<Vec<u8>>> 
         read(dir, files::ACCOUNT_SERVICE_SECRET)?.trim(),
     )?))
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use std::time::Duration;
+
+    /// A state folder as `init` and the fleet's certificate make it.
+    fn state() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        init(dir.path(), &["localhost"]).unwrap();
+        let ca = pki::new_ca("test vault CA").unwrap();
+        let cert = pki::issue(&ca, "gateway", &["gateway"], Usage::Client).unwrap();
+        pki::write(dir.path(), files::VAULT_CLIENT, &cert).unwrap();
+        service_kit::files::write_public(&dir.path().join(files::VAULT_CA), ca.cert_pem.as_bytes())
+            .unwrap();
+        dir
+    }
+
+    fn current(dir: &Path) -> (Zeroizing<[u8; 32]>, [u8; 32]) {
+        NoiseKeyFile::read(&dir.join(files::NOISE_KEY))
+            .unwrap()
+            .keys()
+            .unwrap()
+    }
+
+    fn previous(dir: &Path) -> NoiseKeyFile {
+        NoiseKeyFile::read(&dir.join(files::NOISE_KEY_PREVIOUS)).unwrap()
+    }
+
+    #[test]
+    fn a_rotation_makes_the_prepared_key_current_and_keeps_the_old_one_until_its_time() {
+        let dir = state();
+        let (_, old) = current(dir.path());
+        let next = prepare_noise_key(dir.path()).unwrap();
+        assert_eq!(
+            prepare_noise_key(dir.path()).unwrap(),
+            next,
+            "prepared once"
+        );
+        let rotated = rotate_noise_key(dir.path(), Duration::from_secs(86_400)).unwrap();
+        assert_eq!(rotated, next);
+        let loaded = GatewayKeys::load(dir.path()).unwrap();
+        assert_eq!(hex::encode(loaded.noise_public), next);
+        assert_eq!(loaded.noise_previous.as_ref().map(|p| p.public), Some(old));
+        assert_eq!(hex::encode(current(dir.path()).1), next);
+        assert!(!dir.path().join(files::NOISE_KEY_NEXT).exists());
+        let p = previous(dir.path());
+        assert_eq!(p.public_hex, hex::encode(old));
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let at = p.retire_at_unix.unwrap();
+        assert!(at > now + 86_000 && at <= now + 86_400 + 5, "{at} vs {now}");
+        // Without a prepared key, a rotation makes a new one.
+        let again = rotate_noise_key(dir.path(), Duration::ZERO).unwrap();
+        assert_ne!(again, next);
+        assert_eq!(previous(dir.path()).public_hex, next);
+    }
+
+    #[test]
+    fn a_rotation_cut_between_its_writes_leaves_keys_that_serve() {
+        let dir = state();
+        let (_, old) = current(dir.path());
+        // Cut after the previous key was written and before the current one
+        // was replaced: the old key is both, and a gateway serves it.
+        let mut cut = NoiseKeyFile::read(&dir.path().join(files::NOISE_KEY)).unwrap();
+        cut.retire_at_unix = Some(u64::MAX / 2);
+        cut.write(
+            &dir.path().join(files::NOISE_KEY_PREVIOUS),
+            Existing::Refuse,
+        )
+        .unwrap();
+        let loaded = GatewayKeys::load(dir.path()).unwrap();
+        assert_eq!(loaded.noise_public, old);
+        assert!(
+            loaded.noise_previous.is_none(),
+            "the same key is not also 'previous'"
+        );
+        // Cut after the current key was replaced and before the prepared
+        // file was removed: the next rotation does not rotate to the same
+        // key again.
+        std::fs::copy(
+            dir.path().join(files::NOISE_KEY),
+            dir.path().join(files::NOISE_KEY_NEXT),
+        )
+        .unwrap();
+        let rotated = rotate_noise_key(dir.path(), Duration::ZERO).unwrap();
+        assert_ne!(rotated, hex::encode(old));
+        assert_eq!(previous(dir.path()).public_hex, hex::encode(old));
+    }
+}
