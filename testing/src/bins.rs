@@ -3,10 +3,13 @@
 //! every binary of the workspace in the target folder of the profile, next
 //! to the `deps/` folder that holds this test executable.
 //!
-//! `cargo test --workspace` (the README's test command) builds those
-//! binaries in the same invocation, so they are current. Run alone
-//! (`cargo test -p testing`), a missing binary is built once with the same
-//! profile before the first test uses it.
+//! Each binary is brought up to date once per test process (`cargo build
+//! -p <package> --bin <name>` with the same profile, a no-op when it is
+//! current) before the first test uses it: `cargo test --workspace` does
+//! not rebuild the binary of a package without integration tests (the
+//! gateway's), so a binary left by an earlier build was run stale — a
+//! gateway without this change's migration counter failed
+//! `gateway_migration` on a machine that had built the old tree.
 //!
 //! Must never: pick a binary from another profile or another target folder
 //! (a stale build would test code that is not in the tree).
@@ -29,19 +32,21 @@ pub fn backup_client() -> PathBuf {
     binary("client", "backup-client")
 }
 
-static BUILD: Mutex<()> = Mutex::new(());
+/// The binaries this process brought up to date already.
+static BUILT: Mutex<Vec<&'static str>> = Mutex::new(Vec::new());
 
-/// The binary `name` of workspace package `package`, built if missing.
+/// The binary `name` of workspace package `package`, built (once per
+/// process) so that it is current.
 ///
 /// # Panics
 ///
-/// If the binary is missing and cannot be built: a test cannot run
-/// without it, and the message says what to run.
-pub fn binary(package: &str, name: &str) -> PathBuf {
+/// If the binary cannot be built: a test cannot run without it, and the
+/// message says what to run.
+pub fn binary(package: &str, name: &'static str) -> PathBuf {
     let dir = profile_dir();
     let path = dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
-    let _one_build_at_a_time = BUILD.lock().unwrap_or_else(|p| p.into_inner());
-    if path.exists() {
+    let mut built = BUILT.lock().unwrap_or_else(|p| p.into_inner());
+    if built.contains(&name) {
         return path;
     }
     let release = dir.file_name().is_some_and(|n| n == "release");
@@ -54,10 +59,11 @@ pub fn binary(package: &str, name: &str) -> PathBuf {
     let ok = cmd.status().is_ok_and(|s| s.success());
     assert!(
         ok && path.exists(),
-        "{} is missing and `cargo build -p {package} --bin {name}` did not make it; \
-         build it (or run `cargo test --workspace`) and run the test again",
+        "`cargo build -p {package} --bin {name}` did not make {}; \
+         build it and run the test again",
         path.display()
     );
+    built.push(name);
     path
 }
 
