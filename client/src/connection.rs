@@ -109,7 +109,7 @@ const RECONNECT_BASE: Duration = Duration::from_millis(100);
 const RECONNECT_MAX: Duration = Duration::from_secs(2);
 /// A new connection (QUIC, TLS and Noise) not made within this is given up
 /// (the gateway closes handshakes after 10 s, SPEC §7).
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// rustls client config trusting only the profile's CA (TLS 1.3, ALPN
 /// `bkv/1`).
@@ -568,11 +568,10 @@ async fn handshake_unbounded(
     pin: Option<[u8; 32]>,
     force_xx: bool,
 ) -> Result<Handshaken, ClientError> {
-    let credential = device.credential.as_deref().ok_or_else(|| {
-        ClientError::Config(
-            "this device has no credential yet; ask the account service to mint one".into(),
-        )
-    })?;
+    let credential = device
+        .credential
+        .as_deref()
+        .ok_or(ClientError::NoCredential)?;
     let cerr = |reason: String| ClientError::Connect {
         addr: addr.to_string(),
         reason,

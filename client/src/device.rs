@@ -3,21 +3,13 @@
 
 use std::path::Path;
 
-use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
+use crate::store::{FileStore, Item, SecureStore, StoreError};
 use crate::ClientError;
 
 /// File inside a device folder.
 pub const DEVICE_FILE: &str = "device.toml";
-
-#[derive(Serialize, Deserialize)]
-struct DeviceFile {
-    static_private_hex: String,
-    static_public_hex: String,
-    #[serde(default)]
-    credential: Option<String>,
-}
 
 /// One phone's identity.
 #[derive(Clone)]
@@ -53,59 +45,74 @@ impl DeviceIdentity {
     /// The account named by this device's credential, read without
     /// verifying it (to find the account's backups; the gateway verifies).
     pub fn account_hint(&self) -> Result<String, ClientError> {
-        let token = self.credential.as_deref().ok_or_else(|| {
-            ClientError::Config(
-                "this device has no credential yet; run `backup-client device set-credential`"
-                    .into(),
-            )
-        })?;
+        let token = self
+            .credential
+            .as_deref()
+            .ok_or(ClientError::NoCredential)?;
         protocol_spec::credential::unverified_account(token)
             .map_err(|e| ClientError::Config(format!("the device credential is unreadable: {e}")))
     }
 
-    /// Loads `dir/device.toml`.
+    /// Reads the device from the app's store: `Ok(None)` if it has no
+    /// device key yet.
+    pub fn load_from(store: &dyn SecureStore) -> Result<Option<Self>, ClientError> {
+        let Some(k) = store
+            .load(Item::DeviceKey)
+            .map_err(ClientError::store(Item::DeviceKey))?
+        else {
+            return Ok(None);
+        };
+        if k.len() != 64 {
+            return Err(ClientError::Storage {
+                item: Item::DeviceKey.name(),
+                source: StoreError::new("the stored device key is not 64 bytes"),
+            });
+        }
+        let mut private = Zeroizing::new([0u8; 32]);
+        private.copy_from_slice(&k[..32]);
+        let mut public = [0u8; 32];
+        public.copy_from_slice(&k[32..]);
+        let credential = match store
+            .load(Item::Credential)
+            .map_err(ClientError::store(Item::Credential))?
+        {
+            None => None,
+            Some(c) => Some(
+                String::from_utf8(c.to_vec()).map_err(|_| ClientError::Storage {
+                    item: Item::Credential.name(),
+                    source: StoreError::new("the stored credential is not UTF-8"),
+                })?,
+            ),
+        };
+        Ok(Some(Self {
+            static_private: private,
+            static_public: public,
+            credential,
+        }))
+    }
+
+    /// Writes the device key and credential to the app's store.
+    pub fn save_to(&self, store: &dyn SecureStore) -> Result<(), ClientError> {
+        let mut k = Zeroizing::new(Vec::with_capacity(64));
+        k.extend_from_slice(self.static_private.as_ref());
+        k.extend_from_slice(&self.static_public);
+        store
+            .save(Item::DeviceKey, &k)
+            .map_err(ClientError::store(Item::DeviceKey))?;
+        match &self.credential {
+            Some(c) => store.save(Item::Credential, c.as_bytes()),
+            None => store.delete(Item::Credential),
+        }
+        .map_err(ClientError::store(Item::Credential))
+    }
+
+    /// Loads the device of folder `dir` (`device.toml`, [`FileStore`]).
     pub fn load(dir: &Path) -> Result<Self, ClientError> {
-        let p = dir.join(DEVICE_FILE);
-        let t = Zeroizing::new(std::fs::read_to_string(&p).map_err(|e| {
-            ClientError::Config(format!(
-                "cannot read device identity {}: {e}; create one with `backup-client device new`",
-                p.display()
-            ))
-        })?);
-        let f: DeviceFile = toml::from_str(&t)
-            .map_err(|e| ClientError::Config(format!("invalid {}: {e}", p.display())))?;
-        let dec = |h: &str| -> Result<[u8; 32], ClientError> {
-            hex::decode(h)
-                .ok()
-                .and_then(|v| v.try_into().ok())
-                .ok_or_else(|| {
-                    ClientError::Config(format!("{} holds a malformed key", p.display()))
-                })
-        };
-        Ok(Self {
-            static_private: Zeroizing::new(dec(&f.static_private_hex)?),
-            static_public: dec(&f.static_public_hex)?,
-            credential: f.credential,
-        })
+        Self::load_from(&FileStore::new(dir))?.ok_or(ClientError::NoDevice)
     }
 
-    /// Saves to `dir/device.toml` (owner-only).
+    /// Saves to `dir/device.toml` (owner-only, [`FileStore`]).
     pub fn save(&self, dir: &Path) -> Result<(), ClientError> {
-        std::fs::create_dir_all(dir).map_err(|e| ClientError::Config(e.to_string()))?;
-        let f = DeviceFile {
-            static_private_hex: hex::encode(self.static_private.as_ref()),
-            static_public_hex: hex::encode(self.static_public),
-            credential: self.credential.clone(),
-        };
-        let t =
-            Zeroizing::new(toml::to_string(&f).map_err(|e| ClientError::Config(e.to_string()))?);
-        write_private(&dir.join(DEVICE_FILE), t.as_bytes())
+        self.save_to(&FileStore::new(dir))
     }
-}
-
-/// Writes `bytes` to `p` owner-only (0600), replacing any earlier version
-/// atomically (a crash leaves the old or the new file, never a torn one).
-pub(crate) fn write_private(p: &Path, bytes: &[u8]) -> Result<(), ClientError> {
-    service_kit::files::write_private(p, bytes, service_kit::files::Existing::Replace)
-        .map_err(|e| ClientError::Config(e.to_string()))
 }

@@ -11,6 +11,21 @@ pub enum ClientError {
     /// Local configuration problem.
     #[error("{0}")]
     Config(String),
+    /// The app's store has no device key: the device was never set up.
+    #[error("this device has no device key yet")]
+    NoDevice,
+    /// The device has no credential from the account service yet.
+    #[error("this device has no credential from the account service yet")]
+    NoCredential,
+    /// The app's store failed or holds a damaged item.
+    #[error("the device's store failed on its {item}")]
+    Storage {
+        /// The item's name (`store::Item::name`).
+        item: &'static str,
+        /// The store's error.
+        #[source]
+        source: crate::store::StoreError,
+    },
     /// Could not reach or complete TLS with the gateway.
     #[error("cannot connect to the gateway at {addr}: {reason}. Check the address and that the gateway is running")]
     Connect {
@@ -41,7 +56,7 @@ pub enum ClientError {
         attempts_left: u32,
     },
     /// Guess limit used up.
-    #[error("too many wrong passwords: the vault erased the backup key for good, and backups protected by it cannot be restored through the vault. A phone that still has backup turned on keeps the key: run `backup-client enable` there to protect it with a new password")]
+    #[error("too many wrong passwords: the vault erased the backup key for good, and backups protected by it cannot be restored through the vault; a phone that still has backup turned on keeps the key and can deposit it again with a new password")]
     LockedOut,
     /// Too many guesses in a short time: the vault paces them.
     #[error("too many password attempts in a short time: to protect your backup, the vault allows the next one in {}", protocol_spec::classify::wait_in_words(*retry_after))]
@@ -51,7 +66,7 @@ pub enum ClientError {
     },
     /// A replacement of the deposit without its password was accepted and
     /// waits out the vault's period.
-    #[error("a backup key is already deposited for this account, and replacing it without its password takes a waiting period: this phone can complete the replacement in {} by running `backup-client enable --replace` again. Until then the old key stays in the vault, and a login with the old password on any phone cancels the replacement. To back up now, use a 64-digit key instead: `backup-client enable --key-only`", protocol_spec::classify::wait_in_words(*retry_after))]
+    #[error("a backup key is already deposited for this account, and replacing it without its password waits out the vault's period: this phone can complete the replacement in {}; until then the old key stays, and a login with the old password on any phone cancels the replacement", protocol_spec::classify::wait_in_words(*retry_after))]
     ReplacementPending {
         /// Until this phone may complete it.
         retry_after: std::time::Duration,
@@ -121,6 +136,14 @@ pub enum ClientError {
 pub(crate) const PACED_ABOVE: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl ClientError {
+    /// A failure of the app's store on `item`.
+    pub fn store(item: crate::store::Item) -> impl FnOnce(crate::store::StoreError) -> Self {
+        move |source| Self::Storage {
+            item: item.name(),
+            source,
+        }
+    }
+
     /// A local I/O failure while doing `what`.
     pub fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Self {
         let what = what.into();
@@ -168,5 +191,228 @@ impl ClientError {
             Self::Refused { code, .. } => protocol_spec::classify::classify(*code).retryable(),
             _ => false,
         }
+    }
+}
+
+/// What went wrong, as a stable code an app translates into its own words
+/// (the `Display` text of a [`ClientError`] is for logs and developers).
+/// Codes are never renamed or reused; new ones may be added.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ClientErrorCode {
+    /// A typed 64-digit key is malformed (`BadKey`).
+    BadKey,
+    /// The profile or another local setting is invalid (`Config`).
+    Config,
+    /// The device was never set up: no device key in the store.
+    NoDevice,
+    /// The device has no credential from the account service yet.
+    NoCredential,
+    /// The app's store failed.
+    Storage,
+    /// The gateway cannot be reached (data: none; retry later).
+    Connect,
+    /// The gateway's key changed past this app's profile: update the app.
+    GatewayKeyOutdated,
+    /// The gateway did not accept the device or its credential.
+    Authentication,
+    /// The vault is not the pinned one: stop.
+    VaultKeyMismatch,
+    /// Wrong password (data: `attempts_left`).
+    WrongPassword,
+    /// The guess limit is used up; the deposit is erased for good.
+    LockedOut,
+    /// Too many guesses in a short time (data: `retry_after`).
+    Paced,
+    /// A replacement without the password waits out its period (data:
+    /// `retry_after`).
+    ReplacementPending,
+    /// Nothing is deposited for this account.
+    NotRegistered,
+    /// A deposit exists already.
+    AlreadyRegistered,
+    /// The vault is unavailable for now; retry.
+    Unavailable,
+    /// The service sheds load or a budget is used up (data: `retry_after`).
+    Busy,
+    /// The server broke the protocol.
+    Protocol,
+    /// A local file failed.
+    Io,
+    /// A local precondition does not hold (a non-empty destination...).
+    Local,
+    /// The cloud store failed.
+    CloudStore,
+    /// The backup key does not open this backup.
+    BackupWrongKey,
+    /// The backup is damaged, tampered with, or not a backup.
+    BackupUnreadable,
+    /// The backup needs a newer app.
+    BackupUnsupported,
+    /// There is no backup at the location.
+    NoBackup,
+    /// Another refusal of the vault.
+    Refused,
+}
+
+impl ClientErrorCode {
+    /// Every code.
+    pub const ALL: [ClientErrorCode; 26] = [
+        Self::BadKey,
+        Self::Config,
+        Self::NoDevice,
+        Self::NoCredential,
+        Self::Storage,
+        Self::Connect,
+        Self::GatewayKeyOutdated,
+        Self::Authentication,
+        Self::VaultKeyMismatch,
+        Self::WrongPassword,
+        Self::LockedOut,
+        Self::Paced,
+        Self::ReplacementPending,
+        Self::NotRegistered,
+        Self::AlreadyRegistered,
+        Self::Unavailable,
+        Self::Busy,
+        Self::Protocol,
+        Self::Io,
+        Self::Local,
+        Self::CloudStore,
+        Self::BackupWrongKey,
+        Self::BackupUnreadable,
+        Self::BackupUnsupported,
+        Self::NoBackup,
+        Self::Refused,
+    ];
+
+    /// The code's stable name (`snake_case`), for an app's string tables.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::BadKey => "bad_key",
+            Self::Config => "config",
+            Self::NoDevice => "no_device",
+            Self::NoCredential => "no_credential",
+            Self::Storage => "storage",
+            Self::Connect => "connect",
+            Self::GatewayKeyOutdated => "gateway_key_outdated",
+            Self::Authentication => "authentication",
+            Self::VaultKeyMismatch => "vault_key_mismatch",
+            Self::WrongPassword => "wrong_password",
+            Self::LockedOut => "locked_out",
+            Self::Paced => "paced",
+            Self::ReplacementPending => "replacement_pending",
+            Self::NotRegistered => "not_registered",
+            Self::AlreadyRegistered => "already_registered",
+            Self::Unavailable => "unavailable",
+            Self::Busy => "busy",
+            Self::Protocol => "protocol",
+            Self::Io => "io",
+            Self::Local => "local",
+            Self::CloudStore => "cloud_store",
+            Self::BackupWrongKey => "backup_wrong_key",
+            Self::BackupUnreadable => "backup_unreadable",
+            Self::BackupUnsupported => "backup_unsupported",
+            Self::NoBackup => "no_backup",
+            Self::Refused => "refused",
+        }
+    }
+}
+
+impl std::fmt::Display for ClientErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl ClientError {
+    /// The stable code of this error.
+    pub fn code(&self) -> ClientErrorCode {
+        use protocol_spec::backup_format::FormatError as F;
+        use ClientErrorCode as C;
+        match self {
+            Self::BadKey(_) => C::BadKey,
+            Self::Config(_) => C::Config,
+            Self::NoDevice => C::NoDevice,
+            Self::NoCredential => C::NoCredential,
+            Self::Storage { .. } => C::Storage,
+            Self::Connect { .. } => C::Connect,
+            Self::GatewayKeyOutdated(_) => C::GatewayKeyOutdated,
+            Self::Authentication(_) => C::Authentication,
+            Self::VaultKeyMismatch { .. } => C::VaultKeyMismatch,
+            Self::WrongPassword { .. } => C::WrongPassword,
+            Self::LockedOut => C::LockedOut,
+            Self::Paced { .. } => C::Paced,
+            Self::ReplacementPending { .. } => C::ReplacementPending,
+            Self::NotRegistered => C::NotRegistered,
+            Self::AlreadyRegistered => C::AlreadyRegistered,
+            Self::Unavailable(_) => C::Unavailable,
+            Self::Busy { .. } => C::Busy,
+            Self::Protocol(_) => C::Protocol,
+            Self::Io { .. } => C::Io,
+            Self::Local(_) => C::Local,
+            Self::Store { .. } => C::CloudStore,
+            Self::Backup(F::WrongKey) => C::BackupWrongKey,
+            Self::Backup(F::Unsupported { .. }) => C::BackupUnsupported,
+            Self::Backup(_) => C::BackupUnreadable,
+            Self::NoBackup(_) => C::NoBackup,
+            Self::Refused { .. } => C::Refused,
+        }
+    }
+
+    /// Guesses left, for `WrongPassword`.
+    pub fn attempts_left(&self) -> Option<u32> {
+        match self {
+            Self::WrongPassword { attempts_left } => Some(*attempts_left),
+            _ => None,
+        }
+    }
+
+    /// How long to wait before trying again, for `Paced`,
+    /// `ReplacementPending` and `Busy`.
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        match self {
+            Self::Paced { retry_after }
+            | Self::ReplacementPending { retry_after }
+            | Self::Busy { retry_after, .. } => Some(*retry_after),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_have_distinct_stable_names() {
+        let names: std::collections::BTreeSet<_> =
+            ClientErrorCode::ALL.iter().map(|c| c.as_str()).collect();
+        assert_eq!(names.len(), ClientErrorCode::ALL.len());
+        // Apps key their string tables on these: renaming one is a break.
+        assert_eq!(ClientErrorCode::WrongPassword.as_str(), "wrong_password");
+        assert_eq!(ClientErrorCode::LockedOut.as_str(), "locked_out");
+        assert_eq!(ClientErrorCode::BackupWrongKey.as_str(), "backup_wrong_key");
+    }
+
+    #[test]
+    fn a_wire_error_keeps_its_data() {
+        let e = ClientError::from_wire(&protocol_spec::msg::Error {
+            code: ErrorCode::WrongPassword as i32,
+            attempts_left: 3,
+            ..Default::default()
+        });
+        assert_eq!(e.code(), ClientErrorCode::WrongPassword);
+        assert_eq!(e.attempts_left(), Some(3));
+        let e = ClientError::from_wire(&protocol_spec::msg::Error {
+            code: ErrorCode::Busy as i32,
+            retry_after_ms: 1500,
+            ..Default::default()
+        });
+        assert_eq!(e.code(), ClientErrorCode::Busy);
+        assert_eq!(
+            e.retry_after(),
+            Some(std::time::Duration::from_millis(1500))
+        );
     }
 }

@@ -54,15 +54,17 @@ pub mod device;
 pub mod error;
 pub mod profile;
 pub mod settings;
+pub mod store;
 pub mod vault;
 
 pub use backup_key::BackupKey;
 pub use cloud::{BackupStore, BackupVersion};
 pub use connection::GatewayConnection;
 pub use device::DeviceIdentity;
-pub use error::ClientError;
+pub use error::{ClientError, ClientErrorCode};
 pub use profile::ClientProfile;
 pub use protocol_spec::backup_format::FormatError;
 pub use protocol_spec::classify::wait_in_words;
 pub use settings::{BackupSettings, Protection};
+pub use store::{FileStore, Item, SecureStore, StoreError};
 pub use vault::{Exchange, Status, VaultClient};

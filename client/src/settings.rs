@@ -1,16 +1,17 @@
 //! What this device remembers about encrypted backup: whether it is on, how
 //! the key is protected (vault password or 64-digit key only), where the
-//! backups go, and the backup key itself — in the device folder, owner-only,
-//! like the device's private Noise key (a phone keeps it in its keystore so
-//! it can make new backups without asking).
+//! backups go, and the backup key itself — in the app's store
+//! ([`crate::store`]; the CLI's is the device folder, owner-only), like the
+//! device's private Noise key (a phone keeps it in its keystore so it can
+//! make new backups without asking).
 //!
-//! Must never: write the key anywhere but this owner-only file, or print it.
+//! Must never: write the key anywhere but the store's `backup_key`, or print it.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
-use zeroize::{Zeroize, Zeroizing};
 
+use crate::store::{FileStore, Item, SecureStore, StoreError};
 use crate::{BackupKey, ClientError};
 
 /// File inside a device folder.
@@ -26,13 +27,14 @@ pub enum Protection {
     KeyOnly,
 }
 
+/// The `backup_settings` item (`store` module docs).
 #[derive(Serialize, Deserialize)]
-struct SettingsFile {
+#[serde(deny_unknown_fields)]
+struct SettingsItem {
     protection: Protection,
     location: String,
     account_id: String,
     keep: usize,
-    key_hex: String,
 }
 
 /// Backup settings of one device, with its backup key.
@@ -60,62 +62,90 @@ impl std::fmt::Debug for BackupSettings {
     }
 }
 
-fn file(dir: &Path) -> PathBuf {
-    dir.join(SETTINGS_FILE)
-}
-
 impl BackupSettings {
-    /// Loads the settings; `Ok(None)` if encrypted backup is off on this device.
-    pub fn load(dir: &Path) -> Result<Option<Self>, ClientError> {
-        let p = file(dir);
-        let t = match std::fs::read_to_string(&p) {
-            Ok(t) => Zeroizing::new(t),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => {
-                return Err(ClientError::Config(format!(
-                    "cannot read {}: {e}",
-                    p.display()
-                )))
-            }
+    /// Reads the settings from the app's store; `Ok(None)` if encrypted
+    /// backup is off on this device.
+    pub fn load_from(store: &dyn SecureStore) -> Result<Option<Self>, ClientError> {
+        let Some(text) = store
+            .load(Item::BackupSettings)
+            .map_err(ClientError::store(Item::BackupSettings))?
+        else {
+            return Ok(None);
         };
-        let f: SettingsFile = toml::from_str(&t)
-            .map_err(|e| ClientError::Config(format!("invalid {}: {e}", p.display())))?;
-        let key_hex = Zeroizing::new(f.key_hex);
-        let key = BackupKey::parse(&key_hex)
-            .map_err(|_| ClientError::Config(format!("{} holds a malformed key", p.display())))?;
+        let bad = |what: &str| ClientError::Storage {
+            item: Item::BackupSettings.name(),
+            source: StoreError::new(what.to_owned()),
+        };
+        let text =
+            std::str::from_utf8(&text).map_err(|_| bad("the stored settings are not UTF-8"))?;
+        let f: SettingsItem = toml::from_str(text).map_err(|e| ClientError::Storage {
+            item: Item::BackupSettings.name(),
+            source: StoreError {
+                what: "the stored settings do not read".into(),
+                source: Some(Box::new(e)),
+            },
+        })?;
+        let k = store
+            .load(Item::BackupKey)
+            .map_err(ClientError::store(Item::BackupKey))?
+            .ok_or_else(|| ClientError::Storage {
+                item: Item::BackupKey.name(),
+                source: StoreError::new("backup is on but the store has no backup key"),
+            })?;
+        let k: [u8; 32] = k[..].try_into().map_err(|_| ClientError::Storage {
+            item: Item::BackupKey.name(),
+            source: StoreError::new("the stored backup key is not 32 bytes"),
+        })?;
         Ok(Some(Self {
             protection: f.protection,
             location: f.location,
             account_id: f.account_id,
             keep: f.keep,
-            key,
+            key: BackupKey::from_bytes(k),
         }))
     }
 
-    /// Saves the settings (owner-only).
-    pub fn save(&self, dir: &Path) -> Result<(), ClientError> {
-        let mut f = SettingsFile {
+    /// Turns backup on (or updates it) in the app's store: the key first,
+    /// then the settings that say "on" (`store` module docs).
+    pub fn save_to(&self, store: &dyn SecureStore) -> Result<(), ClientError> {
+        store
+            .save(Item::BackupKey, self.key.as_bytes())
+            .map_err(ClientError::store(Item::BackupKey))?;
+        let f = SettingsItem {
             protection: self.protection,
             location: self.location.clone(),
             account_id: self.account_id.clone(),
             keep: self.keep,
-            key_hex: hex::encode(self.key.as_bytes()),
         };
-        let t =
-            Zeroizing::new(toml::to_string(&f).map_err(|e| ClientError::Config(e.to_string()))?);
-        f.key_hex.zeroize();
-        crate::device::write_private(&file(dir), t.as_bytes())
+        let t = toml::to_string(&f).map_err(|e| ClientError::Config(e.to_string()))?;
+        store
+            .save(Item::BackupSettings, t.as_bytes())
+            .map_err(ClientError::store(Item::BackupSettings))
+    }
+
+    /// Turns encrypted backup off in the app's store: the settings first,
+    /// then the key.
+    pub fn remove_from(store: &dyn SecureStore) -> Result<(), ClientError> {
+        store
+            .delete(Item::BackupSettings)
+            .map_err(ClientError::store(Item::BackupSettings))?;
+        store
+            .delete(Item::BackupKey)
+            .map_err(ClientError::store(Item::BackupKey))
+    }
+
+    /// Loads the settings of device folder `dir` ([`FileStore`]).
+    pub fn load(dir: &Path) -> Result<Option<Self>, ClientError> {
+        Self::load_from(&FileStore::new(dir))
+    }
+
+    /// Saves the settings to device folder `dir` (owner-only).
+    pub fn save(&self, dir: &Path) -> Result<(), ClientError> {
+        self.save_to(&FileStore::new(dir))
     }
 
     /// Turns encrypted backup off on this device: forgets the key.
     pub fn remove(dir: &Path) -> Result<(), ClientError> {
-        match std::fs::remove_file(file(dir)) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(ClientError::Config(format!(
-                "cannot remove {}: {e}",
-                file(dir).display()
-            ))),
-        }
+        Self::remove_from(&FileStore::new(dir))
     }
 }

@@ -29,7 +29,7 @@ pub fn gateway() -> PathBuf {
 
 /// The phone's command-line client, `backup-client`.
 pub fn backup_client() -> PathBuf {
-    binary("client", "backup-client")
+    binary("backup-cli", "backup-client")
 }
 
 /// The binaries this process brought up to date already.

@@ -496,6 +496,30 @@ impl LocalStack {
         why
     }
 
+    /// Each replica's role, term, leader and log position, to say why a
+    /// wait failed.
+    async fn views(&self, k: usize) -> String {
+        let views: Vec<String> = self
+            .statuses(k)
+            .await
+            .into_iter()
+            .enumerate()
+            .map(|(i, st)| match st {
+                None => format!("{}: not answering", i + 1),
+                Some(s) => format!(
+                    "{}: {} term {} leader {:?} log {:?} applied {:?}",
+                    i + 1,
+                    s.role,
+                    s.term,
+                    s.leader,
+                    s.last_log_index,
+                    s.applied_index
+                ),
+            })
+            .collect();
+        views.join("; ")
+    }
+
     /// Waits until cluster `k`'s running replicas agree on a running leader.
     pub async fn wait_for_leader(&self, k: usize, within: Duration) -> anyhow::Result<usize> {
         let until = Instant::now() + within;
@@ -503,11 +527,14 @@ impl LocalStack {
             if let Some(i) = self.leader(k).await {
                 return Ok(i);
             }
-            anyhow::ensure!(
-                Instant::now() < until,
-                "vault cluster {} elected no leader within {within:?}",
-                self.clusters[k].name
-            );
+            if Instant::now() >= until {
+                anyhow::bail!(
+                    "vault cluster {} elected no leader within {within:?}; replicas saw: {}{}",
+                    self.clusters[k].name,
+                    self.views(k).await,
+                    self.log_tails(k)
+                );
+            }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }

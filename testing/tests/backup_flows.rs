@@ -51,13 +51,30 @@ impl World {
     }
 
     async fn cli(&self, phone: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+        self.cli_in(None, phone, Some(&self.drive()), args, env)
+            .await
+    }
+
+    /// The CLI run from working folder `cwd`, with `--location` if given.
+    async fn cli_in(
+        &self,
+        cwd: Option<&Path>,
+        phone: &Path,
+        location: Option<&str>,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Output {
         let mut cmd = tokio::process::Command::new(testing::bins::backup_client());
+        if let Some(d) = cwd {
+            cmd.current_dir(d);
+        }
+        if let Some(l) = location {
+            cmd.arg("--location").arg(l);
+        }
         cmd.arg("--profile")
             .arg(self.stack.dir.join(PROFILE_FILE))
             .arg("--device")
             .arg(phone)
-            .arg("--location")
-            .arg(self.drive())
             .args(args)
             .env_remove("BKV_PASSWORD")
             .env_remove("BKV_NEW_PASSWORD")
@@ -439,5 +456,57 @@ async fn a_new_phone_without_the_password_can_only_ask_for_a_replacement() {
         assert!(std::time::Instant::now() < until, "not cancelled: {status}");
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
+    w.stack.shutdown().await;
+}
+
+/// A relative `--location` is stored absolute: from another working
+/// folder, `status` and `backup` use the same cloud folder; a different
+/// `--location` after `enable` is refused rather than ignored. Backup
+/// times read as dates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relative_location_means_one_folder_from_anywhere() {
+    let w = World::new(10).await;
+    let a = w.phone("phone-a", "erin");
+    let here = w.tmp.path().join("here");
+    let elsewhere = w.tmp.path().join("elsewhere");
+    std::fs::create_dir_all(&here).unwrap();
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    let data = w.tmp.path().join("chats");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("a.txt"), b"hello").unwrap();
+    let d = data.to_str().unwrap();
+
+    ok(&w
+        .cli_in(
+            Some(&here),
+            &a,
+            Some("rel-drive"),
+            &["enable", "--key-only"],
+            &[],
+        )
+        .await);
+    ok(&w
+        .cli_in(Some(&elsewhere), &a, None, &["backup", d], &[])
+        .await);
+    assert!(here.join("rel-drive").is_dir());
+    assert!(!elsewhere.join("rel-drive").exists());
+    let st = ok(&w.cli_in(Some(&elsewhere), &a, None, &["status"], &[]).await);
+    assert!(st.contains("backups: 1"), "{st}");
+    assert!(st.contains(" UTC ("), "times as dates: {st}");
+    assert!(!st.contains("(unix)"), "{st}");
+
+    let o = w
+        .cli_in(
+            Some(&elsewhere),
+            &a,
+            Some("other-drive"),
+            &["backup", d],
+            &[],
+        )
+        .await;
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("is not used"), "{err}");
+    assert!(!elsewhere.join("other-drive").exists(), "{err}");
     w.stack.shutdown().await;
 }

@@ -12,6 +12,7 @@ pub(crate) async fn status(cli: &Cli) -> anyhow::Result<()> {
         println!("encrypted backup: off on this device");
         return Ok(());
     };
+    check_location(cli, &s)?;
     println!(
         "encrypted backup: on, protected by {}",
         match s.protection {

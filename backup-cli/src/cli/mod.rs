@@ -6,6 +6,7 @@ pub(crate) mod backup;
 pub(crate) mod common;
 pub(crate) mod disable;
 pub(crate) mod enable;
+pub(crate) mod messages;
 pub(crate) mod prompt;
 pub(crate) mod restore;
 pub(crate) mod status;

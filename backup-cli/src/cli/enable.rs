@@ -19,6 +19,7 @@ pub(crate) async fn enable(
     }
     let device = DeviceIdentity::load(&cli.device)?;
     let account_id = device.account_hint()?;
+    let location = cli.location()?;
     let key = BackupKey::generate();
     let protection = if key_only {
         println!("Your backup key (64 digits). Write it down and keep it safe:");
@@ -56,13 +57,13 @@ pub(crate) async fn enable(
     };
     BackupSettings {
         protection,
-        location: cli.location.clone(),
+        location: location.clone(),
         account_id,
         keep,
         key,
     }
     .save(&cli.device)?;
-    println!("backups will go to {}", cli.location);
+    println!("backups will go to {location}");
     Ok(())
 }
 

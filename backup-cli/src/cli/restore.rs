@@ -75,7 +75,8 @@ pub(crate) async fn restore(
     } else {
         false
     };
-    let store = BackupStore::open(&cli.location, &account_id, DEFAULT_KEEP)?;
+    let location = cli.location()?;
+    let store = BackupStore::open(&location, &account_id, DEFAULT_KEEP)?;
     let latest = store
         .latest()
         .await?
@@ -100,7 +101,7 @@ pub(crate) async fn restore(
     let r = res?;
     BackupSettings {
         protection,
-        location: cli.location.clone(),
+        location,
         account_id,
         keep: DEFAULT_KEEP,
         key,

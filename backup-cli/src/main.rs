@@ -42,13 +42,11 @@ struct Cli {
     device: PathBuf,
     /// Cloud location for backups: a folder (stands in for Drive/iCloud),
     /// file:///..., or s3://bucket/prefix (AWS_* variables configure S3).
-    #[arg(
-        long,
-        global = true,
-        env = "BKV_BACKUP_LOCATION",
-        default_value = ".local-stack/cloud-drive"
-    )]
-    location: String,
+    /// Read when backup is turned on (`enable`, `restore`) and stored with
+    /// the settings, a folder as an absolute path; later commands use the
+    /// stored one [default: .local-stack/cloud-drive].
+    #[arg(long, global = true, env = "BKV_BACKUP_LOCATION")]
+    location: Option<String>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -127,10 +125,27 @@ enum DeviceCmd {
     },
 }
 
+/// Where backups go when `--location` is not given.
+const DEFAULT_LOCATION: &str = ".local-stack/cloud-drive";
+
+impl Cli {
+    /// The location given (or the default), a folder made absolute so that
+    /// the stored settings mean the same folder from any working folder.
+    fn location(&self) -> anyhow::Result<String> {
+        let l = self.location.as_deref().unwrap_or(DEFAULT_LOCATION);
+        if l.contains("://") {
+            return Ok(l.to_owned());
+        }
+        let abs = std::path::absolute(l)
+            .map_err(|e| anyhow::anyhow!("the backup location {l} is not a usable path: {e}"))?;
+        Ok(abs.to_string_lossy().into_owned())
+    }
+}
+
 #[tokio::main]
 async fn main() {
     if let Err(e) = run().await {
-        eprintln!("error: {}", service_kit::report::one_line(e.as_ref()));
+        eprintln!("error: {}", cli::messages::report(&e));
         std::process::exit(1);
     }
 }

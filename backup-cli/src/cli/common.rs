@@ -27,11 +27,27 @@ pub(crate) async fn connect(cli: &Cli) -> anyhow::Result<(ClientProfile, Gateway
 }
 
 pub(crate) fn settings(cli: &Cli) -> anyhow::Result<BackupSettings> {
-    BackupSettings::load(&cli.device)?.ok_or_else(|| {
+    let s = BackupSettings::load(&cli.device)?.ok_or_else(|| {
         anyhow::anyhow!(
             "encrypted backup is off on this device; turn it on with `backup-client enable`, or restore with `backup-client restore`"
         )
-    })
+    })?;
+    check_location(cli, &s)?;
+    Ok(s)
+}
+
+/// A `--location` that names another place than the stored one is an
+/// error, not silently ignored: backups of one device go to one place.
+pub(crate) fn check_location(cli: &Cli, s: &BackupSettings) -> anyhow::Result<()> {
+    if cli.location.is_some() {
+        let given = cli.location()?;
+        anyhow::ensure!(
+            given == s.location,
+            "backups of this device go to {}, set when backup was turned on; --location {given} is not used. To move them, run `backup-client disable`, then `backup-client enable --location {given}`",
+            s.location
+        );
+    }
+    Ok(())
 }
 
 pub(crate) fn progress_bar(total: u64, verb: &str) -> ProgressBar {
@@ -44,14 +60,33 @@ pub(crate) fn progress_bar(total: u64, verb: &str) -> ProgressBar {
     pb
 }
 
+/// A moment as the user reads it: UTC date and time, and how long ago.
 pub(crate) fn human_time(t: std::time::SystemTime) -> String {
-    let secs = t
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let at = time::OffsetDateTime::from(t);
+    let when = time::format_description::parse_borrowed::<2>(
+        "[year]-[month]-[day] [hour]:[minute]:[second] UTC",
+    )
+    .ok()
+    .and_then(|f| at.format(&f).ok())
+    .unwrap_or_else(|| at.to_string());
     let ago = std::time::SystemTime::now()
         .duration_since(t)
-        .unwrap_or_default()
-        .as_secs();
-    format!("{secs} (unix), {ago} s ago")
+        .unwrap_or_default();
+    // Whole seconds: "3m 12s ago", not nanoseconds.
+    let ago = std::time::Duration::from_secs(ago.as_secs());
+    format!("{when} ({} ago)", client::wait_in_words(ago))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn a_time_reads_as_a_date_not_unix_seconds() {
+        let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_764_979_200);
+        let s = human_time(t);
+        assert!(s.starts_with("2025-12-06 00:00:00 UTC ("), "{s}");
+        assert!(s.ends_with(" ago)"), "{s}");
+    }
 }
