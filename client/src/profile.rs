@@ -50,6 +50,12 @@ impl ClientProfile {
         })
     }
 
+    /// Reads a profile from its TOML text (SPEC §1.1), as an app ships it.
+    pub fn from_toml(text: &str) -> Result<Self, ClientError> {
+        toml::from_str(text)
+            .map_err(|e| ClientError::Config(format!("invalid client profile: {e}")))
+    }
+
     /// Writes a profile.
     pub fn save(&self, path: &Path) -> Result<(), ClientError> {
         let t = toml::to_string(self).map_err(|e| ClientError::Config(e.to_string()))?;

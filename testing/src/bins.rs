@@ -43,28 +43,61 @@ static BUILT: Mutex<Vec<&'static str>> = Mutex::new(Vec::new());
 /// If the binary cannot be built: a test cannot run without it, and the
 /// message says what to run.
 pub fn binary(package: &str, name: &'static str) -> PathBuf {
+    let path = profile_dir().join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+    build(name, &["-p", package, "--bin", name], &path);
+    path
+}
+
+/// The bindings generator (`uniffi-bindgen` of `client-ffi`, feature
+/// `bindgen`) and the library it reads (`libbkv_client.so`), built together
+/// with the same features so that the library is the one the generated
+/// sources load.
+pub fn bindings_generator() -> (PathBuf, PathBuf) {
     let dir = profile_dir();
-    let path = dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+    let gen = dir.join(format!("uniffi-bindgen{}", std::env::consts::EXE_SUFFIX));
+    let lib = dir.join(format!(
+        "{}bkv_client{}",
+        std::env::consts::DLL_PREFIX,
+        std::env::consts::DLL_SUFFIX
+    ));
+    build(
+        "uniffi-bindgen",
+        &[
+            "-p",
+            "client-ffi",
+            "--features",
+            "bindgen",
+            "--lib",
+            "--bin",
+            "uniffi-bindgen",
+        ],
+        &gen,
+    );
+    assert!(lib.exists(), "{} was not built", lib.display());
+    (gen, lib)
+}
+
+/// `cargo build <args>` in this test's profile, once per process per `key`.
+fn build(key: &'static str, args: &[&str], made: &std::path::Path) {
     let mut built = BUILT.lock().unwrap_or_else(|p| p.into_inner());
-    if built.contains(&name) {
-        return path;
+    if built.contains(&key) {
+        return;
     }
-    let release = dir.file_name().is_some_and(|n| n == "release");
+    let release = profile_dir().file_name().is_some_and(|n| n == "release");
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = std::process::Command::new(cargo);
-    cmd.args(["build", "--quiet", "-p", package, "--bin", name]);
+    cmd.args(["build", "--quiet"]).args(args);
     if release {
         cmd.arg("--release");
     }
     let ok = cmd.status().is_ok_and(|s| s.success());
     assert!(
-        ok && path.exists(),
-        "`cargo build -p {package} --bin {name}` did not make {}; \
-         build it and run the test again",
-        path.display()
+        ok && made.exists(),
+        "`cargo build {}` did not make {}; build it and run the test again",
+        args.join(" "),
+        made.display()
     );
-    built.push(name);
-    path
+    built.push(key);
 }
 
 /// `target/<profile>/`: the folder above this executable's `deps/`.
