@@ -94,9 +94,9 @@ enum Cmd {
     ChangePassword,
     /// Turn encrypted backup off: delete the vault deposit (needs the password) and forget the key on this device.
     Disable,
-    /// Generate a new backup key and show it as 64 hex digits.
+    /// Generate a new backup key and show it as 64 hex digits and 4 check digits.
     NewKey,
-    /// Check a typed 64-digit key for typos.
+    /// Check a typed key for typos (its check digits catch any one mistyped digit).
     CheckKey {
         /// The key (omit to be prompted).
         key: Option<String>,
@@ -205,7 +205,11 @@ async fn run() -> anyhow::Result<()> {
                 None => prompt_secret("64-digit key: ")?,
             };
             BackupKey::parse(&text)?;
-            println!("the key is well-formed");
+            if BackupKey::has_check_digits(&text) {
+                println!("the key is well-formed and its check digits match");
+            } else {
+                println!("the key is well-formed, but it was written down without its check group (a key from before version 0.3), so a mistyped digit cannot be caught: compare each group carefully");
+            }
         }
         Cmd::Register { key, replace } => {
             let (profile, conn) = connect(&cli).await?;
