@@ -279,8 +279,7 @@ impl BackupClient {
     /// SPEC §1.1), keeping its state in `store`.
     #[uniffi::constructor]
     pub fn new(profile_toml: String, store: Arc<dyn KeyStore>) -> Result<Arc<Self>, BackupError> {
-        let profile = ClientProfile::from_toml(&profile_toml)?;
-        profile.fleet_key()?;
+        let profile = ClientProfile::from_toml(&profile_toml).map_err(ClientError::from)?;
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("bkv-client")

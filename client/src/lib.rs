@@ -10,7 +10,7 @@
 //! ```no_run
 //! # async fn demo() -> Result<(), client::ClientError> {
 //! use client::{BackupKey, ClientProfile, DeviceIdentity, GatewayConnection, VaultClient};
-//! let profile = ClientProfile::load("client-profile.toml".as_ref())?;
+//! let profile = client::profile::load("client-profile.toml".as_ref())?;
 //! let device = DeviceIdentity::load("my-phone".as_ref())?;
 //! let conn = GatewayConnection::connect(&profile, &device).await?;
 //! let vault = VaultClient::new(&conn, &profile)?;

@@ -74,7 +74,7 @@ impl Exchange for GatewayConnection {
 pub struct VaultClient<'c, C = GatewayConnection> {
     conn: &'c C,
     fleet_id: String,
-    fleet_key: Vec<u8>,
+    fleet_key: [u8; 32],
     ksf: opaque_ke::argon2::Argon2<'static>,
 }
 
@@ -148,7 +148,7 @@ impl<'c, C: Exchange> VaultClient<'c, C> {
         if presented != self.fleet_key.as_slice() {
             return Err(ClientError::VaultKeyMismatch {
                 got: hex::encode(presented),
-                pinned: hex::encode(&self.fleet_key),
+                pinned: hex::encode(self.fleet_key),
             });
         }
         Ok(())

@@ -212,6 +212,49 @@ pub fn rotate_noise_key(dir: &Path, overlap: std::time::Duration) -> anyhow::Res
     Ok(next.public_hex)
 }
 
+/// The client profile (SPEC §1.1) of the gateway whose state folder is
+/// `dir`, reached by phones at `public_addr` (and `others`) under the TLS
+/// name `server_name`, in front of the fleet `fleet`. It pins the current
+/// Noise key and carries the prepared next key, if there is one, so that a
+/// later rotation strands no phone that has this profile.
+pub fn client_profile(
+    dir: &Path,
+    public_addr: std::net::SocketAddr,
+    others: &[std::net::SocketAddr],
+    server_name: &str,
+    fleet: protocol_spec::profile::FleetPublic,
+) -> anyhow::Result<protocol_spec::profile::ClientProfile> {
+    let current = NoiseKeyFile::read(&dir.join(files::NOISE_KEY))?;
+    current.keys()?;
+    let next_path = dir.join(files::NOISE_KEY_NEXT);
+    let next = match next_path.exists() {
+        true => Some(NoiseKeyFile::read(&next_path)?)
+            .filter(|n| n.public_hex != current.public_hex)
+            .map(|n| n.public_hex),
+        false => None,
+    };
+    let ca_pem = read(dir, &format!("{}.pem", files::GATEWAY_CA))?;
+    let names = pki::names(&pki::read(dir, files::GATEWAY_TLS)?.cert_pem)?;
+    anyhow::ensure!(
+        names.iter().any(|n| n == server_name),
+        "the gateway's certificate is not for {server_name:?} (it names {}); pass one of those as --server-name",
+        names.join(", ")
+    );
+    let profile = protocol_spec::profile::ClientProfile {
+        gateway_addr: public_addr,
+        other_gateways: others.to_vec(),
+        gateway_server_name: server_name.to_owned(),
+        gateway_ca_pem: ca_pem,
+        gateway_noise_key: Some(current.public_hex),
+        gateway_noise_next_key: next,
+        fleet_id: fleet.fleet_id,
+        fleet_public_key: fleet.fleet_public_key,
+    };
+    // What phones will be given must read back as a valid profile.
+    protocol_spec::profile::ClientProfile::from_toml(&profile.to_toml()?)?;
+    Ok(profile)
+}
+
 impl GatewayKeys {
     /// Loads everything from `dir`.
     pub fn load(dir: &Path) -> anyhow::Result<Self> {

@@ -30,6 +30,31 @@ enum Cmd {
         #[arg(long, default_values_t = ["localhost".to_string(), "127.0.0.1".to_string()])]
         name: Vec<String>,
     },
+    /// Write the client profile (SPEC §1.1) phones need for this gateway
+    /// and a vault fleet: address, TLS trust and name, Noise key (and the
+    /// prepared next one), fleet id and public key.
+    ClientProfile {
+        #[arg(long, default_value = "gateway-state")]
+        state_dir: PathBuf,
+        /// The address phones reach this gateway at (an IP and UDP port).
+        #[arg(long)]
+        public_addr: SocketAddr,
+        /// Further gateways of the deployment (same keys), tried after a
+        /// drain; repeat the flag for each.
+        #[arg(long)]
+        other_gateway: Vec<SocketAddr>,
+        /// The TLS name phones check: one of the gateway certificate's
+        /// names (`gateway init --name`).
+        #[arg(long, default_value = "localhost")]
+        server_name: String,
+        /// The fleet's `fleet-public.toml` (written by `vault-backend
+        /// init-cluster` in the cluster folder).
+        #[arg(long)]
+        fleet_public: PathBuf,
+        /// Where to write the profile (default: standard output).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Mint a device credential (stands in for the account service's phone-number check).
     MintCredential {
         #[arg(long, default_value = "gateway-state")]
@@ -119,6 +144,35 @@ async fn main() -> anyhow::Result<()> {
                 Duration::from_secs(ttl_hours * 3600),
             )?;
             println!("{token}");
+        }
+        Cmd::ClientProfile {
+            state_dir,
+            public_addr,
+            other_gateway,
+            server_name,
+            fleet_public,
+            out,
+        } => {
+            let text = std::fs::read_to_string(&fleet_public).with_context(|| {
+                format!(
+                    "cannot read {}; it is in the cluster folder `vault-backend init-cluster` wrote",
+                    fleet_public.display()
+                )
+            })?;
+            let fleet =
+                protocol_spec::profile::FleetPublic::from_toml(&text).with_context(|| {
+                    format!("{} is not a fleet-public.toml", fleet_public.display())
+                })?;
+            let profile =
+                keys::client_profile(&state_dir, public_addr, &other_gateway, &server_name, fleet)?;
+            let toml = profile.to_toml()?;
+            match out {
+                Some(p) => {
+                    service_kit::files::write_public(&p, toml.as_bytes())?;
+                    eprintln!("client profile written to {}", p.display());
+                }
+                None => print!("{toml}"),
+            }
         }
         Cmd::PrepareNoiseKey { state_dir } => {
             let public = keys::prepare_noise_key(&state_dir)?;

@@ -71,7 +71,7 @@ impl Target {
         gateway: Option<SocketAddr>,
         metrics: Option<String>,
     ) -> anyhow::Result<Self> {
-        let mut profile = ClientProfile::load(&profile)?;
+        let mut profile = client::profile::load(&profile)?;
         if let Some(g) = gateway {
             profile.gateway_addr = g;
         }

@@ -18,6 +18,7 @@ pub mod limits;
 pub mod noise;
 pub mod noise_resolver;
 pub mod opaque_profile;
+pub mod profile;
 #[cfg(feature = "tokio-io")]
 pub mod stream_io;
 

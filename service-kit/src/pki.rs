@@ -144,6 +144,44 @@ pub fn has_replica_role(der: &[u8]) -> bool {
         .any(|n| matches!(n, GeneralName::DNSName(d) if *d == REPLICA_ROLE_NAME))
 }
 
+/// The names (DNS names and IP addresses, as text) a PEM certificate's
+/// first certificate is valid for.
+pub fn names(cert_pem: &str) -> Result<Vec<String>, PkiError> {
+    use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+    let der = certs(cert_pem)?
+        .into_iter()
+        .next()
+        .ok_or_else(|| PkiError::Read {
+            path: "certificate PEM".into(),
+            msg: "no certificate in it".into(),
+        })?;
+    let (_, cert) = X509Certificate::from_der(der.as_ref()).map_err(|e| PkiError::Read {
+        path: "certificate PEM".into(),
+        msg: e.to_string(),
+    })?;
+    let Ok(Some(san)) = cert.subject_alternative_name() else {
+        return Ok(Vec::new());
+    };
+    Ok(san
+        .value
+        .general_names
+        .iter()
+        .filter_map(|n| match n {
+            GeneralName::DNSName(d) => Some((*d).to_owned()),
+            GeneralName::IPAddress(b) => match b.len() {
+                4 => <[u8; 4]>::try_from(*b)
+                    .ok()
+                    .map(|a| std::net::IpAddr::from(a).to_string()),
+                16 => <[u8; 16]>::try_from(*b)
+                    .ok()
+                    .map(|a| std::net::IpAddr::from(a).to_string()),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect())
+}
+
 /// A leaf certificate signed by `ca`, valid for `names` (DNS names or IPs).
 pub fn issue(
     ca: &CertAndKey,

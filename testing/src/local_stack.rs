@@ -17,7 +17,7 @@ use vault_backend::account::{Pacing, StoredAccount};
 use vault_backend::admin::{self, ClusterStatus};
 use vault_backend::config::{files as vfiles, Member, RaftSettings, VaultConfig};
 use vault_backend::keyprotect::KeyProtection;
-use vault_backend::provision::{self, layout, FleetMaterial, FleetPublic};
+use vault_backend::provision::{self, layout, FleetMaterial};
 use vault_backend::replica::{BoundSockets, Replica};
 
 use crate::netsplit::PeerProxies;
@@ -245,7 +245,7 @@ impl LocalStack {
                 connections: opts.gateway_connections,
             },
         )?;
-        let fleet = FleetPublic::read(&clusters[0].dir)?;
+        let fleet = provision::read_fleet_public(&clusters[0].dir)?;
         let profile = ClientProfile {
             gateway_addr: gateway.local_addr()?,
             other_gateways: Vec::new(),
@@ -256,7 +256,7 @@ impl LocalStack {
             fleet_id: fleet.fleet_id,
             fleet_public_key: fleet.fleet_public_key,
         };
-        profile.save(&dir.join(PROFILE_FILE))?;
+        client::profile::save(&profile, &dir.join(PROFILE_FILE))?;
         let stack = Self {
             dir,
             clusters,

@@ -13,7 +13,7 @@ use rand::rngs::OsRng;
 use testing::helpers::{connect, status_eventually};
 use testing::local_stack::{LocalStack, StackOptions};
 use vault_backend::account::Pacing;
-use vault_backend::provision::FleetPublic;
+use vault_backend::provision;
 
 async fn stack() -> LocalStack {
     LocalStack::start(StackOptions::default())
@@ -438,8 +438,8 @@ async fn accounts_are_sharded_across_two_clusters_by_rendezvous_hashing() {
     }
     assert!(per_cluster.iter().all(|&n| n > 0), "{per_cluster:?}");
     // Both clusters serve the one fleet key clients pin.
-    let a = FleetPublic::read(&stack.clusters[0].dir).unwrap();
-    let b = FleetPublic::read(&stack.clusters[1].dir).unwrap();
+    let a = provision::read_fleet_public(&stack.clusters[0].dir).unwrap();
+    let b = provision::read_fleet_public(&stack.clusters[1].dir).unwrap();
     assert_eq!(a, b);
     stack.shutdown().await;
 }

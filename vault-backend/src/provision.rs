@@ -10,42 +10,30 @@
 use std::net::SocketAddr;
 use std::path::Path;
 
-use serde::{Deserialize, Serialize};
-
 use crate::config::{files, Member, VaultConfig};
 use crate::keyprotect::KeyProtection;
 use crate::secrets::FleetSecrets;
 use service_kit::pki::{self, CertAndKey, Usage};
 
-/// Public facts about a fleet that clients pin and gateways need.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct FleetPublic {
-    /// Fleet id (OPAQUE server identity).
-    pub fleet_id: String,
-    /// Fleet OPAQUE public key, hex.
-    pub fleet_public_key: String,
+/// Public facts about a fleet that clients pin and gateways need (the
+/// format is the protocol's: `protocol_spec::profile`).
+pub use protocol_spec::profile::FleetPublic;
+
+/// Reads `fleet-public.toml` from a state folder.
+pub fn read_fleet_public(state_dir: &Path) -> anyhow::Result<FleetPublic> {
+    let p = state_dir.join(files::FLEET_PUBLIC);
+    let t = std::fs::read_to_string(&p).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot read {}: {e}; run `vault-backend init-cluster` first",
+            p.display()
+        )
+    })?;
+    Ok(FleetPublic::from_toml(&t)?)
 }
 
-impl FleetPublic {
-    /// Reads `fleet-public.toml` from a state folder.
-    pub fn read(state_dir: &Path) -> anyhow::Result<Self> {
-        let p = state_dir.join(files::FLEET_PUBLIC);
-        let t = std::fs::read_to_string(&p).map_err(|e| {
-            anyhow::anyhow!(
-                "cannot read {}: {e}; run `vault-backend init-cluster` first",
-                p.display()
-            )
-        })?;
-        Ok(toml::from_str(&t)?)
-    }
-
-    fn write(&self, dir: &Path) -> anyhow::Result<()> {
-        service_kit::files::write_public(
-            &dir.join(files::FLEET_PUBLIC),
-            toml::to_string(self)?.as_bytes(),
-        )?;
-        Ok(())
-    }
+fn write_fleet_public(f: &FleetPublic, dir: &Path) -> anyhow::Result<()> {
+    service_kit::files::write_public(&dir.join(files::FLEET_PUBLIC), f.to_toml()?.as_bytes())?;
+    Ok(())
 }
 
 /// Folder names inside an `init-cluster` output folder.
@@ -168,7 +156,7 @@ pub fn init_cluster(
             Usage::Peer,
         )?;
         pki::write(&dir, files::REPLICA_CERT, &cert)?;
-        public.write(&dir)?;
+        write_fleet_public(&public, &dir)?;
         let cfg = VaultConfig {
             node_id: m.id,
             listen: m.serve,
@@ -192,7 +180,7 @@ pub fn init_cluster(
         &out.join(layout::GATEWAY_DIR),
         layout::GATEWAY_CERT,
     )?;
-    public.write(out)?;
+    write_fleet_public(&public, out)?;
     Ok(ClusterInit { public, replicas })
 }
 
@@ -242,11 +230,13 @@ pub fn new_replica(
         Usage::Peer,
     )?;
     pki::write(&dir, files::REPLICA_CERT, &cert)?;
-    FleetPublic {
-        fleet_id: fleet.secrets.fleet_id.clone(),
-        fleet_public_key: hex::encode(fleet.secrets.public_key()),
-    }
-    .write(&dir)?;
+    write_fleet_public(
+        &FleetPublic {
+            fleet_id: fleet.secrets.fleet_id.clone(),
+            fleet_public_key: hex::encode(fleet.secrets.public_key()),
+        },
+        &dir,
+    )?;
     let mut members = like.members.clone();
     members.push(member.clone());
     let cfg = VaultConfig {

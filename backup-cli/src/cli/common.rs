@@ -6,7 +6,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use crate::Cli;
 
 pub(crate) async fn connect(cli: &Cli) -> anyhow::Result<(ClientProfile, GatewayConnection)> {
-    let mut profile = ClientProfile::load(&cli.profile)?;
+    let mut profile = client::profile::load(&cli.profile)?;
     let device = DeviceIdentity::load(&cli.device)?;
     let conn = GatewayConnection::connect(&profile, &device).await?;
     // The gateway rotated its Noise key and told this phone the new one
@@ -17,7 +17,7 @@ pub(crate) async fn connect(cli: &Cli) -> anyhow::Result<(ClientProfile, Gateway
             profile.gateway_noise_next_key = None;
         }
         profile.gateway_noise_key = Some(k);
-        profile.save(&cli.profile)?;
+        client::profile::save(&profile, &cli.profile)?;
         eprintln!(
             "the gateway's key changed; the new one is saved in {}",
             cli.profile.display()
