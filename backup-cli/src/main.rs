@@ -101,16 +101,28 @@ enum Cmd {
         /// The key (omit to be prompted).
         key: Option<String>,
     },
-    /// Low level: deposit a key in the vault.
-    #[command(hide = true)]
+    /// Low-level vault operations, for testing a deployment (hidden: under
+    /// one parent so that a mistyped everyday command is never "corrected"
+    /// to one of them).
+    #[command(hide = true, name = "low-level")]
+    LowLevel {
+        #[command(subcommand)]
+        cmd: LowLevelCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum LowLevelCmd {
+    /// Deposit a key in the vault (a new one unless --key is given).
     Register {
+        /// The 64-digit key to deposit.
         #[arg(long)]
         key: Option<String>,
+        /// Replace a key already deposited.
         #[arg(long)]
         replace: bool,
     },
-    /// Low level: recover the deposited key and print it.
-    #[command(hide = true)]
+    /// Recover the deposited key and print it.
     Recover,
 }
 
@@ -211,7 +223,9 @@ async fn run() -> anyhow::Result<()> {
                 println!("the key is well-formed, but it was written down without its check group (a key from before version 0.3), so a mistyped digit cannot be caught: compare each group carefully");
             }
         }
-        Cmd::Register { key, replace } => {
+        Cmd::LowLevel {
+            cmd: LowLevelCmd::Register { key, replace },
+        } => {
             let (profile, conn) = connect(&cli).await?;
             let vault = VaultClient::new(&conn, &profile)?;
             let k = match key {
@@ -223,7 +237,9 @@ async fn run() -> anyhow::Result<()> {
             println!("{}", k.to_display());
             conn.close().await;
         }
-        Cmd::Recover => {
+        Cmd::LowLevel {
+            cmd: LowLevelCmd::Recover,
+        } => {
             let (profile, conn) = connect(&cli).await?;
             let vault = VaultClient::new(&conn, &profile)?;
             let pw = password("password: ")?;
@@ -233,4 +249,39 @@ async fn run() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn a_typo_is_never_corrected_to_a_hidden_command() {
+        for typo in ["regster", "recovr", "restor"] {
+            let e = Cli::try_parse_from(["backup-client", typo])
+                .err()
+                .unwrap()
+                .to_string();
+            assert!(!e.contains("'register'") && !e.contains("'recover'"), "{e}");
+        }
+    }
+
+    #[test]
+    fn every_flag_has_help() {
+        use clap::CommandFactory;
+        fn walk(c: &clap::Command, path: &str) {
+            for a in c.get_arguments() {
+                let id = a.get_id().as_str();
+                if id == "help" || id == "version" || a.is_positional() && a.get_help().is_some() {
+                    continue;
+                }
+                assert!(a.get_help().is_some(), "{path} --{id} has no help");
+            }
+            for s in c.get_subcommands() {
+                walk(s, &format!("{path} {}", s.get_name()));
+            }
+        }
+        walk(&Cli::command(), "backup-client");
+    }
 }

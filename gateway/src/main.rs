@@ -24,6 +24,7 @@ struct Cli {
 enum Cmd {
     /// Create the gateway's TLS identity, Noise key and account-service key pair.
     Init {
+        /// The gateway\'s state folder (its keys, from `gateway init`).
         #[arg(long, default_value = "gateway-state")]
         state_dir: PathBuf,
         /// DNS names / IPs on the TLS certificate.
@@ -34,6 +35,7 @@ enum Cmd {
     /// and a vault fleet: address, TLS trust and name, Noise key (and the
     /// prepared next one), fleet id and public key.
     ClientProfile {
+        /// The gateway\'s state folder (its keys, from `gateway init`).
         #[arg(long, default_value = "gateway-state")]
         state_dir: PathBuf,
         /// The address phones reach this gateway at (an IP and UDP port).
@@ -57,6 +59,7 @@ enum Cmd {
     },
     /// Mint a device credential (stands in for the account service's phone-number check).
     MintCredential {
+        /// The gateway\'s state folder (its keys, from `gateway init`).
         #[arg(long, default_value = "gateway-state")]
         state_dir: PathBuf,
         /// Account id.
@@ -73,6 +76,7 @@ enum Cmd {
     /// its public key: ship it in client profiles (`gateway_noise_next_key`)
     /// ahead of the rotation.
     PrepareNoiseKey {
+        /// The gateway\'s state folder (its keys, from `gateway init`).
         #[arg(long, default_value = "gateway-state")]
         state_dir: PathBuf,
     },
@@ -81,6 +85,7 @@ enum Cmd {
     /// phones that use it are told the new key. Then send the running
     /// gateway SIGHUP.
     RotateNoiseKey {
+        /// The gateway\'s state folder (its keys, from `gateway init`).
         #[arg(long, default_value = "gateway-state")]
         state_dir: PathBuf,
         /// How long phones pinned to the old key still get in (and learn
@@ -92,19 +97,30 @@ enum Cmd {
     /// keys, account-service keys, vault-link certificate) from the state
     /// folder without dropping connections; SIGTERM or SIGINT drains.
     Run {
-        /// TOML config (see `GatewayConfig`); flags override it.
+        /// TOML config file; every key, with its default, is printed by
+        /// `gateway default-config`. Flags override it.
         #[arg(long)]
         config: Option<PathBuf>,
+        /// Folder with the gateway's keys (`gateway init`) [config key
+        /// `state_dir`, default gateway-state].
         #[arg(long)]
         state_dir: Option<PathBuf>,
+        /// UDP address phones connect to [config key `listen`, default
+        /// 127.0.0.1:7443].
         #[arg(long)]
         listen: Option<SocketAddr>,
-        /// Replicas of a single vault cluster (replaces `vault_clusters`).
+        /// Replicas of a single vault cluster, comma-separated (replaces
+        /// the config's `vault_clusters`).
         #[arg(long, value_delimiter = ',')]
         vault_replicas: Vec<SocketAddr>,
+        /// TCP address of the admin port (/metrics, /health, /ready)
+        /// [config key `admin_listen`; off by default].
         #[arg(long)]
         admin_listen: Option<SocketAddr>,
     },
+    /// Print the default configuration as TOML: every key `run --config`
+    /// reads, with its default value.
+    DefaultConfig,
 }
 
 // mimalloc: measured faster than glibc malloc under load (BENCHMARKS.md,
@@ -200,6 +216,12 @@ async fn main() -> anyhow::Result<()> {
                 state_dir.display()
             );
         }
+        Cmd::DefaultConfig => {
+            print!(
+                "# gateway run --config FILE: every key, with its default\n{}",
+                toml::to_string_pretty(&GatewayConfig::default())?
+            );
+        }
         Cmd::Run {
             config,
             state_dir,
@@ -291,4 +313,33 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_flag_has_help_and_the_default_config_reads_back() {
+        use clap::CommandFactory;
+        fn walk(c: &clap::Command, path: &str) {
+            for a in c.get_arguments() {
+                let id = a.get_id().as_str();
+                if id == "help" || id == "version" {
+                    continue;
+                }
+                assert!(a.get_help().is_some(), "{path} --{id} has no help");
+            }
+            for s in c.get_subcommands() {
+                walk(s, &format!("{path} {}", s.get_name()));
+            }
+        }
+        walk(&Cli::command(), "gateway");
+        let text = toml::to_string_pretty(&GatewayConfig::default()).expect("encodes");
+        let back: GatewayConfig = toml::from_str(&text).expect("reads back");
+        assert_eq!(
+            format!("{back:?}"),
+            format!("{:?}", GatewayConfig::default())
+        );
+    }
 }

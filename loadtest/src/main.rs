@@ -72,7 +72,8 @@ struct Common {
     /// Open loop: sessions started per second.
     #[arg(long, conflicts_with = "concurrency")]
     rate: Option<f64>,
-    /// Closed loop: sessions in flight.
+    /// Closed loop: sessions in flight. Without --rate or --concurrency a
+    /// run is a closed loop of 16 (the run says so when it starts).
     #[arg(long)]
     concurrency: Option<usize>,
     /// Seconds of load (idle: seconds to hold the connections).
@@ -120,6 +121,9 @@ struct Common {
     #[arg(long, default_value_t = 16)]
     flood_sources: u8,
 }
+
+/// Sessions in flight when neither `--rate` nor `--concurrency` is given.
+const DEFAULT_CONCURRENCY: usize = 16;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -172,10 +176,18 @@ async fn main() -> anyhow::Result<()> {
             .context("--profile needs --credential-key (the gateway's account-service.key)")?;
         Target::remote(profile, key, c.target, c.metrics.clone())?
     };
+    if c.rate.is_none() && c.concurrency.is_none() && scenario != Scenario::Idle {
+        eprintln!(
+            "neither --rate nor --concurrency given: a closed loop of {DEFAULT_CONCURRENCY} sessions in flight"
+        );
+    }
+    let started_at = time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default();
     let plan = Plan {
         scenario,
         rate: c.rate,
-        concurrency: c.concurrency.unwrap_or(16),
+        concurrency: c.concurrency.unwrap_or(DEFAULT_CONCURRENCY),
         duration: Duration::from_secs_f64(c.duration),
         phones: c.phones.max(1),
         sockets: c.sockets,
@@ -384,6 +396,26 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     if let Some(p) = &c.report_json {
+        let mut report = report.clone();
+        report.params = Some(loadtest::report::RunParams {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            started_at,
+            command: std::env::args().collect(),
+            loop_kind: if plan.rate.is_some() {
+                "open"
+            } else {
+                "closed"
+            }
+            .to_owned(),
+            rate_per_s: plan.rate,
+            concurrency: plan.rate.is_none().then_some(plan.concurrency),
+            duration_s: plan.duration.as_secs_f64(),
+            phones: plan.phones,
+            sockets: plan.sockets,
+            connections: plan.connections,
+            target: if c.embedded { "embedded" } else { "remote" }.to_owned(),
+            replicas: c.embedded.then_some(c.replicas),
+        });
         service_kit::files::write_public(p, serde_json::to_string_pretty(&report)?.as_bytes())?;
     }
     if let Some(p) = &c.plot {

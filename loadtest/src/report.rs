@@ -56,6 +56,40 @@ pub struct Report {
     pub errors: BTreeMap<String, u64>,
     /// Most connections open at once.
     pub peak_connections: u64,
+    /// How the run was made (set by the command before it writes the
+    /// report): enough to run it again and to tell two reports apart.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub params: Option<RunParams>,
+}
+
+/// The parameters of a run, recorded in its JSON report.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunParams {
+    /// The load generator's version.
+    pub version: String,
+    /// When the run started, RFC 3339 (UTC).
+    pub started_at: String,
+    /// The command line, as given.
+    pub command: Vec<String>,
+    /// `open` (a fixed rate of new sessions) or `closed` (a fixed number
+    /// in flight).
+    pub loop_kind: String,
+    /// Open loop: sessions started per second.
+    pub rate_per_s: Option<f64>,
+    /// Closed loop: sessions in flight.
+    pub concurrency: Option<usize>,
+    /// Seconds of load asked for.
+    pub duration_s: f64,
+    /// Simulated phones.
+    pub phones: usize,
+    /// UDP sockets the phones share.
+    pub sockets: usize,
+    /// Idle: connections asked for.
+    pub connections: usize,
+    /// `embedded` (the whole stack in this process) or `remote`.
+    pub target: String,
+    /// Embedded: replicas of the vault cluster.
+    pub replicas: Option<u64>,
 }
 
 /// Longest run the timeline keeps apart second by second; later samples
@@ -255,6 +289,7 @@ impl Recorder {
             latency_us,
             errors: self.errors.lock().map(|e| e.clone()).unwrap_or_default(),
             peak_connections: self.peak.load(Ordering::Relaxed),
+            params: None,
         }
     }
 }

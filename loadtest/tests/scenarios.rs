@@ -72,3 +72,42 @@ async fn every_scenario_runs_against_the_embedded_stack() {
         - counter_sum(&before, "gateway_authenticated_total");
     assert!(counted >= 40.0, "{counted}");
 }
+
+/// The command's JSON report records how the run was made, and a run
+/// without --rate or --concurrency says what it does instead of silently
+/// choosing.
+#[test]
+fn the_json_report_records_its_parameters() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("r.json");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_loadtest"))
+        .args([
+            "connect",
+            "--embedded",
+            "--replicas",
+            "1",
+            "--duration",
+            "1",
+            "--phones",
+            "4",
+            "--quiet",
+            "--report-json",
+        ])
+        .arg(&json)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("closed loop of 16"), "{stderr}");
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let p = &r["params"];
+    assert_eq!(p["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(p["loop_kind"], "closed");
+    assert_eq!(p["concurrency"], 16);
+    assert_eq!(p["phones"], 4);
+    assert_eq!(p["target"], "embedded");
+    assert_eq!(p["replicas"], 1);
+    assert!(p["started_at"].as_str().unwrap().ends_with('Z'), "{p}");
+    assert!(p["command"][1] == "connect", "{p}");
+}

@@ -237,6 +237,7 @@ async fn key_only_backup_restores_with_the_vault_down() {
         .await,
     );
     assert!(err.contains("wrong key"), "{err}");
+    assert_eq!(err.matches("wrong key").count(), 1, "said once: {err}");
     assert!(!restored.exists(), "a failed restore leaves nothing behind");
 
     ok(&w
@@ -305,6 +306,21 @@ async fn disabled_backup_is_gone_from_the_vault_but_opens_with_a_kept_key() {
     ok(&w.cli(&a, &["backup", history.to_str().unwrap()], &[]).await);
     // The user kept the key (a phone app could show it on request).
     let kept = BackupSettings::load(&a).unwrap().unwrap().key;
+    // A second phone of the account, with backup on (restored earlier).
+    let c = w.phone("phone-c", "dave");
+    let restored_c = w.tmp.path().join("restored-c");
+    ok(&w
+        .cli(
+            &c,
+            &[
+                "restore",
+                "--with-password",
+                "--to",
+                restored_c.to_str().unwrap(),
+            ],
+            &[("BKV_PASSWORD", "dave's password")],
+        )
+        .await);
     let out = ok(&w
         .cli(&a, &["disable"], &[("BKV_PASSWORD", "dave's password")])
         .await);
@@ -313,6 +329,15 @@ async fn disabled_backup_is_gone_from_the_vault_but_opens_with_a_kept_key() {
         BackupSettings::load(&a).unwrap().is_none(),
         "the device forgot the key"
     );
+    // The other phone does not go on backing up as if nothing happened:
+    // its status says why, and a backup is refused with what to do.
+    let st = ok(&w.cli(&c, &["status"], &[]).await);
+    assert!(
+        st.contains("turned off") && st.contains("backup-client enable"),
+        "{st}"
+    );
+    let err = failed(&w.cli(&c, &["backup", history.to_str().unwrap()], &[]).await);
+    assert!(err.contains("no longer holds"), "{err}");
 
     let b = w.phone("phone-b", "dave");
     let to = w.tmp.path().join("restored");

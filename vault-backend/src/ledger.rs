@@ -159,9 +159,7 @@ impl Ledger {
             Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e)))) => {
                 Err(VaultError::internal_from("changing the membership")(e))
             }
-            Ok(Err(RaftError::Fatal(e))) => Err(VaultError::Unavailable(format!(
-                "this replica's consensus engine stopped ({e}); retry on another replica"
-            ))),
+            Ok(Err(RaftError::Fatal(e))) => Err(engine_stopped(&e)),
         }
     }
 
@@ -203,11 +201,7 @@ impl Ledger {
                     metrics::counter!("vault_read_retries_total").increment(1);
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
-                Ok(Err(RaftError::Fatal(e))) => {
-                    return Err(VaultError::Unavailable(format!(
-                        "this replica's consensus engine stopped ({e}); retry on another replica"
-                    )))
-                }
+                Ok(Err(RaftError::Fatal(e))) => return Err(engine_stopped(&e)),
             }
         }
         drop(turn);
@@ -293,4 +287,14 @@ impl Ledger {
             "no majority of the vault cluster's replicas is reachable; retry later".into(),
         )
     }
+}
+
+/// The engine's fatal error goes to this replica's log; the phone (through
+/// the gateway, which passes vault answers unchanged) gets words without
+/// the engine's details, which can name peers' addresses.
+fn engine_stopped(e: &dyn std::fmt::Display) -> VaultError {
+    tracing::error!(error = %e, "the consensus engine stopped");
+    VaultError::Unavailable(
+        "this vault replica's consensus engine stopped; retry in a moment".into(),
+    )
 }

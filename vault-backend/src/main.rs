@@ -30,7 +30,7 @@ enum Cmd {
     /// (secrets 0600, certificate, `replica.toml`), and a gateway certificate.
     /// With --fleet-from, a further cluster of an existing fleet.
     InitCluster {
-        /// Folder to create (`replica-N/`, `gateway/`, `ca/`).
+        /// Folder to create (`replica-N/`, `gateway/`, and `fleet/` with the fleet secrets and cluster CA).
         #[arg(long, default_value = "vault-cluster")]
         out: PathBuf,
         /// Number of replicas (1, 3, 5 or 7).
@@ -79,18 +79,30 @@ enum Cmd {
     },
     /// Run a replica.
     Run {
-        /// TOML config file (see `VaultConfig`); flags override it.
+        /// TOML config file: the `replica.toml` that `init-cluster` or
+        /// `new-replica` wrote; every key, with its default, is printed by
+        /// `vault-backend default-config`. Flags override it.
         #[arg(long)]
         config: Option<PathBuf>,
+        /// The replica's data folder (database, sealed secrets, certificate)
+        /// [config key `state_dir`].
         #[arg(long)]
         state_dir: Option<PathBuf>,
+        /// UDP address gateways connect to [config key `listen`].
         #[arg(long)]
         listen: Option<SocketAddr>,
+        /// Password guesses a deposit allows [config key `max_attempts`];
+        /// must be the same on every replica.
         #[arg(long)]
         max_attempts: Option<u32>,
+        /// TCP address of the admin port (/metrics, /health, /ready,
+        /// /status) [config key `admin_listen`].
         #[arg(long)]
         admin_listen: Option<SocketAddr>,
     },
+    /// Print the default configuration as TOML: every key `run --config`
+    /// reads, with its default value.
+    DefaultConfig,
     /// Prepare the folder of a replica that will join an existing cluster
     /// (to replace a dead one, or to grow the cluster): certificate, sealed
     /// fleet secrets, and a config with `join = true`. Run it where the
@@ -259,6 +271,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::IssueGatewayCert { fleet_dir, out_dir } => {
             provision::issue_gateway_cert(&fleet_dir, &out_dir, layout::GATEWAY_CERT)?;
             println!("gateway certificate written to {}", out_dir.display());
+        }
+        Cmd::DefaultConfig => {
+            print!(
+                "# vault-backend run --config FILE: every key, with its default\n{}",
+                toml::to_string_pretty(&vault_backend::config::VaultConfig::default())?
+            );
         }
         Cmd::Run {
             config,
@@ -531,4 +549,32 @@ async fn shutdown_signal() -> anyhow::Result<()> {
         _ = term.recv() => {}
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_flag_has_help_and_the_default_config_reads_back() {
+        use clap::CommandFactory;
+        fn walk(c: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for a in c.get_arguments() {
+                let id = a.get_id().as_str();
+                if id != "help" && id != "version" && a.get_help().is_none() {
+                    missing.push(format!("{path} --{id}"));
+                }
+            }
+            for s in c.get_subcommands() {
+                walk(s, &format!("{path} {}", s.get_name()), missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&Cli::command(), "vault-backend", &mut missing);
+        assert!(missing.is_empty(), "flags without help: {missing:?}");
+        let def = vault_backend::config::VaultConfig::default();
+        let text = toml::to_string_pretty(&def).expect("encodes");
+        let back: vault_backend::config::VaultConfig = toml::from_str(&text).expect("reads back");
+        assert_eq!(format!("{back:?}"), format!("{def:?}"));
+    }
 }

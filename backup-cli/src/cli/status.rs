@@ -65,7 +65,9 @@ pub(crate) async fn status(cli: &Cli) -> anyhow::Result<()> {
             Ok(Ok(Status::LockedOut)) => {
                 println!("vault: locked out; the deposited key was erased for good (run `backup-client enable` on this phone to protect its key with a new password)")
             }
-            Ok(Ok(Status::NotRegistered)) => println!("vault: no key deposited for this account"),
+            Ok(Ok(Status::NotRegistered)) => println!(
+                "vault: no key deposited for this account: backup was turned off (or replaced) on another phone, so backups made here can no longer be restored with a password. Run `backup-client enable` to deposit this phone's key again, or `backup-client disable` to turn backup off here too"
+            ),
             Ok(Err(e)) => println!("vault: unreachable ({e:#})"),
             Err(_) => println!("vault: no answer within 15 s"),
         }
