@@ -535,3 +535,39 @@ async fn a_relative_location_means_one_folder_from_anywhere() {
     assert!(!elsewhere.join("other-drive").exists(), "{err}");
     w.stack.shutdown().await;
 }
+
+/// A gateway that does not answer: the phone says it is connecting, gives
+/// up within the connect budget, and says that a 64-digit key works
+/// without the gateway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_that_does_not_answer_is_said_with_the_offline_hint() {
+    let w = World::new(10).await;
+    let a = w.phone("phone-a", "frank");
+    // A socket that takes datagrams and never answers.
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut profile = w.stack.profile.clone();
+    profile.gateway_addr = silent.local_addr().unwrap();
+    let path = w.tmp.path().join("silent-profile.toml");
+    client::profile::save(&profile, &path).unwrap();
+    let started = std::time::Instant::now();
+    let o = tokio::process::Command::new(testing::bins::backup_client())
+        .arg("--profile")
+        .arg(&path)
+        .arg("--device")
+        .arg(&a)
+        .arg("change-password")
+        .env("BKV_PASSWORD", "x")
+        .env("BKV_NEW_PASSWORD", "y")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .unwrap();
+    assert!(started.elapsed() < std::time::Duration::from_secs(60));
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("connecting to the gateway"), "{err}");
+    assert!(err.contains("--with-key"), "{err}");
+    assert_eq!(err.matches("error:").count(), 1, "{err}");
+    drop(silent);
+    w.stack.shutdown().await;
+}

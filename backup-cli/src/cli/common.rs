@@ -8,7 +8,18 @@ use crate::Cli;
 pub(crate) async fn connect(cli: &Cli) -> anyhow::Result<(ClientProfile, GatewayConnection)> {
     let mut profile = client::profile::load(&cli.profile)?;
     let device = DeviceIdentity::load(&cli.device)?;
-    let conn = GatewayConnection::connect(&profile, &device).await?;
+    // Not silent while a gateway that is down runs out the connect budget.
+    let addr = profile.gateway_addr;
+    let notice = tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+        eprintln!(
+            "connecting to the gateway at {addr}... (giving up after {} s)",
+            client::connection::CONNECT_TIMEOUT.as_secs()
+        );
+    });
+    let conn = GatewayConnection::connect(&profile, &device).await;
+    notice.abort();
+    let conn = conn?;
     // The gateway rotated its Noise key and told this phone the new one
     // (authenticated by the old pin): keep it, so the next start pins it.
     if let Some(k) = conn.gateway_key_update() {
