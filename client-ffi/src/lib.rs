@@ -49,16 +49,7 @@ pub enum BackupError {
 
 impl From<ClientError> for BackupError {
     fn from(e: ClientError) -> Self {
-        let mut message = e.to_string();
-        let mut src = std::error::Error::source(&e);
-        while let Some(s) = src {
-            let t = s.to_string();
-            if !message.contains(&t) {
-                message.push_str(": ");
-                message.push_str(&t);
-            }
-            src = s.source();
-        }
+        let message = service_kit::report::one_line(&e);
         BackupError::Failed {
             code: e.code().as_str().to_owned(),
             message,

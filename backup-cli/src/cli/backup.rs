@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use std::time::Duration;
 
-use client::{backups, BackupStore, Protection, Status, VaultClient};
+use client::{backups, BackupStore, Protection, Status};
 
 use crate::cli::common::*;
 use crate::Cli;
@@ -39,19 +39,13 @@ pub(crate) async fn backup(cli: &Cli, path: &Path) -> anyhow::Result<()> {
 /// with the password, so this phone says so instead of uploading. A vault
 /// out of reach does not stop a backup (it is not needed to make one).
 async fn deposit_still_there(cli: &Cli) -> anyhow::Result<()> {
-    let check = tokio::time::timeout(Duration::from_secs(5), async {
-        let (profile, conn) = connect(cli).await?;
-        let st = VaultClient::new(&conn, &profile)?.status().await;
-        conn.close().await;
-        anyhow::Ok(st?)
-    })
-    .await;
+    let check = vault_status(cli, Duration::from_secs(5)).await;
     match check {
-        Ok(Ok(Status::NotRegistered | Status::LockedOut)) => anyhow::bail!(
+        Some(Ok(Status::NotRegistered | Status::LockedOut)) => anyhow::bail!(
             "the vault no longer holds this account's backup key (backup was turned off, or the password guesses used up, on another phone), so a backup made now could not be restored with a password. Run `backup-client enable` to deposit this phone's key again with a password (its backups stay readable), or `backup-client disable` to turn backup off here too"
         ),
-        Ok(Ok(Status::Active { .. })) => Ok(()),
-        Ok(Err(_)) | Err(_) => {
+        Some(Ok(Status::Active { .. })) => Ok(()),
+        Some(Err(_)) | None => {
             eprintln!("note: the vault could not be checked just now; backing up anyway");
             Ok(())
         }

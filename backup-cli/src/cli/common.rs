@@ -37,6 +37,22 @@ pub(crate) async fn connect(cli: &Cli) -> anyhow::Result<(ClientProfile, Gateway
     Ok((profile, conn))
 }
 
+/// The vault's view of this account, asked over a new connection within
+/// `within`; `None` when no answer came in time.
+pub(crate) async fn vault_status(
+    cli: &Cli,
+    within: std::time::Duration,
+) -> Option<anyhow::Result<client::Status>> {
+    tokio::time::timeout(within, async {
+        let (profile, conn) = connect(cli).await?;
+        let st = client::VaultClient::new(&conn, &profile)?.status().await;
+        conn.close().await;
+        anyhow::Ok(st?)
+    })
+    .await
+    .ok()
+}
+
 pub(crate) fn settings(cli: &Cli) -> anyhow::Result<BackupSettings> {
     let s = BackupSettings::load(&cli.device)?.ok_or_else(|| {
         anyhow::anyhow!(

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use client::{BackupSettings, BackupStore, Protection, Status, VaultClient};
+use client::{BackupSettings, BackupStore, Protection, Status};
 
 use crate::cli::common::*;
 use crate::Cli;
@@ -33,15 +33,9 @@ pub(crate) async fn status(cli: &Cli) -> anyhow::Result<()> {
         Err(e) => println!("backups: cannot list ({e})"),
     }
     if s.protection == Protection::Password {
-        let res = tokio::time::timeout(Duration::from_secs(15), async {
-            let (profile, conn) = connect(cli).await?;
-            let st = VaultClient::new(&conn, &profile)?.status().await;
-            conn.close().await;
-            anyhow::Ok(st?)
-        })
-        .await;
+        let res = vault_status(cli, Duration::from_secs(15)).await;
         match res {
-            Ok(Ok(Status::Active {
+            Some(Ok(Status::Active {
                 attempts_left,
                 max_attempts,
                 replacement_in,
@@ -62,14 +56,14 @@ pub(crate) async fn status(cli: &Cli) -> anyhow::Result<()> {
                     );
                 }
             }
-            Ok(Ok(Status::LockedOut)) => {
+            Some(Ok(Status::LockedOut)) => {
                 println!("vault: locked out; the deposited key was erased for good (run `backup-client enable` on this phone to protect its key with a new password)")
             }
-            Ok(Ok(Status::NotRegistered)) => println!(
+            Some(Ok(Status::NotRegistered)) => println!(
                 "vault: no key deposited for this account: backup was turned off (or replaced) on another phone, so backups made here can no longer be restored with a password. Run `backup-client enable` to deposit this phone's key again, or `backup-client disable` to turn backup off here too"
             ),
-            Ok(Err(e)) => println!("vault: unreachable ({e:#})"),
-            Err(_) => println!("vault: no answer within 15 s"),
+            Some(Err(e)) => println!("vault: unreachable ({e:#})"),
+            None => println!("vault: no answer within 15 s"),
         }
     }
     Ok(())
