@@ -67,6 +67,9 @@ pub struct ChaosOptions {
     pub campaigns: usize,
     /// Phones recovering with the right password, back to back.
     pub honest: usize,
+    /// The replicas' database page cache, MiB (`RaftSettings::cache_mib`;
+    /// `None`: the default).
+    pub cache_mib: Option<u64>,
 }
 
 impl ChaosOptions {
@@ -87,6 +90,7 @@ impl ChaosOptions {
             sample_every: Duration::from_secs(10),
             campaigns: 2,
             honest: 3,
+            cache_mib: None,
         }
     }
 }
@@ -952,6 +956,9 @@ pub async fn run(opts: ChaosOptions) -> anyhow::Result<ChaosReport> {
         // come after compaction.
         raft: RaftSettings {
             snapshot_every: 200,
+            cache_mib: opts
+                .cache_mib
+                .unwrap_or_else(|| RaftSettings::default().cache_mib),
             ..Default::default()
         },
         ..Default::default()

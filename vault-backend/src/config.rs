@@ -133,6 +133,11 @@ pub struct RaftSettings {
     /// downgrade possible) until you lift it. Default: the newest this
     /// release reads.
     pub max_command_version: u32,
+    /// The database's page cache in MiB: the most memory the replica keeps
+    /// of its database file beyond the transactions in flight. Default
+    /// 1024 (redb's own default); a replica whose accounts fit in less can
+    /// be given less.
+    pub cache_mib: u64,
 }
 
 impl Default for RaftSettings {
@@ -146,6 +151,7 @@ impl Default for RaftSettings {
             commit_timeout_ms: 3000,
             erasure_delay_ms: t.erasure_delay.as_millis() as u64,
             max_command_version: t.max_command_version,
+            cache_mib: (t.cache_bytes / (1024 * 1024)) as u64,
         }
     }
 }
@@ -161,6 +167,8 @@ impl RaftSettings {
             async_flush: false,
             erasure_delay: Duration::from_millis(self.erasure_delay_ms),
             max_command_version: self.max_command_version,
+            cache_bytes: usize::try_from(self.cache_mib.saturating_mul(1024 * 1024))
+                .unwrap_or(usize::MAX),
         }
     }
 

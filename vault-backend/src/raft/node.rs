@@ -48,6 +48,9 @@ pub struct RaftTuning {
     /// The newest command version this replica says it reads (at most
     /// [`codec::MAX_VERSION`]); lower it to hold a cluster on an older one.
     pub max_command_version: u32,
+    /// The database's page cache, in bytes: what the replica keeps in
+    /// memory of its file beyond what a transaction holds.
+    pub cache_bytes: usize,
 }
 
 impl Default for RaftTuning {
@@ -60,6 +63,7 @@ impl Default for RaftTuning {
             async_flush: false,
             erasure_delay: Duration::from_secs(30),
             max_command_version: codec::MAX_VERSION,
+            cache_bytes: storage::DEFAULT_CACHE_BYTES,
         }
     }
 }
@@ -151,7 +155,7 @@ impl RaftNode {
                 "replica {id} is not in the member list"
             );
         }
-        let db = storage::open_database(db_path)?;
+        let db = storage::open_database_with_cache(db_path, tuning.cache_bytes)?;
         let election = tuning.election_timeout.as_millis() as u64;
         let config = Config {
             cluster_name: "bkv-vault".into(),

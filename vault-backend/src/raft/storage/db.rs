@@ -112,10 +112,23 @@ pub(super) fn r(e: impl std::fmt::Display) -> SErr {
     StorageIOError::read(any(e)).into()
 }
 
+/// redb's own default page cache (1 GiB).
+pub const DEFAULT_CACHE_BYTES: usize = 1024 * 1024 * 1024;
+
 /// Opens (or creates) the replica database with every table present, and
 /// refuses a file written in a newer storage format.
 pub fn open_database(path: &Path) -> Result<Arc<Db>, SErr> {
-    let db = Db::new(Database::create(path).map_err(r)?);
+    open_database_with_cache(path, DEFAULT_CACHE_BYTES)
+}
+
+/// [`open_database`] with a page cache of `cache_bytes`.
+pub fn open_database_with_cache(path: &Path, cache_bytes: usize) -> Result<Arc<Db>, SErr> {
+    let db = Db::new(
+        redb::Builder::new()
+            .set_cache_size(cache_bytes)
+            .create(path)
+            .map_err(r)?,
+    );
     let txn = db.begin_write().map_err(w)?;
     txn.open_table(LOG).map_err(w)?;
     txn.open_table(META).map_err(w)?;

@@ -29,7 +29,7 @@ mod state_machine;
 #[cfg(test)]
 mod tests;
 
-pub use db::open_database;
+pub use db::{open_database, open_database_with_cache, DEFAULT_CACHE_BYTES};
 pub use gated::{Db, Scrubbing, Write};
 pub use log_store::LogStore;
 pub use state_machine::{ActiveVersion, StateMachine};
