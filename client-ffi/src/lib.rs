@@ -54,9 +54,7 @@ impl From<ClientError> for BackupError {
             code: e.code().as_str().to_owned(),
             message,
             attempts_left: e.attempts_left(),
-            retry_after_ms: e
-                .retry_after()
-                .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            retry_after_ms: e.retry_after().map(millis),
         }
     }
 }
@@ -292,7 +290,7 @@ impl BackupClient {
     /// This device's public key (hex), to have the account service mint a
     /// credential for it; none before [`Self::create_device`].
     pub fn device_public_key(&self) -> Result<Option<String>, BackupError> {
-        Ok(DeviceIdentity::load_from(self.store.as_ref())?.map(|d| client_hex(&d.static_public)))
+        Ok(DeviceIdentity::load_from(self.store.as_ref())?.map(|d| hex::encode(d.static_public)))
     }
 
     /// Creates this device's key pair in the store and returns its public
@@ -306,7 +304,7 @@ impl BackupClient {
         }
         let d = DeviceIdentity::generate()?;
         d.save_to(self.store.as_ref())?;
-        Ok(client_hex(&d.static_public))
+        Ok(hex::encode(d.static_public))
     }
 
     /// Stores the credential the account service minted for this device;
@@ -539,10 +537,6 @@ impl BackupClient {
         })
         .await
     }
-}
-
-fn client_hex(k: &[u8; 32]) -> String {
-    k.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn info(v: &client::BackupVersion) -> BackupInfo {
