@@ -1295,13 +1295,13 @@ pub async fn run(opts: ChaosOptions) -> anyhow::Result<ChaosReport> {
         }
     }
     for (i, _) in stack.clusters[CLUSTER].configs.iter().enumerate() {
-        if stack.replica_log(CLUSTER, i).contains("panicked") {
-            h.violation(format!("replica {} panicked", i + 1));
+        if let Some(panic) = panic_excerpt(&stack.replica_log(CLUSTER, i)) {
+            h.violation(format!("replica {} panicked: {panic}", i + 1));
         }
     }
     for g in gateways.iter_mut() {
-        if g.log().contains("panicked") {
-            h.violation("a gateway panicked".into());
+        if let Some(panic) = panic_excerpt(&g.log()) {
+            h.violation(format!("a gateway panicked: {panic}"));
         }
         let _ = g.terminate(Duration::from_secs(10)).await;
     }
@@ -1311,6 +1311,23 @@ pub async fn run(opts: ChaosOptions) -> anyhow::Result<ChaosReport> {
     report.violations = lock(&h.violations).clone();
     stack.shutdown().await;
     Ok(report)
+}
+
+/// The first panic in a process's log, with the lines after it (the message
+/// and the start of a backtrace), so that a failed run says what panicked
+/// without its state folders, which are gone by the time it is read.
+fn panic_excerpt(log: &str) -> Option<String> {
+    let lines: Vec<&str> = log.lines().collect();
+    let at = lines.iter().position(|l| l.contains("panicked"))?;
+    let mut excerpt = lines[at..lines.len().min(at + 6)].join("\n");
+    if excerpt.len() > 1500 {
+        let mut cut = 1500;
+        while !excerpt.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        excerpt.truncate(cut);
+    }
+    Some(excerpt)
 }
 
 /// A fresh device of `account` recovers (bounded: 30 s of retrying while
