@@ -277,14 +277,18 @@ const SNAPSHOT_MAGIC: [u8; 2] = [0xB7, 0x56];
 /// Encodes a snapshot body in `version`: version 0 is the body alone; later
 /// versions put the header and the version in front.
 pub fn encode_snapshot<T: Serialize>(version: u32, body: &T) -> Result<Vec<u8>, String> {
-    let body = postcard::to_allocvec(body).map_err(|e| e.to_string())?;
+    let out = snapshot_header(version)?;
+    postcard::to_extend(body, out).map_err(|e| e.to_string())
+}
+
+/// The bytes a snapshot body in `version` starts with (none in version 0),
+/// for a writer that streams the body after them.
+pub fn snapshot_header(version: u32) -> Result<Vec<u8>, String> {
     if version == LEGACY_VERSION {
-        return Ok(body);
+        return Ok(Vec::new());
     }
-    let mut out = SNAPSHOT_MAGIC.to_vec();
-    out.extend(postcard::to_allocvec(&version).map_err(|e| e.to_string())?);
-    out.extend(body);
-    Ok(out)
+    let out = SNAPSHOT_MAGIC.to_vec();
+    postcard::to_extend(&version, out).map_err(|e| e.to_string())
 }
 
 /// Splits a snapshot into its version and body bytes; a version newer than

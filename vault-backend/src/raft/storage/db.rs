@@ -28,6 +28,15 @@ pub(super) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft
 pub(super) const SM_META: TableDefinition<&str, &[u8]> = TableDefinition::new("sm_meta");
 pub(super) const SNAPSHOT: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshot");
 
+/// The current snapshot's data in chunks of [`SNAPSHOT_CHUNK`] bytes, in
+/// order. (Release 0.3.0 and earlier kept it as one value, `K_SNAP_DATA` in
+/// [`SNAPSHOT`], which is still read when there are no chunks.) One value
+/// of the snapshot's size made redb hold a buffer rounded up to the next
+/// power of two while writing it and another of the whole size to read it.
+pub(super) const SNAPSHOT_CHUNKS: TableDefinition<u32, &[u8]> =
+    TableDefinition::new("snapshot_chunks");
+pub(super) const SNAPSHOT_CHUNK: usize = 60 * 1024;
+
 pub(super) const K_SNAP_DATA: &str = "data";
 
 /// One persisted value: its table, its key and its type. Every read and
@@ -134,6 +143,7 @@ pub fn open_database_with_cache(path: &Path, cache_bytes: usize) -> Result<Arc<D
     txn.open_table(META).map_err(w)?;
     txn.open_table(SM_META).map_err(w)?;
     txn.open_table(SNAPSHOT).map_err(w)?;
+    txn.open_table(SNAPSHOT_CHUNKS).map_err(w)?;
     txn.open_table(ACCOUNTS).map_err(w)?;
     commit_durable(txn)?;
     match FORMAT.read(&db)? {

@@ -20,7 +20,7 @@ use prost::Message;
 use redb::{ReadableDatabase, ReadableTable};
 
 use super::gated::Db;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use crate::account::{StoredAccount, Write};
 use crate::raft::member::ReplicaNode;
@@ -29,21 +29,108 @@ use crate::store::ACCOUNTS;
 
 use super::db::*;
 
-/// Snapshot data in version 0 (release 0.1.0's layout, frozen).
-#[derive(Serialize, Deserialize)]
+/// Snapshot data in version 0 (release 0.1.0's layout, frozen). Written by
+/// [`encode_snapshot_of`] and read by `SnapshotV0Ref` without this owned
+/// copy of the rows; kept as the layout's definition, which the tests
+/// compare those two with.
+#[cfg(test)]
+#[derive(serde::Serialize, Deserialize)]
 pub(super) struct SnapshotV0 {
-    last_applied: Option<LogId<NodeId>>,
-    membership: StoredMembership<NodeId, ReplicaNode>,
-    accounts: Vec<(String, Vec<u8>)>,
+    pub(super) last_applied: Option<LogId<NodeId>>,
+    pub(super) membership: StoredMembership<NodeId, ReplicaNode>,
+    pub(super) accounts: Vec<(String, Vec<u8>)>,
 }
 
 /// Snapshot data in version 1: as version 0, plus the active version.
-#[derive(Serialize, Deserialize)]
+#[cfg(test)]
+#[derive(serde::Serialize, Deserialize)]
 pub(super) struct SnapshotV1 {
+    pub(super) last_applied: Option<LogId<NodeId>>,
+    pub(super) membership: StoredMembership<NodeId, ReplicaNode>,
+    pub(super) accounts: Vec<(String, Vec<u8>)>,
+    pub(super) command_version: u32,
+}
+
+/// `SnapshotV0` read in place: the rows borrow from the snapshot's bytes
+/// instead of being copied out of them.
+#[derive(Deserialize)]
+struct SnapshotV0Ref<'a> {
+    #[allow(dead_code)]
     last_applied: Option<LogId<NodeId>>,
+    #[allow(dead_code)]
     membership: StoredMembership<NodeId, ReplicaNode>,
-    accounts: Vec<(String, Vec<u8>)>,
+    #[serde(borrow)]
+    accounts: Vec<(&'a str, &'a [u8])>,
+}
+
+/// `SnapshotV1` read in place.
+#[derive(Deserialize)]
+struct SnapshotV1Ref<'a> {
+    #[allow(dead_code)]
+    last_applied: Option<LogId<NodeId>>,
+    #[allow(dead_code)]
+    membership: StoredMembership<NodeId, ReplicaNode>,
+    #[serde(borrow)]
+    accounts: Vec<(&'a str, &'a [u8])>,
     command_version: u32,
+}
+
+/// Encodes a snapshot of `accounts` in `version`'s layout (`SnapshotV0` or
+/// `SnapshotV1`, byte for byte) straight from the table: one buffer of
+/// the snapshot's exact size, with no copy of the rows beside it. (Encoding
+/// a copied `Vec` of the rows held about three times the snapshot at once;
+/// `examples/snapshot_memory.rs` measures it.)
+pub(super) fn encode_snapshot_of(
+    accounts: &impl ReadableTable<&'static str, &'static [u8]>,
+    version: u32,
+    last_applied: &Option<LogId<NodeId>>,
+    membership: &StoredMembership<NodeId, ReplicaNode>,
+) -> Result<Vec<u8>, SErr> {
+    let mut head = codec::snapshot_header(version).map_err(w)?;
+    head = postcard::to_extend(last_applied, head).map_err(w)?;
+    head = postcard::to_extend(membership, head).map_err(w)?;
+    let rows = accounts.len().map_err(r)?;
+    head = postcard::to_extend(&rows, head).map_err(w)?;
+    let tail = if version == codec::LEGACY_VERSION {
+        Vec::new()
+    } else {
+        postcard::to_allocvec(&version).map_err(w)?
+    };
+    // A first pass sizes the buffer, so that it is never reallocated (which
+    // holds the old and the new buffer at once).
+    let mut body = 0usize;
+    for item in accounts.iter().map_err(r)? {
+        let (k, v) = item.map_err(r)?;
+        body += varint_len(k.value().len()) + k.value().len();
+        body += varint_len(v.value().len()) + v.value().len();
+    }
+    let mut out = Vec::with_capacity(head.len() + body + tail.len());
+    out.extend_from_slice(&head);
+    let mut written = 0u64;
+    for item in accounts.iter().map_err(r)? {
+        let (k, v) = item.map_err(r)?;
+        out = postcard::to_extend(&(k.value(), v.value()), out).map_err(w)?;
+        written += 1;
+    }
+    // Read in one transaction, so both passes saw the same rows.
+    if written != rows {
+        return Err(r(format!(
+            "the accounts table changed under a snapshot ({rows} rows, then {written})"
+        )));
+    }
+    out.extend_from_slice(&tail);
+    Ok(out)
+}
+
+/// Decodes `T`, which borrows from `b`.
+fn borrowed<'a, T: Deserialize<'a>>(b: &'a [u8]) -> Result<T, SErr> {
+    postcard::from_bytes(b).map_err(r)
+}
+
+/// Bytes of postcard's varint encoding of `n`.
+fn varint_len(n: usize) -> usize {
+    let bits = usize::BITS - n.leading_zeros();
+    (bits.max(1) as usize).div_ceil(7)
 }
 
 /// The cluster's active command version as this replica has applied it,
@@ -140,35 +227,11 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
         let (meta, data) = off_worker(move || {
             let txn = db.begin_read().map_err(r)?;
             let t = txn.open_table(ACCOUNTS).map_err(r)?;
-            let mut accounts = Vec::new();
-            for item in t.iter().map_err(r)? {
-                let (k, v) = item.map_err(r)?;
-                accounts.push((k.value().to_owned(), v.value().to_vec()));
-            }
-            drop(t);
-            drop(txn);
             // Snapshots follow the active version: a follower of the older
             // release during an upgrade must be able to install them.
-            let data = match version {
-                codec::LEGACY_VERSION => codec::encode_snapshot(
-                    version,
-                    &SnapshotV0 {
-                        last_applied,
-                        membership: membership.clone(),
-                        accounts,
-                    },
-                ),
-                _ => codec::encode_snapshot(
-                    version,
-                    &SnapshotV1 {
-                        last_applied,
-                        membership: membership.clone(),
-                        accounts,
-                        command_version: version,
-                    },
-                ),
-            }
-            .map_err(w)?;
+            let data = encode_snapshot_of(&t, version, &last_applied, &membership)?;
+            drop(t);
+            drop(txn);
             let snapshot_id = match last_applied {
                 Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, rand::random::<u32>()),
                 None => format!("empty-{}", rand::random::<u32>()),
@@ -198,9 +261,35 @@ pub(super) fn store_snapshot(
     SNAP_META.write(&txn, meta)?;
     {
         let mut t = txn.open_table(SNAPSHOT).map_err(w)?;
-        t.insert(K_SNAP_DATA, data).map_err(w)?;
+        t.remove(K_SNAP_DATA).map_err(w)?;
+        let mut chunks = txn.open_table(SNAPSHOT_CHUNKS).map_err(w)?;
+        chunks.retain(|_, _| false).map_err(w)?;
+        for (i, chunk) in data.chunks(SNAPSHOT_CHUNK).enumerate() {
+            let i = u32::try_from(i).map_err(w)?;
+            chunks.insert(i, chunk).map_err(w)?;
+        }
     }
     commit_durable(txn)
+}
+
+/// The current snapshot's data: its chunks in order, read into one buffer
+/// of their exact total size (or the single value of older files).
+pub(super) fn read_snapshot_data(db: &Db) -> Result<Option<Vec<u8>>, SErr> {
+    let txn = db.begin_read().map_err(r)?;
+    let chunks = txn.open_table(SNAPSHOT_CHUNKS).map_err(r)?;
+    let mut size = 0usize;
+    for item in chunks.iter().map_err(r)? {
+        size += item.map_err(r)?.1.value().len();
+    }
+    if size == 0 {
+        let t = txn.open_table(SNAPSHOT).map_err(r)?;
+        return Ok(t.get(K_SNAP_DATA).map_err(r)?.map(|v| v.value().to_vec()));
+    }
+    let mut data = Vec::with_capacity(size);
+    for item in chunks.iter().map_err(r)? {
+        data.extend_from_slice(item.map_err(r)?.1.value());
+    }
+    Ok(Some(data))
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachine {
@@ -314,9 +403,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let data = snapshot.into_inner();
             let (version, body) = codec::snapshot_version(&data).map_err(r)?;
             let (accounts, command_version) = match version {
-                codec::LEGACY_VERSION => (dec::<SnapshotV0>(body)?.accounts, version),
+                codec::LEGACY_VERSION => (borrowed::<SnapshotV0Ref>(body)?.accounts, version),
                 _ => {
-                    let b: SnapshotV1 = dec(body)?;
+                    let b: SnapshotV1Ref = borrowed(body)?;
                     (b.accounts, b.command_version)
                 }
             };
@@ -332,13 +421,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 let mut t = txn.open_table(ACCOUNTS).map_err(w)?;
                 t.retain(|_, _| false).map_err(w)?;
                 for (k, v) in &accounts {
-                    t.insert(k.as_str(), v.as_slice()).map_err(w)?;
+                    t.insert(*k, *v).map_err(w)?;
                 }
             }
             APPLIED.write(&txn, &meta.last_log_id)?;
             MEMBERSHIP.write(&txn, &meta.last_membership)?;
             COMMAND_VERSION.write(&txn, &command_version)?;
             commit_durable(txn)?;
+            drop(accounts);
             store_snapshot(&db, &meta, &data)?;
             Ok(command_version)
         })
@@ -351,11 +441,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let Some(meta) = SNAP_META.read(&self.db)? else {
             return Ok(None);
         };
-        let txn = self.db.begin_read().map_err(r)?;
-        let t = txn.open_table(SNAPSHOT).map_err(r)?;
-        let data = match t.get(K_SNAP_DATA).map_err(r)? {
-            Some(v) => v.value().to_vec(),
-            None => return Ok(None),
+        let db = self.db.clone();
+        let Some(data) = off_worker(move || read_snapshot_data(&db)).await? else {
+            return Ok(None);
         };
         Ok(Some(Snapshot {
             meta,
