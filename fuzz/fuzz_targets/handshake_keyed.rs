@@ -85,7 +85,7 @@ fuzz_target!(
         return;
     };
     let rotated = first & 0x80 != 0;
-    let mode = &(first & 0x7f);
+    let mode = first & 0x7f;
     let auth = |credential: String| {
         ClientAuthPayload {
             credential,
@@ -99,7 +99,7 @@ fuzz_target!(
         _ => {
             let mut c = k.credential.clone().into_bytes();
             for (i, b) in rest.iter().enumerate() {
-                let at = (i * 31 + usize::from(*mode)) % c.len();
+                let at = (i * 31 + usize::from(mode)) % c.len();
                 c[at] = *b;
             }
             auth(String::from_utf8_lossy(&c).into_owned())

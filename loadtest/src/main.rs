@@ -73,7 +73,9 @@ struct Common {
     #[arg(long, conflicts_with = "concurrency")]
     rate: Option<f64>,
     /// Closed loop: sessions in flight. Without --rate or --concurrency a
-    /// run is a closed loop of 16 (the run says so when it starts).
+    /// run is a closed loop of 16 (the run says so when it starts). Idle:
+    /// handshakes in flight while connections open (default 64, the
+    /// gateway's default cap of handshakes from one source address).
     #[arg(long)]
     concurrency: Option<usize>,
     /// Seconds of load (idle: seconds to hold the connections).
@@ -124,6 +126,11 @@ struct Common {
 
 /// Sessions in flight when neither `--rate` nor `--concurrency` is given.
 const DEFAULT_CONCURRENCY: usize = 16;
+
+/// Handshakes in flight while `idle` opens its connections: the gateway's
+/// default `max_handshakes_per_source`, since every simulated phone shares
+/// one source address. More are refused by the gateway's front door.
+const IDLE_CONCURRENCY: usize = 64;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -187,7 +194,11 @@ async fn main() -> anyhow::Result<()> {
     let plan = Plan {
         scenario,
         rate: c.rate,
-        concurrency: c.concurrency.unwrap_or(DEFAULT_CONCURRENCY),
+        concurrency: c.concurrency.unwrap_or(if scenario == Scenario::Idle {
+            IDLE_CONCURRENCY
+        } else {
+            DEFAULT_CONCURRENCY
+        }),
         duration: Duration::from_secs_f64(c.duration),
         phones: c.phones.max(1),
         sockets: c.sockets,
@@ -292,7 +303,9 @@ async fn main() -> anyhow::Result<()> {
             .unwrap_or_else(|| "self".into());
         let rss0 = target::rss_bytes(&pid);
         let started = std::time::Instant::now();
-        let (conns, up) = world.idle(plan.connections, plan.duration).await;
+        let (conns, up) = world
+            .idle(plan.connections, plan.concurrency, plan.duration)
+            .await;
         let rss1 = target::rss_bytes(&pid);
         let r = world.rec.report("idle", started.elapsed());
         println!(

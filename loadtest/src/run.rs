@@ -341,14 +341,15 @@ impl World {
         result
     }
 
-    /// Idle: opens `n` connections (at most 256 handshakes at once), holds
+    /// Idle: opens `n` connections (`in_flight` handshakes at once), holds
     /// them for `hold`, returns how many were still up at the end.
     pub async fn idle(
         self: &Arc<Self>,
         n: usize,
+        in_flight: usize,
         hold: Duration,
     ) -> (Vec<GatewayConnection>, usize) {
-        let sem = Arc::new(tokio::sync::Semaphore::new(256));
+        let sem = Arc::new(tokio::sync::Semaphore::new(in_flight.max(1)));
         let mut tasks = tokio::task::JoinSet::new();
         for c in 0..n {
             let (world, sem) = (self.clone(), sem.clone());

@@ -54,7 +54,7 @@ async fn every_scenario_runs_against_the_embedded_stack() {
     }
     // Idle: connections stay up while held.
     let w = Arc::new(World::fresh_recorder(&world));
-    let (conns, up) = w.idle(40, Duration::from_millis(500)).await;
+    let (conns, up) = w.idle(40, 16, Duration::from_millis(500)).await;
     assert_eq!(conns.len(), 40);
     assert_eq!(up, 40);
     assert_eq!(

@@ -19,6 +19,8 @@ struct Args {
     /// State folder (created on first run).
     #[arg(long, default_value = ".local-stack")]
     state_dir: PathBuf,
+    /// Where the gateway listens for phones (UDP); the written client
+    /// profile points at it.
     #[arg(long, default_value = "127.0.0.1:7443")]
     gateway_listen: SocketAddr,
     /// Replicas per vault cluster (1, 3, 5 or 7).
