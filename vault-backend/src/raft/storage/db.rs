@@ -65,7 +65,12 @@ impl<T: Serialize + for<'a> Deserialize<'a>> Slot<T> {
     }
 
     pub(super) fn read(&self, db: &Database) -> Result<Option<T>, SErr> {
-        let txn = db.begin_read().map_err(r)?;
+        self.read_in(&db.begin_read().map_err(r)?)
+    }
+
+    /// Reads the value as `txn` sees it, for a reader that needs several
+    /// values and rows from one point in time.
+    pub(super) fn read_in(&self, txn: &redb::ReadTransaction) -> Result<Option<T>, SErr> {
         let t = txn.open_table(self.table).map_err(r)?;
         let v = t.get(self.key).map_err(r)?;
         v.map(|v| dec(v.value())).transpose()

@@ -220,12 +220,22 @@ pub(super) fn apply_command(
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, SErr> {
-        let (last_applied, membership) = self.applied_state().await?;
         let db = self.db.clone();
-        let version = COMMAND_VERSION.read(&db)?.unwrap_or(codec::LEGACY_VERSION);
         // Reading every account, encoding and an fsync: not on a worker.
         let (meta, data) = off_worker(move || {
+            // The applied log id, the membership, the version and the rows
+            // from one read transaction: openraft builds a snapshot in a
+            // task of its own while entries go on being applied, and rows
+            // read after the log id was (as they were until the chaos run
+            // caught two replicas one guess apart at the same index) hold
+            // entries the snapshot says it does not, which a follower that
+            // installs it then applies a second time.
             let txn = db.begin_read().map_err(r)?;
+            let last_applied = APPLIED.read_in(&txn)?.flatten();
+            let membership = MEMBERSHIP.read_in(&txn)?.unwrap_or_default();
+            let version = COMMAND_VERSION
+                .read_in(&txn)?
+                .unwrap_or(codec::LEGACY_VERSION);
             let t = txn.open_table(ACCOUNTS).map_err(r)?;
             // Snapshots follow the active version: a follower of the older
             // release during an upgrade must be able to install them.
@@ -298,8 +308,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn applied_state(
         &mut self,
     ) -> Result<(Option<LogId<NodeId>>, StoredMembership<NodeId, ReplicaNode>), SErr> {
-        let applied = APPLIED.read(&self.db)?.flatten();
-        let membership = MEMBERSHIP.read(&self.db)?.unwrap_or_default();
+        let txn = self.db.begin_read().map_err(r)?;
+        let applied = APPLIED.read_in(&txn)?.flatten();
+        let membership = MEMBERSHIP.read_in(&txn)?.unwrap_or_default();
         Ok((applied, membership))
     }
 

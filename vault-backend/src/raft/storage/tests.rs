@@ -354,6 +354,60 @@ async fn a_streamed_snapshot_is_byte_for_byte_the_released_layout() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_built_while_entries_are_applied_holds_exactly_what_its_log_id_says() {
+    // openraft builds snapshots in a task of their own while the state
+    // machine goes on applying. Every guess is one entry here, so a
+    // snapshot taken at log index i must hold exactly i - 2 guesses: more,
+    // and a follower installing it counts the later ones twice.
+    let dir = tempfile::tempdir().unwrap();
+    let db = open_database(&dir.path().join("a.redb")).unwrap();
+    let mut sm = StateMachine::new(db.clone()).unwrap();
+    sm.apply(vec![
+        entry(1, 1, membership(&[1, 2, 3])),
+        entry(1, 2, register("alice", 1)),
+    ])
+    .await
+    .unwrap();
+    let mut applier = sm.clone();
+    let guesses = tokio::spawn(async move {
+        for i in 0..400u64 {
+            let start = Command::LoginStart {
+                account_id: "alice".into(),
+                max_attempts: 1_000_000,
+            };
+            let e = entry(1, 3 + i, EntryPayload::Normal(Proposal::current(start)));
+            applier.apply(vec![e]).await.unwrap();
+        }
+    });
+    let mut built = 0;
+    while !guesses.is_finished() {
+        let snap = sm
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+        let index = snap.meta.last_log_id.unwrap().index;
+        let data = snap.snapshot.into_inner();
+        let (version, body) = codec::snapshot_version(&data).unwrap();
+        let accounts = if version == codec::LEGACY_VERSION {
+            postcard::from_bytes::<SnapshotV0>(body).unwrap().accounts
+        } else {
+            postcard::from_bytes::<SnapshotV1>(body).unwrap().accounts
+        };
+        let row = decode_row(&accounts[0].1).unwrap();
+        assert_eq!(
+            row.guesses_counted,
+            index - 2,
+            "snapshot {built} at index {index}"
+        );
+        built += 1;
+    }
+    guesses.await.unwrap();
+    assert!(built > 0);
+}
+
 #[tokio::test]
 async fn a_snapshot_of_many_chunks_survives_a_close_and_reopen_and_an_old_one_still_reads() {
     let dir = tempfile::tempdir().unwrap();
