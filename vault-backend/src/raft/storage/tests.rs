@@ -103,16 +103,7 @@ async fn seen(db: &Arc<Db>) -> Seen {
         .unwrap()
         .map(|s| (s.meta, s.snapshot.into_inner()));
     let txn = db.begin_read().unwrap();
-    let accounts = txn
-        .open_table(ACCOUNTS)
-        .unwrap()
-        .iter()
-        .unwrap()
-        .map(|r| {
-            let (k, v) = r.unwrap();
-            (k.value().to_owned(), v.value().to_vec())
-        })
-        .collect();
+    let accounts = rows(&txn.open_table(ACCOUNTS).unwrap());
     Seen {
         vote: log.read_vote().await.unwrap(),
         committed: log.read_committed().await.unwrap(),
@@ -122,6 +113,17 @@ async fn seen(db: &Arc<Db>) -> Seen {
         snapshot,
         accounts,
     }
+}
+
+/// Every account row, copied out.
+fn rows(t: &impl ReadableTable<&'static str, &'static [u8]>) -> Vec<(String, Vec<u8>)> {
+    t.iter()
+        .unwrap()
+        .map(|r| {
+            let (k, v) = r.unwrap();
+            (k.value().to_owned(), v.value().to_vec())
+        })
+        .collect()
 }
 
 /// Closes the database for real: every handle is dropped, and redb lets
@@ -317,14 +319,7 @@ async fn a_streamed_snapshot_is_byte_for_byte_the_released_layout() {
     let (last_applied, membership) = sm.applied_state().await.unwrap();
     let txn = db.begin_read().unwrap();
     let t = txn.open_table(ACCOUNTS).unwrap();
-    let accounts: Vec<(String, Vec<u8>)> = t
-        .iter()
-        .unwrap()
-        .map(|r| {
-            let (k, v) = r.unwrap();
-            (k.value().to_owned(), v.value().to_vec())
-        })
-        .collect();
+    let accounts = rows(&t);
     assert_eq!(accounts.len(), 300);
     let v0 = codec::encode_snapshot(
         codec::LEGACY_VERSION,
