@@ -115,6 +115,15 @@ async fn seen(db: &Arc<Db>) -> Seen {
     }
 }
 
+/// A snapshot built as openraft builds one.
+async fn build(sm: &mut StateMachine) -> openraft::storage::Snapshot<TypeConfig> {
+    sm.get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap()
+}
+
 /// Every account row, copied out.
 fn rows(t: &impl ReadableTable<&'static str, &'static [u8]>) -> Vec<(String, Vec<u8>)> {
     t.iter()
@@ -192,11 +201,7 @@ async fn every_persisted_value_survives_a_close_and_reopen() {
         log.write_entries(first.clone()).await.unwrap();
         log.save_committed(Some(log_id(3, 1, 11))).await.unwrap();
         sm.apply(first).await.unwrap();
-        sm.get_snapshot_builder()
-            .await
-            .build_snapshot()
-            .await
-            .unwrap();
+        build(&mut sm).await;
         log.purge(log_id(2, 1, 4)).await.unwrap();
         // Written after the snapshot and purge, one of them then truncated.
         log.write_entries(vec![
@@ -250,12 +255,7 @@ async fn an_installed_snapshot_survives_a_close_and_reopen() {
         let mut sm = StateMachine::new(src.clone()).unwrap();
         sm.apply(entries).await.unwrap();
         assert_eq!(sm.active_version().get(), version);
-        let snap = sm
-            .get_snapshot_builder()
-            .await
-            .build_snapshot()
-            .await
-            .unwrap();
+        let snap = build(&mut sm).await;
         assert_eq!(
             codec::snapshot_version(snap.snapshot.get_ref()).unwrap().0,
             version
@@ -377,12 +377,7 @@ async fn a_snapshot_built_while_entries_are_applied_holds_exactly_what_its_log_i
     });
     let mut built = 0;
     while !guesses.is_finished() {
-        let snap = sm
-            .get_snapshot_builder()
-            .await
-            .build_snapshot()
-            .await
-            .unwrap();
+        let snap = build(&mut sm).await;
         let index = snap.meta.last_log_id.unwrap().index;
         let data = snap.snapshot.into_inner();
         let (version, body) = codec::snapshot_version(&data).unwrap();
@@ -410,12 +405,7 @@ async fn a_snapshot_of_many_chunks_survives_a_close_and_reopen_and_an_old_one_st
     let db = open_database(&path).unwrap();
     // Three chunks or more, the last one short.
     let mut sm = filled(&db, 700, 200).await;
-    let snap = sm
-        .get_snapshot_builder()
-        .await
-        .build_snapshot()
-        .await
-        .unwrap();
+    let snap = build(&mut sm).await;
     let data = snap.snapshot.into_inner();
     assert!(data.len() > 2 * SNAPSHOT_CHUNK && data.len() % SNAPSHOT_CHUNK != 0);
     drop(sm);
@@ -441,11 +431,7 @@ async fn a_snapshot_of_many_chunks_survives_a_close_and_reopen_and_an_old_one_st
     let mut sm = StateMachine::new(db.clone()).unwrap();
     let current = sm.get_current_snapshot().await.unwrap().unwrap();
     assert_eq!(current.snapshot.into_inner(), data);
-    sm.get_snapshot_builder()
-        .await
-        .build_snapshot()
-        .await
-        .unwrap();
+    build(&mut sm).await;
     let txn = db.begin_read().unwrap();
     let old = txn.open_table(SNAPSHOT).unwrap();
     assert!(
