@@ -29,51 +29,28 @@ use crate::store::ACCOUNTS;
 
 use super::db::*;
 
-/// Snapshot data in version 0 (release 0.1.0's layout, frozen). Written by
-/// [`encode_snapshot_of`] and read by `SnapshotV0Ref` without this owned
-/// copy of the rows; kept as the layout's definition, which the tests
-/// compare those two with.
-#[cfg(test)]
+/// Snapshot data in version 0 (release 0.1.0's layout, frozen), generic
+/// over how the rows are held: written by [`encode_snapshot_of`] straight
+/// from the table, and read with rows borrowed from the snapshot's bytes
+/// (`Rows<'_>`) rather than copied out of them.
 #[derive(serde::Serialize, Deserialize)]
-pub(super) struct SnapshotV0 {
+pub(super) struct SnapshotV0<R> {
     pub(super) last_applied: Option<LogId<NodeId>>,
     pub(super) membership: StoredMembership<NodeId, ReplicaNode>,
-    pub(super) accounts: Vec<(String, Vec<u8>)>,
+    pub(super) accounts: R,
 }
 
 /// Snapshot data in version 1: as version 0, plus the active version.
-#[cfg(test)]
 #[derive(serde::Serialize, Deserialize)]
-pub(super) struct SnapshotV1 {
+pub(super) struct SnapshotV1<R> {
     pub(super) last_applied: Option<LogId<NodeId>>,
     pub(super) membership: StoredMembership<NodeId, ReplicaNode>,
-    pub(super) accounts: Vec<(String, Vec<u8>)>,
+    pub(super) accounts: R,
     pub(super) command_version: u32,
 }
 
-/// `SnapshotV0` read in place: the rows borrow from the snapshot's bytes
-/// instead of being copied out of them.
-#[derive(Deserialize)]
-struct SnapshotV0Ref<'a> {
-    #[allow(dead_code)]
-    last_applied: Option<LogId<NodeId>>,
-    #[allow(dead_code)]
-    membership: StoredMembership<NodeId, ReplicaNode>,
-    #[serde(borrow)]
-    accounts: Vec<(&'a str, &'a [u8])>,
-}
-
-/// `SnapshotV1` read in place.
-#[derive(Deserialize)]
-struct SnapshotV1Ref<'a> {
-    #[allow(dead_code)]
-    last_applied: Option<LogId<NodeId>>,
-    #[allow(dead_code)]
-    membership: StoredMembership<NodeId, ReplicaNode>,
-    #[serde(borrow)]
-    accounts: Vec<(&'a str, &'a [u8])>,
-    command_version: u32,
-}
+/// Rows borrowed from a snapshot's bytes.
+type Rows<'a> = Vec<(&'a str, &'a [u8])>;
 
 /// Encodes a snapshot of `accounts` in `version`'s layout (`SnapshotV0` or
 /// `SnapshotV1`, byte for byte) straight from the table: one buffer of
@@ -414,9 +391,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let data = snapshot.into_inner();
             let (version, body) = codec::snapshot_version(&data).map_err(r)?;
             let (accounts, command_version) = match version {
-                codec::LEGACY_VERSION => (borrowed::<SnapshotV0Ref>(body)?.accounts, version),
+                codec::LEGACY_VERSION => (borrowed::<SnapshotV0<Rows>>(body)?.accounts, version),
                 _ => {
-                    let b: SnapshotV1Ref = borrowed(body)?;
+                    let b: SnapshotV1<Rows> = borrowed(body)?;
                     (b.accounts, b.command_version)
                 }
             };

@@ -382,9 +382,13 @@ async fn a_snapshot_built_while_entries_are_applied_holds_exactly_what_its_log_i
         let data = snap.snapshot.into_inner();
         let (version, body) = codec::snapshot_version(&data).unwrap();
         let accounts = if version == codec::LEGACY_VERSION {
-            postcard::from_bytes::<SnapshotV0>(body).unwrap().accounts
+            postcard::from_bytes::<SnapshotV0<Vec<(String, Vec<u8>)>>>(body)
+                .unwrap()
+                .accounts
         } else {
-            postcard::from_bytes::<SnapshotV1>(body).unwrap().accounts
+            postcard::from_bytes::<SnapshotV1<Vec<(String, Vec<u8>)>>>(body)
+                .unwrap()
+                .accounts
         };
         let row = decode_row(&accounts[0].1).unwrap();
         assert_eq!(
