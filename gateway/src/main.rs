@@ -124,9 +124,10 @@ enum Cmd {
 }
 
 // mimalloc: measured faster than glibc malloc under load (BENCHMARKS.md,
-// "Allocator"); quinn and rustls allocate on every packet.
+// "Allocator"); quinn and rustls allocate on every packet. Counted, so
+// that /metrics tells the heap from the RSS (service_kit::heap).
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: service_kit::heap::Allocator = service_kit::heap::allocator();
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -250,6 +251,8 @@ async fn main() -> anyhow::Result<()> {
                 cfg.admin_listen = admin_listen;
             }
             service_kit::observability::install_recorder()?;
+            service_kit::heap::export(&ALLOCATOR, std::time::Duration::from_secs(5))
+                .context("cannot start the heap gauge")?;
             gateway::telemetry::describe();
             let keys = GatewayKeys::load(&cfg.state_dir)?;
             let door = gateway::server::FrontDoor {

@@ -1,7 +1,8 @@
 //! What the servers (vault replica, gateway) and the tools (client, load
 //! generator, local stack) share and that is not protocol: certificate
 //! files and TLS configurations ([`pki`]), owner-only files ([`files`]),
-//! logging and metrics set-up ([`observability`]), and closing a QUIC
+//! logging and metrics set-up ([`observability`]), the servers' counted
+//! allocator ([`heap`]), and closing a QUIC
 //! endpoint ([`quic`]).
 //!
 //! Must never: hold protocol logic or message formats (those live in
@@ -10,6 +11,8 @@
 //! that a phone does not need may move into those modules.
 
 pub mod files;
+#[cfg(feature = "observability")]
+pub mod heap;
 #[cfg(feature = "observability")]
 pub mod observability;
 #[cfg(feature = "pki")]

@@ -185,24 +185,47 @@ impl std::fmt::Display for ChaosReport {
     }
 }
 
-/// RSS (KiB) and open files of each process, and the size of a replica's
-/// database file (KiB; 0 for other processes), sampled over the run.
+/// RSS, heap and open files of each process, and the size of a replica's
+/// database file, sampled over the run.
 #[derive(Debug, Default, Clone)]
 pub struct Samples {
-    /// Per process name: (seconds since start, RSS KiB, open files,
-    /// database file KiB).
-    pub series: BTreeMap<String, Vec<(u64, u64, u64, u64)>>,
+    /// Per process name, in time order.
+    pub series: BTreeMap<String, Vec<Sample>>,
 }
 
-/// What is sampled of one process: its pid, and its database file if it
-/// has one.
-type Sampled = (u32, Option<std::path::PathBuf>);
+/// One process at one time.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Sample {
+    /// Seconds since the run started.
+    pub at: u64,
+    /// Resident memory, KiB.
+    pub rss_kib: u64,
+    /// What its allocator has handed out and not had back, KiB
+    /// (`process_heap_allocated_bytes`; 0 for the driver, which does not
+    /// export it, or when `/metrics` did not answer).
+    pub heap_kib: u64,
+    /// Open file descriptors.
+    pub open_files: u64,
+    /// Its database file, KiB (replicas; 0 otherwise).
+    pub database_kib: u64,
+}
+
+/// What is sampled of one process: its pid, its database file if it has
+/// one, and its admin address (for `/metrics`) if it has one.
+#[derive(Debug, Clone)]
+struct Sampled {
+    pid: u32,
+    database: Option<std::path::PathBuf>,
+    admin: Option<std::net::SocketAddr>,
+}
 
 impl Samples {
-    /// Reads `/proc/<pid>` of each process, and the size of its database.
-    fn take(&mut self, at: u64, pids: &BTreeMap<String, Sampled>) {
-        for (name, (pid, database)) in pids {
-            let Some(rss) = std::fs::read_to_string(format!("/proc/{pid}/status"))
+    /// Reads `/proc/<pid>` of each process, its heap gauge, and the size of
+    /// its database.
+    async fn take(at: u64, pids: &BTreeMap<String, Sampled>) -> Vec<(String, Sample)> {
+        let mut out = Vec::new();
+        for (name, p) in pids {
+            let Some(rss_kib) = std::fs::read_to_string(format!("/proc/{}/status", p.pid))
                 .ok()
                 .and_then(|s| {
                     s.lines()
@@ -213,25 +236,46 @@ impl Samples {
             else {
                 continue;
             };
-            let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+            let open_files = std::fs::read_dir(format!("/proc/{}/fd", p.pid))
                 .map(|d| d.count() as u64)
                 .unwrap_or(0);
-            let db = database
+            let database_kib = p
+                .database
                 .as_ref()
                 .and_then(|p| std::fs::metadata(p).ok())
                 .map_or(0, |m| m.len() / 1024);
-            self.series
-                .entry(name.clone())
-                .or_default()
-                .push((at, rss, fds, db));
+            let heap_kib = match p.admin {
+                Some(a) => crate::helpers::try_metric_sum(a, service_kit::heap::GAUGE, &[])
+                    .await
+                    .map_or(0, |b| b as u64 / 1024),
+                None => 0,
+            };
+            out.push((
+                name.clone(),
+                Sample {
+                    at,
+                    rss_kib,
+                    heap_kib,
+                    open_files,
+                    database_kib,
+                },
+            ));
+        }
+        out
+    }
+
+    fn add(&mut self, taken: Vec<(String, Sample)>) {
+        for (name, s) in taken {
+            self.series.entry(name).or_default().push(s);
         }
     }
 
-    /// Per process: RSS after the first fifth of the run (the warm-up)
-    /// and at the end, as medians of the samples of the second and the
-    /// last fifth; open files likewise.
+    /// Per process: each figure after the first fifth of the run (the
+    /// warm-up) and at the end, as medians of the samples of the second and
+    /// the last fifth.
     pub fn growth(&self) -> BTreeMap<String, Growth> {
-        let median = |mut v: Vec<u64>| -> u64 {
+        let median = |v: &[Sample], f: fn(&Sample) -> u64| -> u64 {
+            let mut v: Vec<u64> = v.iter().map(f).collect();
             v.sort_unstable();
             v.get(v.len() / 2).copied().unwrap_or(0)
         };
@@ -240,33 +284,30 @@ impl Samples {
             .filter(|(_, s)| s.len() >= 5)
             .map(|(name, s)| {
                 let fifth = s.len() / 5;
-                let early = &s[fifth..2 * fifth];
-                let late = &s[s.len() - fifth..];
+                let (early, late) = (&s[fifth..2 * fifth], &s[s.len() - fifth..]);
+                let both = |f: fn(&Sample) -> u64| (median(early, f), median(late, f));
                 let g = Growth {
-                    rss_kib: (
-                        median(early.iter().map(|x| x.1).collect()),
-                        median(late.iter().map(|x| x.1).collect()),
-                    ),
-                    open_files: (
-                        median(early.iter().map(|x| x.2).collect()),
-                        median(late.iter().map(|x| x.2).collect()),
-                    ),
-                    database_kib: (
-                        median(early.iter().map(|x| x.3).collect()),
-                        median(late.iter().map(|x| x.3).collect()),
-                    ),
+                    rss_kib: both(|x| x.rss_kib),
+                    heap_kib: both(|x| x.heap_kib),
+                    open_files: both(|x| x.open_files),
+                    database_kib: both(|x| x.database_kib),
                 };
                 (name.clone(), g)
             })
             .collect()
     }
 
-    /// The samples as CSV (`process,seconds,rss_kib,open_files,database_kib`).
+    /// The samples as CSV
+    /// (`process,seconds,rss_kib,open_files,database_kib,heap_kib`).
     pub fn csv(&self) -> String {
-        let mut out = String::from("process,seconds,rss_kib,open_files,database_kib\n");
-        for (name, s) in &self.series {
-            for (t, rss, fds, db) in s {
-                let _ = writeln!(out, "{name},{t},{rss},{fds},{db}");
+        let mut out = String::from("process,seconds,rss_kib,open_files,database_kib,heap_kib\n");
+        for (name, series) in &self.series {
+            for s in series {
+                let _ = writeln!(
+                    out,
+                    "{name},{},{},{},{},{}",
+                    s.at, s.rss_kib, s.open_files, s.database_kib, s.heap_kib
+                );
             }
         }
         out
@@ -281,34 +322,28 @@ impl std::fmt::Display for Samples {
         }
         writeln!(
             f,
-            "process RSS and open files (median after warm-up -> median of the last fifth; max):"
+            "process RSS, heap and open files (median after warm-up -> median of the last fifth; max):"
         )?;
-        for (
-            name,
-            Growth {
-                rss_kib: (r0, r1),
-                open_files: (f0, f1),
-                database_kib: (d0, d1),
-            },
-        ) in &g
-        {
+        let mib = |k: u64| k as f64 / 1024.0;
+        for (name, g) in &g {
             let s = &self.series[name];
-            let max = s.iter().map(|x| x.1).max().unwrap_or(0);
-            let db = if *d1 > 0 {
-                format!(
-                    "; database {:.1} -> {:.1} MiB",
-                    *d0 as f64 / 1024.0,
-                    *d1 as f64 / 1024.0
-                )
-            } else {
-                String::new()
+            let max = s.iter().map(|x| x.rss_kib).max().unwrap_or(0);
+            let (r0, r1) = g.rss_kib;
+            let (f0, f1) = g.open_files;
+            let heap = match g.heap_kib {
+                (0, 0) => String::new(),
+                (h0, h1) => format!("; heap {:.1} -> {:.1} MiB", mib(h0), mib(h1)),
+            };
+            let db = match g.database_kib {
+                (_, 0) => String::new(),
+                (d0, d1) => format!("; database {:.1} -> {:.1} MiB", mib(d0), mib(d1)),
             };
             writeln!(
                 f,
-                "  {name:<12} RSS {:>6.1} -> {:>6.1} MiB (max {:>6.1}); open files {f0} -> {f1}{db}; {} samples",
-                *r0 as f64 / 1024.0,
-                *r1 as f64 / 1024.0,
-                max as f64 / 1024.0,
+                "  {name:<12} RSS {:>6.1} -> {:>6.1} MiB (max {:>6.1}){heap}; open files {f0} -> {f1}{db}; {} samples",
+                mib(r0),
+                mib(r1),
+                mib(max),
                 s.len()
             )?;
         }
@@ -322,6 +357,8 @@ impl std::fmt::Display for Samples {
 pub struct Growth {
     /// RSS in KiB: after the warm-up, at the end.
     pub rss_kib: (u64, u64),
+    /// Heap in KiB (0 where not exported): after the warm-up, at the end.
+    pub heap_kib: (u64, u64),
     /// Open files: after the warm-up, at the end.
     pub open_files: (u64, u64),
     /// The process's database file in KiB (replicas; 0 otherwise): after
@@ -716,13 +753,23 @@ impl Faults {
         p.retain(|k, _| k == "driver");
         for &i in &self.members {
             if let Some(pid) = stack.replica_pid(CLUSTER, i) {
-                let db = stack.clusters[CLUSTER].configs[i].database_path();
-                p.insert(format!("replica-{}", i + 1), (pid, Some(db)));
+                let cfg = &stack.clusters[CLUSTER].configs[i];
+                let sampled = Sampled {
+                    pid,
+                    database: Some(cfg.database_path()),
+                    admin: cfg.admin_listen,
+                };
+                p.insert(format!("replica-{}", i + 1), sampled);
             }
         }
         for (j, g) in gateways.iter().enumerate() {
             if let Some(pid) = g.pid() {
-                p.insert(format!("gateway-{}", ["a", "b"][j]), (pid, None));
+                let sampled = Sampled {
+                    pid,
+                    database: None,
+                    admin: Some(g.admin),
+                };
+                p.insert(format!("gateway-{}", ["a", "b"][j]), sampled);
             }
         }
     }
@@ -1038,10 +1085,12 @@ pub async fn run(opts: ChaosOptions) -> anyhow::Result<ChaosReport> {
     )));
 
     // The sampler.
-    let pids = Arc::new(Mutex::new(BTreeMap::from([(
-        "driver".to_string(),
-        (std::process::id(), None),
-    )])));
+    let driver = Sampled {
+        pid: std::process::id(),
+        database: None,
+        admin: None,
+    };
+    let pids = Arc::new(Mutex::new(BTreeMap::from([("driver".to_string(), driver)])));
     let samples = Arc::new(Mutex::new(Samples::default()));
     let started = Instant::now();
     let sampler = {
@@ -1051,7 +1100,8 @@ pub async fn run(opts: ChaosOptions) -> anyhow::Result<ChaosReport> {
             loop {
                 tick.tick().await;
                 let p = lock(&pids).clone();
-                lock(&samples).take(started.elapsed().as_secs(), &p);
+                let taken = Samples::take(started.elapsed().as_secs(), &p).await;
+                lock(&samples).add(taken);
             }
         })
     };

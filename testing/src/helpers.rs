@@ -174,7 +174,7 @@ pub fn copy_dir(from: &std::path::Path, to: &std::path::Path) -> std::io::Result
 ///
 /// # Panics
 ///
-/// If the page cannot be fetched or a value is not a number.
+/// If the page cannot be fetched.
 pub async fn metric_sum(admin: std::net::SocketAddr, name: &str, labels: &[&str]) -> f64 {
     let text = reqwest::get(format!("http://{admin}/metrics"))
         .await
@@ -182,13 +182,34 @@ pub async fn metric_sum(admin: std::net::SocketAddr, name: &str, labels: &[&str]
         .text()
         .await
         .expect("read /metrics");
+    sum_of(&text, name, labels)
+}
+
+/// [`metric_sum`], or `None` when `/metrics` does not answer within 2 s
+/// (a process being restarted, or partitioned).
+pub async fn try_metric_sum(
+    admin: std::net::SocketAddr,
+    name: &str,
+    labels: &[&str],
+) -> Option<f64> {
+    let fetch = async {
+        let resp = reqwest::get(format!("http://{admin}/metrics")).await.ok()?;
+        resp.text().await.ok()
+    };
+    let text = tokio::time::timeout(std::time::Duration::from_secs(2), fetch)
+        .await
+        .ok()??;
+    Some(sum_of(&text, name, labels))
+}
+
+fn sum_of(text: &str, name: &str, labels: &[&str]) -> f64 {
     text.lines()
         .filter_map(|l| {
             let rest = l.strip_prefix(name)?;
             let (series, value) = rest.rsplit_once(' ')?;
             let matches = (series.is_empty() || series.starts_with('{'))
                 && labels.iter().all(|want| series.contains(want));
-            matches.then(|| value.parse::<f64>().expect("a metric value"))
+            matches.then(|| value.parse::<f64>().ok()).flatten()
         })
         .sum()
 }

@@ -44,10 +44,11 @@ async fn thirty_minutes_of_mixed_load_keep_memory_and_open_files_flat() {
     for (name, g) in report.samples.growth() {
         let ((rss0, rss1), (fd0, fd1)) = (g.rss_kib, g.open_files);
         let data = g.database_kib.1.saturating_sub(g.database_kib.0);
+        let (heap0, heap1) = g.heap_kib;
         let allowed = (rss0 / 10).max(8 * 1024);
         assert!(
             rss1 <= rss0 + allowed,
-            "{name}: RSS grew from {rss0} to {rss1} KiB (its database by {data} KiB)"
+            "{name}: RSS grew from {rss0} to {rss1} KiB (its heap from {heap0} to {heap1} KiB, its database by {data} KiB)"
         );
         assert!(
             fd1 <= fd0 + 8,

@@ -103,6 +103,20 @@ pub fn describe() {
         "Entries kept in the log (between the last purge and the last entry)."
     );
     describe_gauge!("vault_records", "Deposits stored on this replica.");
+    describe_counter!(
+        "vault_raft_snapshots_total",
+        "Snapshots of the whole state built (step=build) or received from the leader and installed (step=install)."
+    );
+    describe_gauge!(
+        "vault_raft_snapshot_bytes",
+        Unit::Bytes,
+        "Size of the last snapshot this replica built or installed."
+    );
+    describe_histogram!(
+        "vault_raft_snapshot_seconds",
+        Unit::Seconds,
+        "Time to build (step=build) or install (step=install) one snapshot."
+    );
     describe_histogram!(
         "vault_commit_seconds",
         Unit::Seconds,

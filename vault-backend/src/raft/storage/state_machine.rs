@@ -198,6 +198,7 @@ pub(super) fn apply_command(
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, SErr> {
         let db = self.db.clone();
+        let started = std::time::Instant::now();
         // Reading every account, encoding and an fsync: not on a worker.
         let (meta, data) = off_worker(move || {
             // The applied log id, the membership, the version and the rows
@@ -232,11 +233,34 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             Ok((meta, data))
         })
         .await?;
+        snapshot_done("build", &meta, data.len(), started);
         Ok(Snapshot {
             meta,
             snapshot: Box::new(Cursor::new(data)),
         })
     }
+}
+
+/// Counts and logs a snapshot built or installed (`step`): how often a
+/// follower needs a whole copy of the state, and its size, are what size a
+/// replica's memory and its peers' links.
+fn snapshot_done(
+    step: &'static str,
+    meta: &SnapshotMeta<NodeId, ReplicaNode>,
+    bytes: usize,
+    started: std::time::Instant,
+) {
+    let seconds = started.elapsed().as_secs_f64();
+    metrics::counter!("vault_raft_snapshots_total", "step" => step).increment(1);
+    metrics::histogram!("vault_raft_snapshot_seconds", "step" => step).record(seconds);
+    metrics::gauge!("vault_raft_snapshot_bytes").set(bytes as f64);
+    tracing::info!(
+        step,
+        index = meta.last_log_id.map(|l| l.index),
+        bytes,
+        seconds,
+        "raft snapshot"
+    );
 }
 
 pub(super) fn store_snapshot(
@@ -387,7 +411,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), SErr> {
         let (db, meta) = (self.db.clone(), meta.clone());
+        let started = std::time::Instant::now();
+        let len = snapshot.get_ref().len();
+        let meta2 = meta.clone();
         let version = off_worker(move || {
+            let meta = meta2;
             let data = snapshot.into_inner();
             let (version, body) = codec::snapshot_version(&data).map_err(r)?;
             let (accounts, command_version) = match version {
@@ -421,6 +449,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             Ok(command_version)
         })
         .await?;
+        snapshot_done("install", &meta, len, started);
         self.version.set(version);
         Ok(())
     }

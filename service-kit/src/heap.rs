@@ -1,0 +1,51 @@
+//! The servers' allocator, counted: mimalloc (measured faster than glibc
+//! malloc under load, BENCHMARKS.md "Allocator") inside `cap::Cap`, which
+//! keeps a count of the bytes handed out and not yet returned. Exported as
+//! `process_heap_allocated_bytes`, beside the RSS it tells an operator
+//! (and the soak) memory the program holds from memory the allocator keeps:
+//! a heap that climbs is a leak; RSS that climbs over a flat heap is the
+//! allocator's retention, or memory outside Rust's allocator (aws-lc's
+//! `malloc`, thread stacks).
+//!
+//! Must never: limit allocations (the limit is `usize::MAX`; a service that
+//! runs out of memory is the operating system's to stop), or be used by a
+//! library: only a binary's `#[global_allocator]` names it.
+//!
+//! Cost: one atomic add per allocation and one per free, next to
+//! mimalloc's own work (BENCHMARKS.md, "Counted allocator").
+
+use std::time::Duration;
+
+/// The allocator a server binary installs:
+/// `#[global_allocator] static ALLOCATOR: Allocator = service_kit::heap::allocator();`
+pub type Allocator = cap::Cap<mimalloc::MiMalloc>;
+
+/// mimalloc, counted, with no limit.
+#[must_use]
+pub const fn allocator() -> Allocator {
+    cap::Cap::new(mimalloc::MiMalloc, usize::MAX)
+}
+
+/// The gauge's name.
+pub const GAUGE: &str = "process_heap_allocated_bytes";
+
+/// Sets `process_heap_allocated_bytes` from `allocator` every `every`, on
+/// a thread of its own (so that the gauge stays current while the
+/// runtime's workers are busy), after describing it. Call once, after the
+/// metrics recorder is installed.
+pub fn export(allocator: &'static Allocator, every: Duration) -> std::io::Result<()> {
+    metrics::describe_gauge!(
+        GAUGE,
+        metrics::Unit::Bytes,
+        "Bytes the process's allocator has handed out and not had back. RSS well above it is \
+         memory the allocator keeps for reuse, or memory outside Rust's allocator."
+    );
+    std::thread::Builder::new()
+        .name("heap-gauge".into())
+        .spawn(move || loop {
+            // As f64: exact below 2^53 bytes.
+            metrics::gauge!(GAUGE).set(allocator.allocated() as f64);
+            std::thread::sleep(every);
+        })
+        .map(drop)
+}
