@@ -270,18 +270,7 @@ mod tests {
     #[test]
     fn every_flag_has_help() {
         use clap::CommandFactory;
-        fn walk(c: &clap::Command, path: &str) {
-            for a in c.get_arguments() {
-                let id = a.get_id().as_str();
-                if id == "help" || id == "version" || a.is_positional() && a.get_help().is_some() {
-                    continue;
-                }
-                assert!(a.get_help().is_some(), "{path} --{id} has no help");
-            }
-            for s in c.get_subcommands() {
-                walk(s, &format!("{path} {}", s.get_name()));
-            }
-        }
-        walk(&Cli::command(), "backup-client");
+        let missing = service_kit::cli::flags_without_help(&Cli::command());
+        assert!(missing.is_empty(), "flags without help: {missing:?}");
     }
 }

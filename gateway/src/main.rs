@@ -133,6 +133,9 @@ static ALLOCATOR: service_kit::heap::Allocator = service_kit::heap::allocator();
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     service_kit::observability::init_logging("info,openraft=warn", cli.log_format == "json");
+    if let Err(e) = service_kit::heap::no_huge_pages() {
+        tracing::warn!(error = %e, "cannot turn transparent huge pages off: memory may grow in 2 MiB steps that stay");
+    }
     match cli.cmd {
         Cmd::Init { state_dir, name } => {
             let names: Vec<&str> = name.iter().map(String::as_str).collect();
@@ -325,19 +328,8 @@ mod tests {
     #[test]
     fn every_flag_has_help_and_the_default_config_reads_back() {
         use clap::CommandFactory;
-        fn walk(c: &clap::Command, path: &str) {
-            for a in c.get_arguments() {
-                let id = a.get_id().as_str();
-                if id == "help" || id == "version" {
-                    continue;
-                }
-                assert!(a.get_help().is_some(), "{path} --{id} has no help");
-            }
-            for s in c.get_subcommands() {
-                walk(s, &format!("{path} {}", s.get_name()));
-            }
-        }
-        walk(&Cli::command(), "gateway");
+        let missing = service_kit::cli::flags_without_help(&Cli::command());
+        assert!(missing.is_empty(), "flags without help: {missing:?}");
         let text = toml::to_string_pretty(&GatewayConfig::default()).expect("encodes");
         let back: GatewayConfig = toml::from_str(&text).expect("reads back");
         assert_eq!(

@@ -455,3 +455,13 @@ async fn main() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_flag_has_help() {
+        use clap::CommandFactory;
+        let missing = service_kit::cli::flags_without_help(&super::Cli::command());
+        assert!(missing.is_empty(), "flags without help: {missing:?}");
+    }
+}

@@ -52,7 +52,9 @@ pub struct Report {
     pub throughput_per_s: f64,
     /// Latency by phase.
     pub latency_us: BTreeMap<String, PhaseStats>,
-    /// Failures by error code.
+    /// Failures by error code: the client library's stable codes
+    /// (`ClientErrorCode`: `wrong_password`, `busy`, ...), or a code of the
+    /// generator's own for what is not a client error.
     pub errors: BTreeMap<String, u64>,
     /// Most connections open at once.
     pub peak_connections: u64,

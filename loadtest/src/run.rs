@@ -90,23 +90,10 @@ pub struct Plan {
     pub progress: bool,
 }
 
-/// Error code of a failed session, for the report.
+/// Error code of a failed session, for the report: the client library's
+/// stable code (`ClientErrorCode`, the names apps see).
 pub fn code(e: &ClientError) -> &'static str {
-    match e {
-        ClientError::Connect { .. } => "connect",
-        ClientError::Authentication(_) => "auth",
-        ClientError::WrongPassword { .. } => "wrong_password",
-        ClientError::LockedOut => "locked_out",
-        ClientError::NotRegistered => "not_registered",
-        ClientError::AlreadyRegistered => "already_registered",
-        ClientError::Unavailable(_) => "unavailable",
-        ClientError::Busy { .. } => "busy",
-        ClientError::Paced { .. } => "paced",
-        ClientError::ReplacementPending { .. } => "replacement_pending",
-        ClientError::Protocol(_) => "protocol",
-        ClientError::VaultKeyMismatch { .. } => "vault_key_mismatch",
-        _ => "other",
-    }
+    e.code().as_str()
 }
 
 /// Shared client endpoints (few UDP sockets for many connections), with

@@ -26,6 +26,28 @@ pub const fn allocator() -> Allocator {
     cap::Cap::new(mimalloc::MiMalloc, usize::MAX)
 }
 
+/// Turns transparent huge pages off for this process (Linux; a no-op
+/// elsewhere). mimalloc asks for them on its arenas (`MADV_HUGEPAGE`), and
+/// a 2 MiB page stays resident while any block in it lives, so RSS grew
+/// in steps that never came back while the heap stayed flat (the soak,
+/// RELIABILITY.md). A server's working set is small; its memory should
+/// follow what it holds. Call first thing in `main`: pages faulted in
+/// before keep their size.
+pub fn no_huge_pages() -> std::io::Result<()> {
+    #[cfg(target_os = "linux")]
+    nix::sys::prctl::set_thp_disable(true).map_err(std::io::Error::from)?;
+    Ok(())
+}
+
+/// Whether transparent huge pages are off for this process (`None` where
+/// the question has no answer: not Linux).
+pub fn huge_pages_off() -> Option<bool> {
+    #[cfg(target_os = "linux")]
+    return nix::sys::prctl::get_thp_disable().ok();
+    #[cfg(not(target_os = "linux"))]
+    None
+}
+
 /// The gauge's name.
 pub const GAUGE: &str = "process_heap_allocated_bytes";
 

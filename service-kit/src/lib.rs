@@ -10,6 +10,8 @@
 //! only [`files`] and [`tls`] (`default-features = false`), so nothing here
 //! that a phone does not need may move into those modules.
 
+#[cfg(feature = "cli")]
+pub mod cli;
 pub mod files;
 #[cfg(feature = "observability")]
 pub mod heap;

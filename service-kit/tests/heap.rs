@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used)]
 //! The counted allocator, installed as this test binary's global allocator
 //! as a server installs it: the count follows what is allocated and freed.
 
@@ -17,4 +18,12 @@ fn the_count_follows_what_is_allocated_and_freed() {
     let after = ALLOCATOR.allocated();
     assert!(after < before + MIB, "{before} -> {after}");
     assert_eq!(ALLOCATOR.limit(), usize::MAX);
+}
+
+#[test]
+fn huge_pages_can_be_turned_off() {
+    service_kit::heap::no_huge_pages().unwrap();
+    if cfg!(target_os = "linux") {
+        assert_eq!(service_kit::heap::huge_pages_off(), Some(true));
+    }
 }

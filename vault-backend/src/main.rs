@@ -181,6 +181,9 @@ static ALLOCATOR: service_kit::heap::Allocator = service_kit::heap::allocator();
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     service_kit::observability::init_logging("info,openraft=warn", cli.log_format == "json");
+    if let Err(e) = service_kit::heap::no_huge_pages() {
+        tracing::warn!(error = %e, "cannot turn transparent huge pages off: memory may grow in 2 MiB steps that stay");
+    }
     match run(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
@@ -561,19 +564,7 @@ mod tests {
     #[test]
     fn every_flag_has_help_and_the_default_config_reads_back() {
         use clap::CommandFactory;
-        fn walk(c: &clap::Command, path: &str, missing: &mut Vec<String>) {
-            for a in c.get_arguments() {
-                let id = a.get_id().as_str();
-                if id != "help" && id != "version" && a.get_help().is_none() {
-                    missing.push(format!("{path} --{id}"));
-                }
-            }
-            for s in c.get_subcommands() {
-                walk(s, &format!("{path} {}", s.get_name()), missing);
-            }
-        }
-        let mut missing = Vec::new();
-        walk(&Cli::command(), "vault-backend", &mut missing);
+        let missing = service_kit::cli::flags_without_help(&Cli::command());
         assert!(missing.is_empty(), "flags without help: {missing:?}");
         let def = vault_backend::config::VaultConfig::default();
         let text = toml::to_string_pretty(&def).expect("encodes");

@@ -38,14 +38,18 @@ struct Args {
     demo_only: bool,
 }
 
-// mimalloc: measured faster than glibc malloc under load (BENCHMARKS.md,
-// "Allocator"); quinn and rustls allocate on every packet.
+// The servers' allocator and memory settings (service_kit::heap), so that
+// memory measured on the local stack is what the gateway and replica
+// binaries would show.
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: service_kit::heap::Allocator = service_kit::heap::allocator();
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     service_kit::observability::init_tracing("warn,openraft=off");
+    if let Err(e) = service_kit::heap::no_huge_pages() {
+        tracing::warn!(error = %e, "cannot turn transparent huge pages off");
+    }
     let args = Args::parse();
     let stack = LocalStack::start(StackOptions {
         state_dir: Some(args.state_dir.clone()),
@@ -167,4 +171,14 @@ async fn main() -> anyhow::Result<()> {
     }
     stack.shutdown().await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_flag_has_help() {
+        use clap::CommandFactory;
+        let missing = service_kit::cli::flags_without_help(&super::Args::command());
+        assert!(missing.is_empty(), "flags without help: {missing:?}");
+    }
 }
