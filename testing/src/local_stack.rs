@@ -566,8 +566,9 @@ impl LocalStack {
     }
 
     /// Waits until every running replica of cluster `k` has applied
-    /// everything the leader has logged.
-    pub async fn wait_caught_up(&self, k: usize, within: Duration) -> anyhow::Result<()> {
+    /// everything the leader has logged; returns the index they applied
+    /// (0 for an empty log).
+    pub async fn wait_caught_up(&self, k: usize, within: Duration) -> anyhow::Result<u64> {
         let until = Instant::now() + within;
         loop {
             let leader = self.wait_for_leader(k, within).await?;
@@ -578,7 +579,7 @@ impl LocalStack {
                     && s.as_ref().map(|s| s.applied_index) != Some(target)
             });
             if !behind {
-                return Ok(());
+                return Ok(target.unwrap_or(0));
             }
             anyhow::ensure!(
                 Instant::now() < until,
@@ -603,24 +604,16 @@ impl LocalStack {
         let until = Instant::now() + within;
         let mut since: Option<(u64, Instant)> = None;
         loop {
-            self.wait_caught_up(k, until.saturating_duration_since(Instant::now()))
+            let i = self
+                .wait_caught_up(k, until.saturating_duration_since(Instant::now()))
                 .await?;
-            let st = self.statuses(k).await;
-            let applied: Vec<u64> = st
-                .iter()
-                .enumerate()
-                .filter(|(i, _)| self.clusters[k].replicas[*i].is_running())
-                .filter_map(|(_, s)| s.as_ref().and_then(|s| s.applied_index))
-                .collect();
-            let all_same = applied.windows(2).all(|w| w[0] == w[1]);
-            match (applied.first(), since) {
-                (Some(&i), Some((j, t))) if all_same && i == j => {
+            match since {
+                Some((j, t)) if i == j => {
                     if t.elapsed() >= quiet {
                         return Ok(i);
                     }
                 }
-                (Some(&i), _) if all_same => since = Some((i, Instant::now())),
-                _ => since = None,
+                _ => since = Some((i, Instant::now())),
             }
             anyhow::ensure!(
                 Instant::now() < until,
