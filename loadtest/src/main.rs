@@ -15,7 +15,7 @@ use loadtest::target::{self, Target};
 // The same allocator as the gateway and vault binaries, so an embedded run
 // measures what they run with (BENCHMARKS.md, "Allocator").
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: service_kit::heap::Allocator = service_kit::heap::allocator();
 
 #[derive(Parser)]
 #[command(name = "loadtest", version, about = "Backup Key Vault load generator")]
@@ -134,6 +134,8 @@ const IDLE_CONCURRENCY: usize = 64;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // As the servers do (service_kit::heap): memory that follows the heap.
+    service_kit::heap::no_huge_pages().context("cannot turn transparent huge pages off")?;
     let cli = Cli::parse();
     let (scenario, c, relay) = match cli.cmd {
         Cmd::Floor { report_json } => {
