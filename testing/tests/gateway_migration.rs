@@ -36,6 +36,8 @@ async fn a_phone_that_changes_network_keeps_its_authenticated_connection() {
     let quic = conn.quic();
     let authenticated = metric_sum(gw.admin, "gateway_authenticated_total", &[]).await;
     assert_eq!(authenticated, 1.0);
+    // The gateway process exports its heap (service_kit::heap).
+    assert!(metric_sum(gw.admin, service_kit::heap::GAUGE, &[]).await > 1e6);
     assert_eq!(
         metric_sum(gw.admin, "gateway_connection_migrations_total", &[]).await,
         0.0

@@ -11,7 +11,7 @@ use client::{BackupKey, ClientError, GatewayConnection, Status, VaultClient};
 use protocol_spec::msg::{self, response::Kind as Resp, ErrorCode};
 use protocol_spec::opaque_profile::cheap_ksf_for_load_tests;
 use testing::helpers::{
-    connect, login_start, recover_eventually, register, register_eventually, vault,
+    connect, login_start, metric_sum, recover_eventually, register, register_eventually, vault,
 };
 use testing::local_stack::{LocalStack, StackOptions};
 use vault_backend::account::Pacing;
@@ -396,6 +396,30 @@ async fn a_restarted_replica_catches_up_by_snapshot_and_serves() {
         "it was sent a snapshot: {caught:?}"
     );
     assert_eq!(caught.records, 1);
+    // What an operator sees of it: the install counted, the heap beside
+    // the RSS, and no transparent huge pages (service_kit::heap).
+    let admin = stack.clusters[CLUSTER].configs[behind]
+        .admin_listen
+        .unwrap();
+    let installs = metric_sum(admin, "vault_raft_snapshots_total", &["step=\"install\""]).await;
+    assert!(installs >= 1.0, "installs counted: {installs}");
+    assert!(metric_sum(admin, "vault_raft_snapshot_bytes", &[]).await > 0.0);
+    let heap = metric_sum(admin, service_kit::heap::GAUGE, &[]).await;
+    let pid = stack.replica_pid(CLUSTER, behind).unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let rss_kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap();
+    assert!(
+        heap > 1e6 && heap < rss_kib * 1024.0,
+        "heap {heap} B, RSS {rss_kib} KiB"
+    );
+    // (The line exists since Linux 6.0.)
+    if let Some(thp) = status.lines().find(|l| l.starts_with("THP_enabled:")) {
+        assert!(thp.ends_with('0'), "{thp}");
+    }
 
     // Now only it, and two others, remain.
     let others: Vec<usize> = (0..5).filter(|&i| i != behind).take(2).collect();
