@@ -27,12 +27,15 @@ pub const fn allocator() -> Allocator {
 }
 
 /// Turns transparent huge pages off for this process (Linux; a no-op
-/// elsewhere). mimalloc asks for them on its arenas (`MADV_HUGEPAGE`), and
-/// a 2 MiB page stays resident while any block in it lives, so RSS grew
-/// in steps that never came back while the heap stayed flat (the soak,
-/// RELIABILITY.md). A server's working set is small; its memory should
-/// follow what it holds. Call first thing in `main`: pages faulted in
-/// before keep their size.
+/// elsewhere). mimalloc asked for them on its arenas (`MADV_HUGEPAGE`; it
+/// no longer does, built with its `no_thp` feature, from its first
+/// allocation on), and a 2 MiB page stays resident while any block in it
+/// lives, so RSS grew in steps that never came back while the heap stayed
+/// flat (the soak, RELIABILITY.md). This covers the rest: a system whose
+/// huge pages are on for every mapping (`always`), and memory that is not
+/// mimalloc's (thread stacks, aws-lc's `malloc`). A server's working set
+/// is small; its memory should follow what it holds. Call first thing in
+/// `main`.
 pub fn no_huge_pages() -> std::io::Result<()> {
     #[cfg(target_os = "linux")]
     nix::sys::prctl::set_thp_disable(true).map_err(std::io::Error::from)?;
