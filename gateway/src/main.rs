@@ -254,8 +254,7 @@ async fn main() -> anyhow::Result<()> {
                 cfg.admin_listen = admin_listen;
             }
             service_kit::observability::install_recorder()?;
-            service_kit::heap::export(&ALLOCATOR, std::time::Duration::from_secs(5))
-                .context("cannot start the heap gauge")?;
+            service_kit::heap::export(&ALLOCATOR);
             gateway::telemetry::describe();
             let keys = GatewayKeys::load(&cfg.state_dir)?;
             let door = gateway::server::FrontDoor {

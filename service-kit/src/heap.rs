@@ -14,8 +14,6 @@
 //! Cost: one atomic add per allocation and one per free, next to
 //! mimalloc's own work (BENCHMARKS.md, "Counted allocator").
 
-use std::time::Duration;
-
 /// The allocator a server binary installs:
 /// `#[global_allocator] static ALLOCATOR: Allocator = service_kit::heap::allocator();`
 pub type Allocator = cap::Cap<mimalloc::MiMalloc>;
@@ -54,23 +52,29 @@ pub fn huge_pages_off() -> Option<bool> {
 /// The gauge's name.
 pub const GAUGE: &str = "process_heap_allocated_bytes";
 
-/// Sets `process_heap_allocated_bytes` from `allocator` every `every`, on
-/// a thread of its own (so that the gauge stays current while the
-/// runtime's workers are busy), after describing it. Call once, after the
-/// metrics recorder is installed.
-pub fn export(allocator: &'static Allocator, every: Duration) -> std::io::Result<()> {
+static EXPORTED: std::sync::OnceLock<&'static Allocator> = std::sync::OnceLock::new();
+
+/// Exports `allocator`'s count as `process_heap_allocated_bytes`, set by
+/// [`refresh`] each time `/metrics` is rendered (so a scrape reads the
+/// count of that moment). Call once, after the metrics recorder is
+/// installed.
+pub fn export(allocator: &'static Allocator) {
     metrics::describe_gauge!(
         GAUGE,
         metrics::Unit::Bytes,
         "Bytes the process's allocator has handed out and not had back. RSS well above it is \
          memory the allocator keeps for reuse, or memory outside Rust's allocator."
     );
-    std::thread::Builder::new()
-        .name("heap-gauge".into())
-        .spawn(move || loop {
-            // As f64: exact below 2^53 bytes.
-            metrics::gauge!(GAUGE).set(allocator.allocated() as f64);
-            std::thread::sleep(every);
-        })
-        .map(drop)
+    let _ = EXPORTED.set(allocator);
+    refresh();
+}
+
+/// Sets `process_heap_allocated_bytes` to the exported allocator's count
+/// now (nothing if none was exported). The admin ports call it before
+/// rendering `/metrics`.
+pub fn refresh() {
+    if let Some(a) = EXPORTED.get() {
+        // As f64: exact below 2^53 bytes.
+        metrics::gauge!(GAUGE).set(a.allocated() as f64);
+    }
 }

@@ -149,7 +149,10 @@ pub fn serve(
 
 async fn metrics_text(State(s): State<AdminState>) -> impl IntoResponse {
     match &s.prometheus {
-        Some(h) => (StatusCode::OK, h.render()),
+        Some(h) => {
+            service_kit::heap::refresh();
+            (StatusCode::OK, h.render())
+        }
         None => (
             StatusCode::NOT_FOUND,
             "metrics are not recorded in this process\n".to_owned(),

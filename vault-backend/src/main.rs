@@ -306,8 +306,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 cfg.admin_listen = admin_listen;
             }
             service_kit::observability::install_recorder()?;
-            service_kit::heap::export(&ALLOCATOR, std::time::Duration::from_secs(5))
-                .context("cannot start the heap gauge")?;
+            service_kit::heap::export(&ALLOCATOR);
             vault_backend::telemetry::describe();
             let replica = Replica::start(&cfg)
                 .await
