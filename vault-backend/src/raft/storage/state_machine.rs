@@ -410,12 +410,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         meta: &SnapshotMeta<NodeId, ReplicaNode>,
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), SErr> {
-        let (db, meta) = (self.db.clone(), meta.clone());
         let started = std::time::Instant::now();
         let len = snapshot.get_ref().len();
-        let meta2 = meta.clone();
+        let (db, owned) = (self.db.clone(), meta.clone());
         let version = off_worker(move || {
-            let meta = meta2;
+            let meta = owned;
             let data = snapshot.into_inner();
             let (version, body) = codec::snapshot_version(&data).map_err(r)?;
             let (accounts, command_version) = match version {
@@ -449,7 +448,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             Ok(command_version)
         })
         .await?;
-        snapshot_done("install", &meta, len, started);
+        snapshot_done("install", meta, len, started);
         self.version.set(version);
         Ok(())
     }
