@@ -133,9 +133,7 @@ static ALLOCATOR: service_kit::heap::Allocator = service_kit::heap::allocator();
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     service_kit::observability::init_logging("info,openraft=warn", cli.log_format == "json");
-    if let Err(e) = service_kit::heap::no_huge_pages() {
-        tracing::warn!(error = %e, "cannot turn transparent huge pages off: memory may grow in 2 MiB steps that stay");
-    }
+    service_kit::heap::no_huge_pages();
     match cli.cmd {
         Cmd::Init { state_dir, name } => {
             let names: Vec<&str> = name.iter().map(String::as_str).collect();

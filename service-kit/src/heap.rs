@@ -33,11 +33,16 @@ pub const fn allocator() -> Allocator {
 /// huge pages are on for every mapping (`always`), and memory that is not
 /// mimalloc's (thread stacks, aws-lc's `malloc`). A server's working set
 /// is small; its memory should follow what it holds. Call first thing in
-/// `main`.
-pub fn no_huge_pages() -> std::io::Result<()> {
+/// `main`, after logging is set up: a kernel that refuses is logged as a
+/// warning, and the process goes on with huge pages.
+pub fn no_huge_pages() {
     #[cfg(target_os = "linux")]
-    nix::sys::prctl::set_thp_disable(true).map_err(std::io::Error::from)?;
-    Ok(())
+    if let Err(e) = nix::sys::prctl::set_thp_disable(true) {
+        tracing::warn!(
+            error = %e,
+            "cannot turn transparent huge pages off: memory may grow in 2 MiB steps that stay"
+        );
+    }
 }
 
 /// Whether transparent huge pages are off for this process (`None` where

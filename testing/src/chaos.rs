@@ -225,15 +225,7 @@ impl Samples {
     async fn take(at: u64, pids: &BTreeMap<String, Sampled>) -> Vec<(String, Sample)> {
         let mut out = Vec::new();
         for (name, p) in pids {
-            let Some(rss_kib) = std::fs::read_to_string(format!("/proc/{}/status", p.pid))
-                .ok()
-                .and_then(|s| {
-                    s.lines()
-                        .find(|l| l.starts_with("VmRSS:"))
-                        .and_then(|l| l.split_whitespace().nth(1))
-                        .and_then(|v| v.parse().ok())
-                })
-            else {
+            let Some(rss_kib) = crate::helpers::rss_kib(p.pid) else {
                 continue;
             };
             let open_files = std::fs::read_dir(format!("/proc/{}/fd", p.pid))

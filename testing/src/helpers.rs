@@ -185,6 +185,16 @@ pub async fn metric_sum(admin: std::net::SocketAddr, name: &str, labels: &[&str]
     sum_of(&text, name, labels)
 }
 
+/// Resident memory of process `pid` in KiB (`VmRSS` of
+/// `/proc/<pid>/status`), or `None` if it is gone or the line is missing.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+}
+
 /// [`metric_sum`], or `None` when `/metrics` does not answer within 2 s
 /// (a process being restarted, or partitioned).
 pub async fn try_metric_sum(

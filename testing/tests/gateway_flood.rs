@@ -44,12 +44,7 @@ fn free_port(proto_udp: bool) -> SocketAddr {
 }
 
 fn rss_bytes(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map_or(0, |kb| kb * 1024)
+    testing::helpers::rss_kib(pid).map_or(0, |kb| kb * 1024)
 }
 
 /// One attacking connection, over and over until `stop`: QUIC + TLS, the

@@ -406,12 +406,8 @@ async fn a_restarted_replica_catches_up_by_snapshot_and_serves() {
     assert!(metric_sum(admin, "vault_raft_snapshot_bytes", &[]).await > 0.0);
     let heap = metric_sum(admin, service_kit::heap::GAUGE, &[]).await;
     let pid = stack.replica_pid(CLUSTER, behind).unwrap();
+    let rss_kib = testing::helpers::rss_kib(pid).unwrap() as f64;
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let rss_kib: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap();
     assert!(
         heap > 1e6 && heap < rss_kib * 1024.0,
         "heap {heap} B, RSS {rss_kib} KiB"

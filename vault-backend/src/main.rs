@@ -181,9 +181,7 @@ static ALLOCATOR: service_kit::heap::Allocator = service_kit::heap::allocator();
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     service_kit::observability::init_logging("info,openraft=warn", cli.log_format == "json");
-    if let Err(e) = service_kit::heap::no_huge_pages() {
-        tracing::warn!(error = %e, "cannot turn transparent huge pages off: memory may grow in 2 MiB steps that stay");
-    }
+    service_kit::heap::no_huge_pages();
     match run(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
