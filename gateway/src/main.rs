@@ -133,7 +133,7 @@ static ALLOCATOR: service_kit::heap::Allocator = service_kit::heap::allocator();
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     service_kit::observability::init_logging("info,openraft=warn", cli.log_format == "json");
-    service_kit::heap::no_huge_pages();
+    service_kit::heap::follow_the_heap();
     match cli.cmd {
         Cmd::Init { state_dir, name } => {
             let names: Vec<&str> = name.iter().map(String::as_str).collect();

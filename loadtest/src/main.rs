@@ -135,7 +135,7 @@ const IDLE_CONCURRENCY: usize = 64;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     // As the servers do (service_kit::heap): memory that follows the heap.
-    service_kit::heap::no_huge_pages();
+    service_kit::heap::follow_the_heap();
     let cli = Cli::parse();
     let (scenario, c, relay) = match cli.cmd {
         Cmd::Floor { report_json } => {

@@ -24,6 +24,25 @@ pub const fn allocator() -> Allocator {
     cap::Cap::new(mimalloc::MiMalloc, usize::MAX)
 }
 
+/// Makes the process's RSS follow its heap: transparent huge pages off
+/// ([`no_huge_pages`]) and freed pages given back to the operating system
+/// when they are freed (`mimalloc_options::purge_at_once`). Without the
+/// second, the soak's Raft leader held 56 MiB of freed snapshot buffers in
+/// mimalloc's arena over a 16 MiB heap (RELIABILITY.md, run 13); with it,
+/// every process stayed within the soak's bar (run 14), at 0.97x recover
+/// sessions/s, within noise (BENCHMARKS.md). Call first thing in a
+/// binary's `main`, after logging is set up.
+pub fn follow_the_heap() {
+    no_huge_pages();
+    mimalloc_options::purge_at_once();
+}
+
+/// mimalloc's purge delay now, in milliseconds (0 after
+/// [`follow_the_heap`]): what a test of a server process checks.
+pub fn purge_delay_ms() -> i64 {
+    mimalloc_options::purge_delay_ms()
+}
+
 /// Turns transparent huge pages off for this process (Linux; a no-op
 /// elsewhere). mimalloc asked for them on its arenas (`MADV_HUGEPAGE`; it
 /// no longer does, built with its `no_thp` feature, from its first
@@ -32,9 +51,8 @@ pub const fn allocator() -> Allocator {
 /// flat (the soak, RELIABILITY.md). This covers the rest: a system whose
 /// huge pages are on for every mapping (`always`), and memory that is not
 /// mimalloc's (thread stacks, aws-lc's `malloc`). A server's working set
-/// is small; its memory should follow what it holds. Call first thing in
-/// `main`, after logging is set up: a kernel that refuses is logged as a
-/// warning, and the process goes on with huge pages.
+/// is small; its memory should follow what it holds. A kernel that refuses
+/// is logged as a warning, and the process goes on with huge pages.
 pub fn no_huge_pages() {
     #[cfg(target_os = "linux")]
     if let Err(e) = nix::sys::prctl::set_thp_disable(true) {

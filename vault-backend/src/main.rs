@@ -181,7 +181,7 @@ static ALLOCATOR: service_kit::heap::Allocator = service_kit::heap::allocator();
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     service_kit::observability::init_logging("info,openraft=warn", cli.log_format == "json");
-    service_kit::heap::no_huge_pages();
+    service_kit::heap::follow_the_heap();
     match run(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

@@ -47,7 +47,7 @@ static ALLOCATOR: service_kit::heap::Allocator = service_kit::heap::allocator();
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     service_kit::observability::init_tracing("warn,openraft=off");
-    service_kit::heap::no_huge_pages();
+    service_kit::heap::follow_the_heap();
     let args = Args::parse();
     let stack = LocalStack::start(StackOptions {
         state_dir: Some(args.state_dir.clone()),
