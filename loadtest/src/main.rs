@@ -304,11 +304,13 @@ async fn main() -> anyhow::Result<()> {
             .map(|p| p.to_string())
             .unwrap_or_else(|| "self".into());
         let rss0 = target::rss_bytes(&pid);
+        let heap0 = world.target.heap_bytes().await;
         let started = std::time::Instant::now();
         let (conns, up) = world
             .idle(plan.connections, plan.concurrency, plan.duration)
             .await;
         let rss1 = target::rss_bytes(&pid);
+        let heap1 = world.target.heap_bytes().await;
         let r = world.rec.report("idle", started.elapsed());
         println!(
             "idle: {} of {} connections opened, {} still up after {:.0} s",
@@ -334,6 +336,14 @@ async fn main() -> anyhow::Result<()> {
                 } else {
                     " (an upper bound for the gateway's share)"
                 }
+            );
+        }
+        if let (Some(a), Some(b)) = (heap0, heap1) {
+            println!(
+                "heap (process_heap_allocated_bytes at --metrics): {:.1} MiB -> {:.1} MiB, {:.0} bytes per connection",
+                a / 1048576.0,
+                b / 1048576.0,
+                (b - a) / conns.len().max(1) as f64
             );
         }
         for conn in conns {

@@ -117,6 +117,16 @@ impl Target {
         }
     }
 
+    /// The process's heap (`process_heap_allocated_bytes`) at the metrics
+    /// source, if there is one and it exports the gauge.
+    pub async fn heap_bytes(&self) -> Option<f64> {
+        let text = self.scrape().await?;
+        let name = service_kit::heap::GAUGE;
+        text.lines()
+            .any(|l| l.starts_with(name))
+            .then(|| counter_sum(&text, name))
+    }
+
     /// Stops the embedded stack.
     pub async fn shutdown(self) {
         if let Some(s) = self.stack {

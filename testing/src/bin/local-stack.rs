@@ -36,6 +36,12 @@ struct Args {
     /// Exit after the demonstration instead of serving.
     #[arg(long)]
     demo_only: bool,
+    /// Serve the gateway's admin port here (`/metrics`, `/health`,
+    /// `/ready`), as `gateway run` does; its `/metrics` is the whole
+    /// stack's, including `process_heap_allocated_bytes` (what `loadtest
+    /// idle --metrics` reads for the heap per connection). Off by default.
+    #[arg(long)]
+    admin_listen: Option<SocketAddr>,
 }
 
 // The servers' allocator and memory settings (service_kit::heap), so that
@@ -49,6 +55,17 @@ async fn main() -> anyhow::Result<()> {
     service_kit::observability::init_tracing("warn,openraft=off");
     service_kit::heap::follow_the_heap();
     let args = Args::parse();
+    // Before the stack starts, so that its metrics are recorded.
+    let admin = match args.admin_listen {
+        Some(addr) => {
+            service_kit::observability::install_recorder()?;
+            service_kit::heap::export(&ALLOCATOR);
+            Some(tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+                anyhow::anyhow!("cannot listen on {addr} for the admin port: {e}")
+            })?)
+        }
+        None => None,
+    };
     let stack = LocalStack::start(StackOptions {
         state_dir: Some(args.state_dir.clone()),
         gateway_listen: args.gateway_listen,
@@ -60,6 +77,17 @@ async fn main() -> anyhow::Result<()> {
     .await?;
     let p = &stack.profile;
     println!("local stack up (state in {})", stack.dir.display());
+    if let (Some(listener), Some(g)) = (admin, stack.gateway.as_ref()) {
+        println!(
+            "  admin port       http://{}/metrics",
+            listener.local_addr()?
+        );
+        gateway::admin::serve(
+            listener,
+            g.readiness(),
+            service_kit::observability::prometheus(),
+        );
+    }
     println!("  gateway          {} (QUIC, ALPN bkv/1)", p.gateway_addr);
     println!(
         "  gateway noise    {}",
