@@ -56,16 +56,17 @@ async fn main() -> anyhow::Result<()> {
     service_kit::heap::follow_the_heap();
     let args = Args::parse();
     // Before the stack starts, so that its metrics are recorded.
-    let admin = match args.admin_listen {
-        Some(addr) => {
-            service_kit::observability::install_recorder()?;
-            service_kit::heap::export(&ALLOCATOR);
-            Some(tokio::net::TcpListener::bind(addr).await.map_err(|e| {
-                anyhow::anyhow!("cannot listen on {addr} for the admin port: {e}")
-            })?)
-        }
-        None => None,
-    };
+    let admin =
+        match args.admin_listen {
+            Some(addr) => {
+                service_kit::observability::install_recorder()?;
+                service_kit::heap::export(&ALLOCATOR);
+                Some(tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+                    anyhow::anyhow!("cannot listen on {addr} for the admin port: {e}")
+                })?)
+            }
+            None => None,
+        };
     let stack = LocalStack::start(StackOptions {
         state_dir: Some(args.state_dir.clone()),
         gateway_listen: args.gateway_listen,
