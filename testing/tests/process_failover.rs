@@ -380,6 +380,23 @@ async fn a_restarted_replica_catches_up_by_snapshot_and_serves() {
     // Snapshots and purges run in the background (a loaded machine's
     // leader purged after the last login answered): wait, bounded.
     wait_leader_purged(&stack, leader, 20, Duration::from_secs(20)).await;
+    // The leader built those snapshots and served the logins with a
+    // bounded blocking pool (4 threads, vault-backend's main): its threads
+    // are Tokio's workers (one per core), those 4, and a few of its own.
+    // With Tokio's default pool it ran 17-18 on 2 cores under the soak's
+    // load, each keeping allocator pages of its own (RELIABILITY.md).
+    let pid = stack.replica_pid(CLUSTER, leader).unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let threads: usize = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    assert!(
+        threads <= cores + 4 + 4,
+        "the leader runs {threads} threads on {cores} cores"
+    );
 
     stack.start_replica(CLUSTER, behind).await.unwrap();
     stack
