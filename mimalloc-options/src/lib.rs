@@ -9,9 +9,10 @@
 //! when a later allocation or free runs its deferred work. A thread
 //! that frees a large buffer and then goes idle (Tokio's blocking threads,
 //! after a Raft snapshot is built or installed) never runs it, so the
-//! leader's RSS climbed 72 -> 85 MiB over a flat 16 MiB heap. With a delay
-//! of 0 a page is returned when it is freed: the leader stayed within
-//! 6.9 MiB, at 0.97x recover sessions/s (BENCHMARKS.md, within noise).
+//! leader's RSS climbed 72 -> 85 MiB over a flat 16 MiB heap in 30
+//! minutes. With a delay of 0 a page is returned when it is freed: +9.7 MiB
+//! in 30 minutes (run 15; +3.1 with a replica's blocking pool bounded too,
+//! run 20), at 0.97x recover sessions/s (BENCHMARKS.md, within noise).
 //!
 //! Must never: set any other option, or be called by a library (the
 //! allocator is the binary's choice).

@@ -29,8 +29,9 @@ pub const fn allocator() -> Allocator {
 /// when they are freed (`mimalloc_options::purge_at_once`). Without the
 /// second, the soak's Raft leader held 56 MiB of freed snapshot buffers in
 /// mimalloc's arena over a 16 MiB heap (RELIABILITY.md, run 13); with it,
-/// every process stayed within the soak's bar (run 14), at 0.97x recover
-/// sessions/s, within noise (BENCHMARKS.md). Call first thing in a
+/// at 0.97x recover sessions/s, within noise (BENCHMARKS.md), the leader
+/// grew +9.7 MiB in 30 minutes instead of +13 (run 15), and with a replica's
+/// blocking pool bounded too, +3.1 MiB (run 20). Call first thing in a
 /// binary's `main`, after logging is set up.
 pub fn follow_the_heap() {
     no_huge_pages();
@@ -38,7 +39,7 @@ pub fn follow_the_heap() {
 }
 
 /// mimalloc's purge delay now, in milliseconds (0 after
-/// [`follow_the_heap`]): what a test of a server process checks.
+/// [`follow_the_heap`]), for tests.
 pub fn purge_delay_ms() -> i64 {
     mimalloc_options::purge_delay_ms()
 }

@@ -188,10 +188,16 @@ pub async fn metric_sum(admin: std::net::SocketAddr, name: &str, labels: &[&str]
 /// Resident memory of process `pid` in KiB (`VmRSS` of
 /// `/proc/<pid>/status`), or `None` if it is gone or the line is missing.
 pub fn rss_kib(pid: u32) -> Option<u64> {
+    proc_status(pid, "VmRSS")
+}
+
+/// The number in field `name` of `/proc/<pid>/status` (`VmRSS` in KiB,
+/// `Threads`, ...), or `None` if the process is gone or has no such field.
+pub fn proc_status(pid: u32, name: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
 }
 

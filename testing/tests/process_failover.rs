@@ -386,13 +386,8 @@ async fn a_restarted_replica_catches_up_by_snapshot_and_serves() {
     // With Tokio's default pool it ran 17-18 on 2 cores under the soak's
     // load, each keeping allocator pages of its own (RELIABILITY.md).
     let pid = stack.replica_pid(CLUSTER, leader).unwrap();
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let threads: usize = status
-        .lines()
-        .find_map(|l| l.strip_prefix("Threads:"))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap();
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = testing::helpers::proc_status(pid, "Threads").unwrap();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u64);
     assert!(
         threads <= cores + 4 + 4,
         "the leader runs {threads} threads on {cores} cores"
